@@ -1,0 +1,38 @@
+"""pi_stream_source: a Spark Structured Streaming source for PI Web API channels.
+
+>>> import pi_stream_source
+>>> pi_stream_source.register(spark)          # doctest: +SKIP
+>>> spark.readStream.format("pi_websocket").option("url", url).option("webIds", ids).load()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def register(spark: Any) -> None:
+    """Register the ``pi_websocket`` data source with a SparkSession."""
+    from .source import PIWebSocketDataSource
+
+    spark.dataSource.register(PIWebSocketDataSource)
+
+
+__all__ = ["register", "__version__"]
+
+
+def _debug_log_from_env() -> None:
+    """``PI_STREAM_LOG_FILE=/path`` sends this package's log (every Spark Python process) to a file."""
+    import logging
+    import os
+
+    path = os.environ.get("PI_STREAM_LOG_FILE")
+    if path:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {os.getpid()} %(threadName)s %(name)s %(levelname)s %(message)s"))
+        logger = logging.getLogger("pi_stream_source")
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("PI_STREAM_LOG_LEVEL", "INFO"))
+
+
+_debug_log_from_env()

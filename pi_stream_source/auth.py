@@ -1,0 +1,51 @@
+"""Credentials: kept out of ``repr``, logs and exception texts; turned into HTTP headers."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``/logs. ``reveal()`` gets the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    auth_type: str = "anonymous"             # anonymous | basic | bearer | kerberos
+    username: Optional[str] = None
+    password: Optional[Secret] = None
+    token: Optional[Secret] = None
+
+    def headers(self) -> Dict[str, str]:
+        if self.auth_type == "basic":
+            raw = f"{self.username}:{self.password.reveal() if self.password else ''}".encode("utf-8")
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+        if self.auth_type == "bearer":
+            return {"Authorization": "Bearer " + (self.token.reveal() if self.token else "")}
+        return {}
+
+    def __repr__(self) -> str:
+        return f"Credentials(auth_type={self.auth_type!r}, username={self.username!r})"

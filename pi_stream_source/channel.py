@@ -1,0 +1,282 @@
+"""One PI Web API channel (a WebSocket) for one shard of tags, with reconnect and gap fill."""
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from urllib.parse import quote
+
+import pyarrow as pa
+import websocket
+
+from .errors import PIConnectionError, PIStreamError
+from .options import SourceOptions
+from .parse import Columns, ParseStats, parse_message, parse_streams
+from .pitime import now_micros
+from .rest import PIRestClient, error_from_status, tls_error_message
+
+log = logging.getLogger(__name__)
+
+
+def channel_url(opts: SourceOptions, webids: List[str], initial: bool = False) -> str:
+    query = "&".join("webId=" + quote(w, safe="") for w in webids)
+    query += f"&heartbeatRate={opts.heartbeat_rate}" if opts.heartbeat_rate > 0 else ""
+    query += "&includeInitialValues=true" if initial else ""
+    return f"{opts.ws_url}/streamsets/channel?{query}"
+
+
+def shard_webids(opts: SourceOptions) -> List[List[str]]:
+    """Split the streams into shards of at most ``tagsPerChannel`` whose channel URL stays under
+    ``maxUrlLength``. Deterministic: the same options give the same shards."""
+    shards: List[List[str]] = []
+    current: List[str] = []
+    length = len(channel_url(opts, [], True))
+    for w in opts.webids:
+        add = len("&webId=") + len(quote(w, safe=""))
+        if current and (len(current) >= opts.tags_per_channel or length + add > opts.max_url_length):
+            shards.append(current)
+            current, length = [], len(channel_url(opts, [], True))
+        current.append(w)
+        length += add
+    if current:
+        shards.append(current)
+    return shards
+
+
+class ShardBuffer:
+    """Rows of one shard in arrival order, numbered by a sequence that only grows in a run."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.chunks: List[Tuple[int, pa.RecordBatch]] = []   # (seq of first row, rows)
+        self.next_seq = 0
+        self.rows = 0
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        with self.lock:
+            self.chunks.append((self.next_seq, batch))
+            self.next_seq += batch.num_rows
+            self.rows += batch.num_rows
+
+    def slice(self, start: int, end: int) -> List[pa.RecordBatch]:
+        """Rows with sequence in [start, end)."""
+        out = []
+        with self.lock:
+            for first, batch in self.chunks:
+                last = first + batch.num_rows
+                if last <= start or first >= end:
+                    continue
+                lo, hi = max(start, first) - first, min(end, last) - first
+                out.append(batch.slice(lo, hi - lo))
+        return out
+
+    def trim(self, upto: int) -> None:
+        """Forget rows with sequence < ``upto`` (committed by Spark)."""
+        with self.lock:
+            kept = []
+            for first, batch in self.chunks:
+                last = first + batch.num_rows
+                if last <= upto:
+                    self.rows -= batch.num_rows
+                elif first < upto:
+                    self.rows -= upto - first
+                    kept.append((upto, batch.slice(upto - first)))
+                else:
+                    kept.append((first, batch))
+            self.chunks = kept
+            self.lock.notify_all()
+
+    def wait_for_room(self, limit: int, stop: threading.Event) -> None:
+        with self.lock:
+            while self.rows >= limit and not stop.is_set():
+                self.lock.wait(0.2)
+
+
+class ChannelReceiver(threading.Thread):
+    """Keeps one channel open; parses each message into the shard's buffer. After a reconnect it
+    fills the gap from ``streamsets/recorded`` (from each tag's newest timestamp) before taking
+    live values again, dropping live values the archive already gave."""
+
+    def __init__(self, shard: int, webids: List[str], opts: SourceOptions, buffer: ShardBuffer,
+                 since: int, rest: PIRestClient, initial_values: bool = False) -> None:
+        super().__init__(name=f"pi-channel-{shard}", daemon=True)
+        self.shard, self.webids, self.opts, self.buffer = shard, webids, opts, buffer
+        self.since, self.rest, self.initial_values = since, rest, initial_values
+        self.known: Dict[str, Tuple[Optional[str], Optional[str]]] = {w: (None, None) for w in webids}
+        self.last_seen: Dict[str, Tuple] = {}
+        self.hwm: Dict[str, int] = {}           # newest timestamp taken per tag (micros)
+        self.stats = ParseStats()
+        self.state = "idle"
+        self.reconnects = 0
+        self.gap_fills = 0
+        self.gap_values = 0
+        self.last_message_at: Optional[float] = None
+        self.failure: Optional[BaseException] = None
+        self._stopping = threading.Event()
+        self._ws: Optional[websocket.WebSocket] = None
+        self._handover: Set[Tuple[str, int]] = set()
+        self._handover_until = 0
+
+    # -- metrics -----------------------------------------------------------------------------
+    def metrics(self) -> Dict[str, Any]:
+        lag = None
+        if self.hwm:
+            lag = round((now_micros() - max(self.hwm.values())) / 1e6, 3)
+        return {"state": self.state, "tags": len(self.webids), "received": self.stats.values,
+                "buffered": self.buffer.rows, "reconnects": self.reconnects, "gapFills": self.gap_fills,
+                "gapValues": self.gap_values, "malformedFrames": self.stats.malformed_frames,
+                "valueErrors": self.stats.value_errors, "repeatsDropped": self.stats.repeats_dropped,
+                "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.abort() if hasattr(ws, "abort") else ws.close()
+            except Exception:   # closing a broken socket: nothing more to do
+                pass
+
+    def _connect(self, initial: bool) -> websocket.WebSocket:
+        sslopt: Dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+        if self.opts.ca_bundle:
+            sslopt["ca_certs"] = self.opts.ca_bundle
+        url = channel_url(self.opts, self.webids, initial)
+        headers = [f"{k}: {v}" for k, v in self.opts.credentials.headers().items()]
+        host = url.split("/")[2]
+        try:
+            ws = websocket.create_connection(url, header=headers, sslopt=sslopt, timeout=self.opts.connect_timeout,
+                                             enable_multithread=True, skip_utf8_validation=True)
+        except websocket.WebSocketBadStatusException as exc:
+            raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"") from None
+        except ssl.SSLError as exc:
+            raise PIConnectionError(tls_error_message(host, exc)) from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {exc})") from None
+        ws.settimeout(self.opts.stall_timeout)
+        return ws
+
+    def run(self) -> None:
+        attempts = 0
+        first = True
+        while not self._stopping.is_set():
+            self.state = "connecting"
+            try:
+                ws = self._connect(initial=first and self.initial_values)
+            except PIStreamError as exc:
+                status = getattr(exc, "status", None)
+                attempts += 1
+                if status in (400, 401, 403, 404) or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
+                    self.failure = exc
+                    self.state = "failed"
+                    log.error("channel %d failed: %s", self.shard, exc)
+                    return
+                self._backoff(attempts, exc)
+                continue
+            self._ws = ws
+            self.state = "open"
+            log.info("channel %d open (%d streams)", self.shard, len(self.webids))
+            if not first:
+                self.reconnects += 1
+            try:
+                if not first or self.hwm:
+                    self._fill_gap()
+                first = False
+                attempts = 0
+                self._receive(ws)
+            except PIStreamError as exc:
+                attempts += 1
+                if getattr(exc, "status", None) in (401, 403):
+                    self.failure, self.state = exc, "failed"
+                    log.error("channel %d failed: %s", self.shard, exc)
+                    return
+                self._backoff(attempts, exc)
+            finally:
+                try:
+                    ws.close()
+                except Exception:   # the socket may already be gone
+                    pass
+                self._ws = None
+        self.state = "stopped"
+
+    def _backoff(self, attempts: int, exc: BaseException) -> None:
+        self.state = "backoff"
+        delay = min(self.opts.reconnect_backoff_max, self.opts.reconnect_backoff * (2 ** (attempts - 1)))
+        delay *= random.uniform(0.5, 1.0)
+        log.warning("channel %d: %s; reconnecting in %.1fs (attempt %d)", self.shard, exc, delay, attempts)
+        self._stopping.wait(delay)
+
+    def _receive(self, ws: websocket.WebSocket) -> None:
+        while not self._stopping.is_set():
+            try:
+                opcode, data = ws.recv_data()
+            except websocket.WebSocketTimeoutException:
+                raise PIConnectionError(f"channel {self.shard}: no message or heartbeat for {self.opts.stall_timeout}s (stalled)")
+            except (websocket.WebSocketConnectionClosedException, OSError) as exc:
+                if self._stopping.is_set():
+                    return
+                raise PIConnectionError(f"channel {self.shard}: connection lost ({type(exc).__name__})")
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                if self._stopping.is_set():
+                    return
+                raise PIConnectionError(f"channel {self.shard}: closed by server")
+            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                continue
+            self.last_message_at = time.time()
+            log.debug("channel %d: message of %d bytes", self.shard, len(data))
+            self.buffer.wait_for_room(self.opts.max_buffer_records, self._stopping)
+            cols = Columns()
+            parse_message(data, cols, self.stats, "live", now_micros(), self.known, self.last_seen)
+            self._take(cols)
+
+    def _take(self, cols: Columns) -> None:
+        if not len(cols):
+            return
+        if self._handover:
+            keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
+                    if (w, ts) not in self._handover]
+            if max((t for t in cols.timestamp if t is not None), default=0) > self._handover_until:
+                self._handover = set()
+            if len(keep) != len(cols):
+                batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
+                self._note(batch)
+                self.buffer.append(batch)
+                return
+        batch = cols.to_arrow()
+        self._note(batch)
+        self.buffer.append(batch)
+
+    def _note(self, batch: pa.RecordBatch) -> None:
+        hwm = self.hwm
+        for w, ts in zip(batch.column(0).to_pylist(), batch.column(3).to_pylist()):
+            if ts is not None and ts > hwm.get(w, -1):
+                hwm[w] = ts
+
+    def _fill_gap(self) -> None:
+        """Values PI archived while the channel was down, from each tag's newest timestamp."""
+        self.state = "gap-fill"
+        end = now_micros()
+        start = min((self.hwm.get(w, self.since) for w in self.webids), default=self.since)
+        cols = Columns()
+        stats = ParseStats()
+        received = now_micros()
+        for streams in self.rest.recorded(self.webids, start, end, self.opts.recorded_page_size):
+            parse_streams(streams, cols, stats, "backfill", received, self.known)
+        keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
+                if ts is not None and ts > self.hwm.get(w, self.since - 1)]
+        self.gap_fills += 1
+        self.gap_values += len(keep)
+        if keep:
+            batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
+            keys = set(zip(batch.column(0).to_pylist(), batch.column(3).to_pylist()))
+            self._note(batch)
+            self.buffer.append(batch)
+            self._handover, self._handover_until = keys, end
+        log.info("channel %d: gap fill %s → %s gave %d values", self.shard, start, end, len(keep))
+        self.state = "open"

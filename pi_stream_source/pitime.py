@@ -1,0 +1,153 @@
+"""Timestamps as integer epoch microseconds (UTC), PI time strings, and ISO 8601 in PI's format.
+
+Parsing is on the hot path (one call per value), so it avoids a ``datetime`` per value: the
+seconds part of a timestamp is looked up in a small cache and only the fraction is parsed.
+"""
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Dict, Optional
+
+MICROS = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECOND_CACHE: Dict[str, int] = {}
+_CACHE_LIMIT = 1 << 16
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def _seconds_of(prefix: str) -> int:
+    secs = _SECOND_CACHE.get(prefix)
+    if secs is None:
+        y, mo, d = int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10])
+        h, mi, s = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19])
+        if prefix[4] != "-" or prefix[7] != "-" or prefix[10] not in "Tt " or prefix[13] != ":" or prefix[16] != ":":
+            raise ValueError(f"not an ISO 8601 timestamp: {prefix!r}")
+        secs = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+        # validate day/month ranges that timegm would silently roll over
+        datetime(y, mo, d, h, mi, s)
+        if len(_SECOND_CACHE) >= _CACHE_LIMIT:
+            _SECOND_CACHE.clear()
+        _SECOND_CACHE[prefix] = secs
+    return secs
+
+
+def parse_ts(text: str) -> int:
+    """ISO 8601 timestamp as PI Web API writes it (``2024-05-01T12:00:00.1234567Z``, or with a
+    ``+hh:mm`` offset) → epoch microseconds. Sub-microsecond digits are truncated."""
+    if len(text) < 19:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
+    secs = _seconds_of(text[:19])
+    rest = text[19:]
+    micros = 0
+    if rest.startswith("."):
+        i = 1
+        while i < len(rest) and rest[i].isdigit():
+            i += 1
+        frac = rest[1:i]
+        if not frac:
+            raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
+        micros = int((frac + "000000")[:6])
+        rest = rest[i:]
+    if rest in ("Z", "z", "", "+00:00"):
+        offset = 0
+    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
+        offset = (int(rest[1:3]) * 3600 + int(rest[4:6]) * 60) * (1 if rest[0] == "+" else -1)
+    else:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
+    return (secs - offset) * MICROS + micros
+
+
+def format_ts(micros: int) -> str:
+    """Epoch microseconds → ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (fraction trimmed, as PI does)."""
+    secs, frac = divmod(micros, MICROS)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if frac:
+        return base + "." + f"{frac:06d}".rstrip("0") + "Z"
+    return base + "Z"
+
+
+def to_datetime(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+_UNITS = {
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+_MONTH_UNITS = {"mo": 1, "month": 1, "months": 1, "y": 12, "year": 12, "years": 12}
+_REL = re.compile(r"\s*([+-])\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
+_BASE = re.compile(r"^\s*(\*|now|t|today|y|yesterday)?", re.IGNORECASE)
+
+
+def _add_months(micros: int, months: int) -> int:
+    dt = to_datetime(micros)
+    total = dt.year * 12 + (dt.month - 1) + months
+    year, month = divmod(total, 12)
+    day = min(dt.day, calendar.monthrange(year, month + 1)[1])
+    moved = dt.replace(year=year, month=month + 1, day=day)
+    return (moved - _EPOCH) // timedelta(microseconds=1)
+
+
+def parse_pi_time(text: Optional[str], now: Optional[int] = None) -> int:
+    """A PI time string → epoch microseconds (UTC).
+
+    Accepts ``*`` (now), ``T``/``Today``, ``Y``/``Yesterday`` (midnight UTC), offsets from those or
+    from now (``*-1h``, ``-30m``, ``T+8h``, ``*-1d+2h``, units s/m/h/d/w/mo/y), and ISO 8601
+    (``2024-05-01T12:00:00Z``, a date alone means midnight UTC). Empty means ``*``, as in PI.
+    """
+    now = now_micros() if now is None else now
+    s = (text or "").strip()
+    if not s:
+        return now
+    if s[0].isdigit() and len(s) >= 10:
+        if len(s) == 10:
+            s += "T00:00:00Z"
+        elif len(s) == 19:
+            s += "Z"
+        try:
+            return parse_ts(s)
+        except ValueError:
+            raise ValueError(f"not a PI time string: {text!r}") from None
+    m = _BASE.match(s)
+    base_word = (m.group(1) or "").lower()
+    rest = s[m.end():]
+    if base_word in ("", "*", "now"):
+        if not base_word and not rest:
+            raise ValueError(f"not a PI time string: {text!r}")
+        base = now
+    else:
+        midnight = now - now % (86400 * MICROS)
+        base = midnight - (86400 * MICROS if base_word in ("y", "yesterday") else 0)
+    pos = 0
+    while pos < len(rest):
+        r = _REL.match(rest, pos)
+        if not r:
+            raise ValueError(f"not a PI time string: {text!r}")
+        sign = 1 if r.group(1) == "+" else -1
+        qty, unit = float(r.group(2)), r.group(3).lower()
+        if unit in _UNITS:
+            base += sign * int(round(qty * _UNITS[unit] * MICROS))
+        elif unit in _MONTH_UNITS and qty == int(qty):
+            base = _add_months(base, sign * int(qty) * _MONTH_UNITS[unit])
+        else:
+            raise ValueError(f"not a PI time string: {text!r} (unknown unit {unit!r})")
+        pos = r.end()
+    return base
+
+
+def parse_duration(text: str) -> int:
+    """``30s``, ``5m``, ``2h``, ``7d``, ``1w`` or plain seconds → microseconds."""
+    s = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", s)
+    if not m or (m.group(2) and m.group(2) not in _UNITS):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 2h, 7d)")
+    return int(round(float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1) * MICROS))

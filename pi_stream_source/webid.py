@@ -1,0 +1,113 @@
+"""WebID 2.0 encoding and decoding (PI Web API "WebID encoding" topic).
+
+Layout: type char (``F`` Full, ``I`` IDOnly, ``P`` PathOnly, ``L`` LocalIDOnly, ``D`` DefaultIDOnly),
+version char ``1``, a two-char object marker (``DP`` PI Point, ``DS`` data server, ``Em`` element,
+``Ab`` attribute, …), an optional owner marker, then the encoded fields: GUIDs in
+``Guid.ToByteArray()`` byte order (22 chars), Int32 little-endian (6 chars), names upper-cased as
+UTF-8, each base64url without padding.
+"""
+from __future__ import annotations
+
+import base64
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+MARKER_POINT = "DP"
+MARKER_DATASERVER = "DS"
+MARKER_ASSETSERVER = "RS"
+MARKER_DATABASE = "RD"
+MARKER_ELEMENT = "Em"
+MARKER_ATTRIBUTE = "Ab"
+
+#: marker -> owner marker used by PathOnly/Full WebIDs of that object type.
+OWNER_FOR_MARKER = {MARKER_ATTRIBUTE: "E", MARKER_ELEMENT: "", MARKER_POINT: "", MARKER_DATASERVER: ""}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_guid(guid: uuid.UUID) -> str:
+    return _b64(guid.bytes_le)
+
+
+def encode_int32(value: int) -> str:
+    return _b64(struct.pack("<i", value))
+
+
+def encode_name(text: str) -> str:
+    return _b64(text.upper().encode("utf-8"))
+
+
+def _strip_path(path: str) -> str:
+    return path[2:] if path.startswith("\\\\") else path
+
+
+def path_only(path: str, marker: str = MARKER_POINT, owner_marker: Optional[str] = None) -> str:
+    """PathOnly WebID of ``path`` (``\\\\SERVER\\TAG`` for a point, ``\\\\AF\\DB\\EL|ATTR`` for an
+    attribute). ``path_only(r"\\\\PISRV1\\SINUSOID") == "P1DPUElTUlYxXFNJTlVTT0lE"``."""
+    owner = OWNER_FOR_MARKER.get(marker, "") if owner_marker is None else owner_marker
+    return "P1" + marker + owner + encode_name(_strip_path(path))
+
+
+def full_point(server_guid: uuid.UUID, point_id: int, path: str) -> str:
+    """Full WebID of a PI Point: ``F1DP`` + server GUID + point ID + ``SERVER\\TAG``."""
+    return "F1DP" + encode_guid(server_guid) + encode_int32(point_id) + encode_name(_strip_path(path))
+
+
+def full_dataserver(server_guid: uuid.UUID, name: str) -> str:
+    return "F1DS" + encode_guid(server_guid) + encode_name(name)
+
+
+def full_element(server_guid: uuid.UUID, element_guid: uuid.UUID, path: str) -> str:
+    return "F1Em" + encode_guid(server_guid) + encode_guid(element_guid) + encode_name(_strip_path(path))
+
+
+def full_attribute(server_guid: uuid.UUID, element_guid: uuid.UUID, attribute_guid: uuid.UUID, path: str) -> str:
+    return ("F1AbE" + encode_guid(server_guid) + encode_guid(element_guid) + encode_guid(attribute_guid)
+            + encode_name(_strip_path(path)))
+
+
+@dataclass(frozen=True)
+class WebIdInfo:
+    type: str
+    version: str
+    marker: str
+    server_guid: Optional[uuid.UUID] = None
+    point_id: Optional[int] = None
+    path: Optional[str] = None
+
+
+_TYPES = {"F": "Full", "I": "IDOnly", "P": "PathOnly", "L": "LocalIDOnly", "D": "DefaultIDOnly"}
+
+
+def decode(webid: str) -> WebIdInfo:
+    """Decode a WebID 2.0 of a PI Point or data server (``F1DP``, ``P1DP``, ``I1DP``, ``F1DS``…).
+    Other object types decode their type, version and marker only. Raises ``ValueError`` on a string
+    that is not a WebID 2.0."""
+    if len(webid) < 4 or webid[0] not in _TYPES or webid[1] != "1":
+        raise ValueError(f"not a WebID 2.0: {webid[:12]!r}")
+    kind, marker, rest = _TYPES[webid[0]], webid[2:4], webid[4:]
+    try:
+        if marker == MARKER_POINT:
+            if kind == "PathOnly":
+                return WebIdInfo(kind, "2.0", marker, path="\\\\" + _unb64(rest).decode("utf-8"))
+            guid = uuid.UUID(bytes_le=_unb64(rest[:22]))
+            point_id = struct.unpack("<i", _unb64(rest[22:28]))[0]
+            path = "\\\\" + _unb64(rest[28:]).decode("utf-8") if kind == "Full" and rest[28:] else None
+            return WebIdInfo(kind, "2.0", marker, guid, point_id, path)
+        if marker == MARKER_DATASERVER:
+            if kind == "PathOnly":
+                return WebIdInfo(kind, "2.0", marker, path="\\\\" + _unb64(rest).decode("utf-8"))
+            guid = uuid.UUID(bytes_le=_unb64(rest[:22]))
+            name = _unb64(rest[22:]).decode("utf-8") if kind == "Full" and rest[22:] else None
+            return WebIdInfo(kind, "2.0", marker, guid, path=("\\\\" + name) if name else None)
+    except (ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed WebID 2.0 {webid[:12]!r}…: {exc}") from None
+    return WebIdInfo(kind, "2.0", marker)

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pi_stream_source",
+    version="0.1.0",
+    description="Spark Structured Streaming source for PI Web API channels, with gap fill from the PI "
+                "archive and exactly-once landing in Delta Lake",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["pi_stream_source", "pi_stream_source.*"]),
+    python_requires=">=3.10",
+    # pyspark is not a hard dependency: Databricks runtimes bring their own. Use the [spark] extra locally.
+    install_requires=[
+        "websocket-client>=1.7,<2",
+        "orjson>=3.9",
+        "requests>=2.31",
+        "databricks-sdk>=0.30",
+        "pyarrow>=14",
+    ],
+    extras_require={
+        "spark": ["pyspark==4.2.0", "delta-spark==4.4.1", "pandas>=2.0,<3"],
+        "simulator": ["aiohttp>=3.9,<4"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
+                "jsonschema>=4.20", "trustme>=1.1", "websockets>=13", "pyyaml>=6", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["pi-stream=pi_stream_source.cli:main"]},
+)

@@ -1,0 +1,41 @@
+"""Shared fixtures: one local Spark session with Delta for the whole run, simulators that stop."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pi_stream_source import register
+    from pi_stream_source.local_spark import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_spark("pi_stream_source-tests", warehouse=str(warehouse))
+    register(session)
+    yield session
+    for q in session.streams.active:
+        q.stop()
+    session.stop()
+
+
+@pytest.fixture
+def simulator():
+    """Factory: ``simulator(tags=…, rate=…)`` starts a PISimulator that is stopped after the test."""
+    from pi_stream_source.simulator import PISimulator
+
+    started = []
+
+    def make(**kwargs):
+        sim = PISimulator(**kwargs)
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
