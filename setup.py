@@ -8,6 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pi_stream_source", "pi_stream_source.*"]),
+    package_data={"pi_stream_source": ["resources/*"]},
     python_requires=">=3.10",
     # pyspark is not a hard dependency: Databricks runtimes bring their own. Use the [spark] extra locally.
     install_requires=[

@@ -95,7 +95,10 @@ def get_spark(app_name: str = "pi_stream_source", master: str = "local[2]",
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from pyspark.sql import SparkSession
 
+    log4j = Path(__file__).with_name("resources") / "log4j2.properties"
+    java_opts = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
     builder = (SparkSession.builder.appName(app_name).master(master)
+               .config("spark.driver.extraJavaOptions", java_opts)
                .config("spark.jars", ",".join(delta_jars()))
                .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
                .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")

@@ -85,7 +85,7 @@ _UNITS = {
 }
 _MONTH_UNITS = {"mo": 1, "month": 1, "months": 1, "y": 12, "year": 12, "years": 12}
 _REL = re.compile(r"\s*([+-])\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
-_BASE = re.compile(r"^\s*(\*|now|t|today|y|yesterday)?", re.IGNORECASE)
+_BASE = re.compile(r"^\s*(\*|now|today|yesterday|t|y)?", re.IGNORECASE)
 
 
 def _add_months(micros: int, months: int) -> int:

@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`. Each creates the venv when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+
+.PHONY: demo test install jars clean
+
+$(STAMP): setup.py
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
+	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed (java not found)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[spark,simulator,dev]"
+	$(PY) -c 'from pi_stream_source.local_spark import delta_jars; delta_jars()'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+jars: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pi_stream_source.cli demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) demo_output build dist *.egg-info .pytest_cache
