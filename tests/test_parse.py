@@ -8,7 +8,7 @@ import pytest
 from pi_stream_source.parse import Columns, ParseStats, parse_message, parse_streams
 from pi_stream_source.schema import BUFFER_SCHEMA
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "pi-web-api" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "pi_samples"   # copied from shared/pi-web-api/samples (see SOURCES.md)
 
 
 def parse(payload, **kw):

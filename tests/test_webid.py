@@ -5,7 +5,7 @@ import pytest
 
 from pi_stream_source import webid
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "pi-web-api" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "pi_samples"   # copied from shared/pi-web-api/samples (see SOURCES.md)
 
 
 def test_published_path_only_example():
