@@ -1,0 +1,363 @@
+"""Edge mode: land each micro-batch in a Unity Catalog table through a Volume and a SQL warehouse.
+
+PI Web API usually sits in an OT network that Databricks compute cannot reach. Local Spark with the
+``pi_websocket`` source runs on a machine that can reach it, and every micro-batch goes:
+
+1. to local Parquet, one file per Spark partition, named ``batch-<batchId>-<n>.parquet``;
+2. into a Unity Catalog Volume under ``<volume>/<queryId>/`` (Files API, databricks-sdk);
+3. into the table through the SQL Statement Execution API on a SQL warehouse: ``COPY INTO`` when
+   every row is ``live``, ``MERGE`` on (``partition_date``, ``tag_webid``, ``timestamp``) when the
+   batch carries ``replay``/``backfill``/``snapshot`` rows;
+4. the staged files are deleted.
+
+Exactly once: the query id (from the checkpoint) and the batch id make the staged names, so a batch
+that is retried or replayed stages the same names and ``COPY INTO``, which remembers the files it
+loaded into a table, skips them; ``MERGE`` is idempotent by key. Each load is one statement, so a
+table never holds half a batch. A failed upload or statement is retried with exponential backoff;
+after ``max_load_attempts`` the batch raises :class:`UnityLoadError` and the query stops with it.
+
+Credentials come from databricks-sdk's own chain (``~/.databrickscfg`` profile, ``DATABRICKS_*``
+environment variables, OAuth M2M, …); nothing here reads, logs or repeats a token.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import PIStreamError
+from .schema import CONTRACT_DDL, CONTRACT_SCHEMA
+
+log = logging.getLogger(__name__)
+
+#: Row sources that may repeat rows already in the table: their batches are merged, not appended.
+MERGE_SOURCES = frozenset({"replay", "backfill", "snapshot"})
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "CLOSED"}
+
+
+class UnityLoadError(PIStreamError):
+    """A batch could not be staged or loaded into the Unity Catalog table (after all retries)."""
+
+
+def _three_part(name: str, what: str) -> List[str]:
+    parts = [p.strip("`") for p in name.strip().split(".")]
+    if len(parts) != 3 or not all(_IDENT.match(p) for p in parts):
+        raise ValueError(f"{what} must be a three-part Unity Catalog name 'catalog.schema.name', got {name!r}")
+    return parts
+
+
+def _quote(parts: Sequence[str]) -> str:
+    return ".".join(f"`{p}`" for p in parts)
+
+
+def volume_path(volume: str) -> str:
+    """``cat.schema.vol`` or ``/Volumes/cat/schema/vol[/dir]`` → ``/Volumes/cat/schema/vol[/dir]``."""
+    v = volume.strip().rstrip("/")
+    if v.startswith("/Volumes/"):
+        parts = v.split("/")[2:]
+        if len(parts) < 3 or not all(_IDENT.match(p) for p in parts[:3]):
+            raise ValueError(f"volume must be '/Volumes/<catalog>/<schema>/<volume>[/dir]', got {volume!r}")
+        return v
+    return "/Volumes/" + "/".join(_three_part(v, "volume"))
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def create_table_sql(table: str) -> str:
+    """The contract table, partitioned by ``partition_date``, if it does not exist yet."""
+    return (f"CREATE TABLE IF NOT EXISTS {_quote(_three_part(table, 'table'))} ({CONTRACT_DDL}) "
+            f"USING DELTA PARTITIONED BY (partition_date)")
+
+
+def copy_into_sql(table: str, directory: str, files: Sequence[str]) -> str:
+    """Append staged live rows. COPY INTO skips files it already loaded into this table."""
+    listed = ", ".join(_sql_str(f) for f in files)
+    return (f"COPY INTO {_quote(_three_part(table, 'table'))} FROM {_sql_str(directory + '/')} "
+            f"FILEFORMAT = PARQUET FILES = ({listed}) "
+            f"FORMAT_OPTIONS ('mergeSchema' = 'false') COPY_OPTIONS ('mergeSchema' = 'false')")
+
+
+def merge_sql(table: str, directory: str, files: Sequence[str], first_date: dt.date, last_date: dt.date) -> str:
+    """Upsert staged rows on the contract key; the latest receipt of a key in the batch wins. The
+    batch's date range in the condition lets the warehouse skip other partitions."""
+    cols = ", ".join(f"`{f.name}`" for f in CONTRACT_SCHEMA.fields)
+    staged = " UNION ALL ".join(f"SELECT {cols} FROM parquet.`{directory}/{f}`" for f in files)
+    return (f"MERGE INTO {_quote(_three_part(table, 'table'))} AS t USING ("
+            f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY tag_webid, `timestamp` "
+            f"ORDER BY received_timestamp DESC) AS _pi_rank FROM ({staged})) WHERE _pi_rank = 1) AS s "
+            f"ON t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.`timestamp` = s.`timestamp` "
+            f"AND t.partition_date BETWEEN DATE'{first_date.isoformat()}' AND DATE'{last_date.isoformat()}' "
+            f"WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+
+
+def optimize_sql(table: str) -> str:
+    return f"OPTIMIZE {_quote(_three_part(table, 'table'))}"
+
+
+@dataclass
+class StagedBatch:
+    """One batch written to local Parquet: file names, row count, whether it must be merged."""
+    batch_id: int
+    local_dir: Path
+    files: List[str]
+    rows: int
+    merge: bool
+    first_date: Optional[dt.date]
+    last_date: Optional[dt.date]
+
+
+def stage_locally(batch_df, batch_id: int, local_dir: Path) -> StagedBatch:
+    """Write the batch as Parquet and name the files ``batch-<id>-<n>.parquet`` (deterministic, so a
+    retry stages the same names)."""
+    if local_dir.exists():
+        shutil.rmtree(local_dir)
+    batch_df.write.mode("overwrite").parquet(str(local_dir))
+    parts = sorted(p for p in local_dir.iterdir() if p.name.startswith("part-") and p.name.endswith(".parquet"))
+    files, rows, merge, dates = [], 0, False, []
+    for n, part in enumerate(parts):
+        meta = pq.read_metadata(part)
+        if meta.num_rows == 0:
+            part.unlink()
+            continue
+        table = pq.read_table(part, columns=["source", "partition_date"])
+        sources = set(pc.unique(table.column("source")).to_pylist())
+        merge = merge or bool(sources & MERGE_SOURCES)
+        mm = pc.min_max(table.column("partition_date"))
+        dates += [d for d in (mm["min"].as_py(), mm["max"].as_py()) if d is not None]
+        name = f"batch-{batch_id}-{len(files)}.parquet"
+        part.rename(local_dir / name)
+        files.append(name)
+        rows += meta.num_rows
+    return StagedBatch(batch_id, local_dir, files, rows, merge, min(dates) if dates else None,
+                       max(dates) if dates else None)
+
+
+def _query_id(checkpoint: str) -> str:
+    """The query's id from ``<checkpoint>/metadata`` (stable across restarts of that checkpoint)."""
+    meta = Path(checkpoint.removeprefix("file:")) / "metadata"
+    try:
+        return str(json.loads(meta.read_text().splitlines()[0])["id"])
+    except (OSError, ValueError, KeyError, IndexError):
+        # Not a local checkpoint: derive a stable id from its location instead.
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, checkpoint))
+
+
+class UnityBatchLoader:
+    """The ``foreachBatch`` function: stage, upload, load, clean up. Callable as ``loader(df, batch_id)``."""
+
+    def __init__(self, client, table: str, warehouse_id: str, volume: str, checkpoint: str,
+                 optimize_interval_seconds: Optional[float] = None, max_load_attempts: int = 5,
+                 retry_backoff_seconds: float = 1.0, statement_timeout_seconds: float = 600.0,
+                 local_dir: Optional[str] = None) -> None:
+        _three_part(table, "table")
+        if not warehouse_id or not str(warehouse_id).strip():
+            raise ValueError("warehouse_id is required: the id of the SQL warehouse that loads the table")
+        if max_load_attempts < 1:
+            raise ValueError(f"max_load_attempts must be at least 1, got {max_load_attempts}")
+        self.client = client
+        self.table = table
+        self.warehouse_id = str(warehouse_id).strip()
+        self.volume = volume_path(volume)
+        self.checkpoint = checkpoint
+        self.optimize_interval = optimize_interval_seconds
+        self.max_attempts = max_load_attempts
+        self.backoff = retry_backoff_seconds
+        self.statement_timeout = statement_timeout_seconds
+        self.local_root = Path(local_dir or tempfile.mkdtemp(prefix="pi_stream_unity_"))
+        self._query_id: Optional[str] = None
+        self._table_ready = False
+        self._last_optimize = time.monotonic()
+        self._optimize_statement: Optional[str] = None
+        self._lock = threading.Lock()
+        #: (batch id, rows, "copy"|"merge", seconds) of the batches loaded by this loader
+        self.loaded: List[tuple] = []
+
+    # -- statements ----------------------------------------------------------------------------
+    def _secret_free(self, text: str) -> str:
+        token = getattr(getattr(self.client, "config", None), "token", None)
+        return text.replace(token, "***") if token else text
+
+    def execute(self, statement: str, wait: bool = True) -> Any:
+        """Run one statement on the warehouse; poll until it ends. Raises UnityLoadError unless it
+        SUCCEEDED. With ``wait=False`` returns the statement id as soon as it is accepted."""
+        from databricks.sdk.service.sql import ExecuteStatementRequestOnWaitTimeout
+
+        api = self.client.statement_execution
+        resp = api.execute_statement(warehouse_id=self.warehouse_id, statement=statement,
+                                     wait_timeout="10s" if wait else "0s",
+                                     on_wait_timeout=ExecuteStatementRequestOnWaitTimeout.CONTINUE)
+        if not wait:
+            return resp.statement_id
+        deadline = time.monotonic() + self.statement_timeout
+        pause = 0.1
+        while _state(resp) not in _TERMINAL:
+            if time.monotonic() > deadline:
+                # A statement left running could still commit after our retry: cancel it first.
+                api.cancel_execution(resp.statement_id)
+                raise UnityLoadError(f"statement {resp.statement_id} still {_state(resp)} after "
+                                     f"{self.statement_timeout:.0f}s on warehouse {self.warehouse_id}; cancelled")
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            resp = api.get_statement(resp.statement_id)
+        if _state(resp) != "SUCCEEDED":
+            err = resp.status.error if resp.status else None
+            detail = f"{err.error_code.value if err and err.error_code else ''} {err.message if err else ''}".strip()
+            verb = " ".join(statement.split(" ", 2)[:2])
+            raise UnityLoadError(f"warehouse {self.warehouse_id} answered {_state(resp)} for {verb}: "
+                                 f"{detail or 'no detail'}")
+        return resp
+
+    def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
+        last: Optional[BaseException] = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return action()
+            except Exception as exc:  # any failure of the Files or SQL API is retried the same way
+                last = exc
+                if attempt == self.max_attempts:
+                    break
+                pause = min(self.backoff * 2 ** (attempt - 1), 60.0)
+                log.warning("%s failed (attempt %d of %d), retrying in %.1fs: %s: %s", what, attempt,
+                            self.max_attempts, pause, type(exc).__name__, self._secret_free(str(exc)))
+                time.sleep(pause)
+        assert last is not None
+        raise UnityLoadError(
+            f"{what} failed {self.max_attempts} times; stopping the query. Last error: "
+            f"{type(last).__name__}: {self._secret_free(str(last))}. Nothing of this batch is in {self.table} "
+            f"unless an earlier attempt committed it (a rerun skips what was loaded). Check that warehouse "
+            f"{self.warehouse_id} is running and that the principal may write to {self.volume} and "
+            f"MODIFY {self.table}, then restart the query from its checkpoint.") from None
+
+    # -- one batch -----------------------------------------------------------------------------
+    def ensure_table(self) -> None:
+        if not self._table_ready:
+            self._retrying(f"creating {self.table}", lambda: self.execute(create_table_sql(self.table)))
+            self._table_ready = True
+
+    def staging_dir(self) -> str:
+        if self._query_id is None:
+            self._query_id = _query_id(self.checkpoint)
+        return f"{self.volume}/{self._query_id}"
+
+    def _upload_and_load(self, staged: StagedBatch, remote: str) -> None:
+        for name in staged.files:
+            with open(staged.local_dir / name, "rb") as fh:
+                self.client.files.upload(f"{remote}/{name}", fh, overwrite=True)
+        if staged.merge:
+            assert staged.first_date is not None and staged.last_date is not None
+            self.execute(merge_sql(self.table, remote, staged.files, staged.first_date, staged.last_date))
+        else:
+            self.execute(copy_into_sql(self.table, remote, staged.files))
+
+    def _delete_staged(self, remote: str, files: Sequence[str]) -> None:
+        for name in files:
+            try:
+                self.client.files.delete(f"{remote}/{name}")
+            except Exception as exc:  # a leftover staged file is harmless: a rerun skips it
+                if type(exc).__name__ != "NotFound":
+                    log.warning("could not delete staged %s/%s: %s", remote, name, self._secret_free(str(exc)))
+
+    def __call__(self, batch_df, batch_id: int) -> None:
+        with self._lock:
+            started = time.monotonic()
+            self.ensure_table()
+            remote = self.staging_dir()
+            staged = stage_locally(batch_df, batch_id, self.local_root / f"batch-{batch_id}")
+            try:
+                if staged.rows == 0:
+                    return
+                kind = "MERGE" if staged.merge else "COPY INTO"
+                try:
+                    self._retrying(f"loading batch {batch_id} ({staged.rows} rows, {kind}) into {self.table}",
+                                   lambda: self._upload_and_load(staged, remote))
+                finally:
+                    self._delete_staged(remote, staged.files)
+                took = time.monotonic() - started
+                self.loaded.append((batch_id, staged.rows, kind, took))
+                log.info("batch %d: %d rows into %s by %s in %.2fs", batch_id, staged.rows, self.table, kind, took)
+            finally:
+                shutil.rmtree(staged.local_dir, ignore_errors=True)
+            self._maybe_optimize()
+
+    def _maybe_optimize(self) -> None:
+        """OPTIMIZE every ``optimize_interval`` seconds, asynchronously: it must not hold up batches."""
+        if not self.optimize_interval or time.monotonic() - self._last_optimize < self.optimize_interval:
+            return
+        api = self.client.statement_execution
+        try:
+            if self._optimize_statement is not None:
+                previous = api.get_statement(self._optimize_statement)
+                if _state(previous) not in _TERMINAL:
+                    return
+                if _state(previous) != "SUCCEEDED":
+                    log.warning("OPTIMIZE %s ended %s", self.table, _state(previous))
+            self._optimize_statement = self.execute(optimize_sql(self.table), wait=False)
+            self._last_optimize = time.monotonic()
+        except Exception as exc:  # maintenance is best effort: the next interval tries again
+            log.warning("could not start OPTIMIZE %s: %s", self.table, self._secret_free(str(exc)))
+
+    def close(self) -> None:
+        shutil.rmtree(self.local_root, ignore_errors=True)
+
+
+def _state(resp) -> str:
+    state = resp.status.state if resp is not None and resp.status else None
+    return state.value if state is not None else "PENDING"
+
+
+def default_client(profile: Optional[str] = None):
+    """databricks-sdk's own config chain: a ``~/.databrickscfg`` profile, ``DATABRICKS_*`` env vars,
+    OAuth M2M (``client_id``/``client_secret``), the Databricks CLI's login, …"""
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient(profile=profile) if profile else WorkspaceClient()
+
+
+def write_stream(df, table: str, warehouse_id: str, volume: str, checkpoint: str, trigger: str = "1 second",
+                 workspace_client=None, profile: Optional[str] = None, query_name: Optional[str] = None,
+                 optimize_interval_seconds: Optional[float] = None, max_load_attempts: int = 5,
+                 retry_backoff_seconds: float = 1.0):
+    """Start a streaming query that lands every micro-batch of ``df`` in the Unity Catalog ``table``.
+
+    Args:
+        df: a streaming DataFrame in the data contract (``spark.readStream.format("pi_websocket")``).
+        table: ``catalog.schema.table``; created if missing (contract schema, partitioned by
+            ``partition_date``).
+        warehouse_id: the SQL warehouse that runs ``CREATE TABLE``/``COPY INTO``/``MERGE``/``OPTIMIZE``.
+        volume: where batches are staged: ``catalog.schema.volume`` or ``/Volumes/catalog/schema/volume/dir``.
+        checkpoint: the query's local checkpoint directory (its id names the staged files).
+        trigger: processing-time trigger, e.g. ``"1 second"``.
+        workspace_client: a ``databricks.sdk.WorkspaceClient``; default: one from ``profile``, or
+            the SDK's default chain (``DATABRICKS_HOST``/``DATABRICKS_TOKEN``, ``DEFAULT`` profile, …).
+        optimize_interval_seconds: run ``OPTIMIZE`` through the warehouse this often (off when None).
+        max_load_attempts: attempts per batch before the query stops with :class:`UnityLoadError`;
+            waits ``retry_backoff_seconds`` × 2^n between them.
+
+    Returns the :class:`pyspark.sql.streaming.StreamingQuery`.
+    """
+    client = workspace_client if workspace_client is not None else default_client(profile)
+    loader = UnityBatchLoader(client, table, warehouse_id, volume, checkpoint,
+                              optimize_interval_seconds=optimize_interval_seconds,
+                              max_load_attempts=max_load_attempts, retry_backoff_seconds=retry_backoff_seconds)
+    writer = (df.writeStream.foreachBatch(loader).option("checkpointLocation", checkpoint)
+              .trigger(processingTime=trigger))
+    if query_name:
+        writer = writer.queryName(query_name)
+    query = writer.start()
+    query.unity_loader = loader  # type: ignore[attr-defined]  # for metrics and tests
+    return query

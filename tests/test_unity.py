@@ -1,0 +1,225 @@
+"""Edge mode (pi_stream_source.unity): batches staged in a Volume and loaded through a SQL warehouse.
+
+The workspace is tests/fake_workspace.py: the Files and Statement Execution APIs on 127.0.0.1, with
+every statement run on local Spark + Delta, so the SQL the sink sends is executed, not matched."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from fake_workspace import FakeWorkspace
+from pi_stream_source import unity
+from pi_stream_source.schema import CONTRACT_SCHEMA
+from pi_stream_source.testing import expected_rows, wait_until
+
+TOKEN = "dapi-edge-test-SECRET-7f3a9c"
+TABLE = "edge_cat.bronze.pi_streaming_timeseries"
+VOLUME = "edge_cat.bronze.staging"
+
+
+@pytest.fixture
+def workspace(spark, tmp_path):
+    ws = FakeWorkspace(spark, tmp_path / "workspace", token=TOKEN)
+    ws.start()
+    ws.create_volume(VOLUME)
+    yield ws
+    ws.stop()
+
+
+def _loader(ws, tmp_path, **kwargs):
+    kwargs.setdefault("retry_backoff_seconds", 0.05)
+    return unity.UnityBatchLoader(ws.client(), TABLE, ws.warehouse_id, VOLUME, str(tmp_path / "ck"),
+                                  local_dir=str(tmp_path / "local"), **kwargs)
+
+
+def _rows(spark, n_tags=3, n_values=4, source="live", value_offset=0.0, start=dt.datetime(2026, 11, 27, 23, 59, 58)):
+    """Contract rows; they straddle midnight UTC so two partitions are written."""
+    rows = []
+    for t in range(n_tags):
+        for i in range(n_values):
+            ts = start + dt.timedelta(seconds=i)
+            rows.append((f"W{t}", f"Tag{t}", f"\\\\pi\\Tag{t}", ts, float(t * 100 + i) + value_offset, None, None,
+                         False, True, False, source != "live", False, "degC", None, source, ts, ts, ts.date()))
+    return spark.createDataFrame(rows, CONTRACT_SCHEMA)
+
+
+def _key_value(df):
+    return sorted((r.tag_webid, r.timestamp, r.value) for r in df.select("tag_webid", "timestamp", "value").collect())
+
+
+def test_names_are_validated_up_front():
+    assert unity.volume_path("main.bronze.stage") == "/Volumes/main/bronze/stage"
+    assert unity.volume_path("/Volumes/main/bronze/stage/pi/") == "/Volumes/main/bronze/stage/pi"
+    with pytest.raises(ValueError, match="volume"):
+        unity.volume_path("/tmp/stage")
+    with pytest.raises(ValueError, match="table"):
+        unity.create_table_sql("bronze.pi")
+    with pytest.raises(ValueError, match="table"):
+        unity.copy_into_sql("main.bronze.pi; DROP TABLE x", "/Volumes/a/b/c", ["f.parquet"])
+
+
+def test_batch_called_twice_with_the_same_id_loads_once(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path)
+    batch = _rows(spark)
+    loader(batch, 0)
+    loader(batch, 0)                                   # Spark re-running batch 0 after a failure
+    table = workspace.read_table(TABLE)
+    assert table.count() == 12
+    assert _key_value(table) == _key_value(batch)
+    copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
+    assert [s.state for s in copies] == ["SUCCEEDED", "SUCCEEDED"]
+    assert [s.rows[0][1] for s in copies] == ["12", "0"]  # the second COPY INTO skipped the loaded files
+    assert workspace.staged_files() == []                # staged files are removed after the load
+    detail = workspace.spark.sql(f"DESCRIBE DETAIL delta.`{workspace.table_path(TABLE)}`").first()
+    assert detail.partitionColumns == ["partition_date"]
+    assert workspace.read_table(TABLE).schema.fieldNames() == CONTRACT_SCHEMA.fieldNames()
+
+
+def test_lost_statement_response_does_not_load_twice(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path)
+    loader.ensure_table()
+    workspace.lose_statement_responses = 1              # COPY INTO commits, the answer is lost
+    loader(_rows(spark), 5)
+    assert workspace.read_table(TABLE).count() == 12
+    copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
+    assert len(copies) == 2 and copies[1].rows[0][1] == "0"
+
+
+def test_failed_uploads_are_retried_and_load_once(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path)
+    workspace.fail_uploads = 2
+    batch = _rows(spark)
+    loader(batch, 3)
+    assert workspace.fail_uploads == 0
+    failed_puts = [r for r in workspace.requests if r[0] == "PUT" and r[2] == 500]
+    assert len(failed_puts) == 2
+    assert _key_value(workspace.read_table(TABLE)) == _key_value(batch)
+
+
+def test_replayed_rows_are_merged_on_the_key(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path)
+    loader(_rows(spark, n_values=3), 0)                               # 9 live rows
+    replay = _rows(spark, n_values=5, source="replay", value_offset=0.5)  # 9 overlap (edited) + 6 new
+    both = replay.unionByName(_rows(spark, n_values=5, source="replay", value_offset=0.5))  # duplicates in a batch
+    loader(both, 1)
+    loader(both, 1)
+    table = workspace.read_table(TABLE)
+    assert table.count() == 15
+    assert _key_value(table) == _key_value(replay)
+    assert {r.source for r in table.select("source").distinct().collect()} == {"replay"}
+    merges = [s for s in workspace.history if s.text.startswith("MERGE INTO")]
+    assert len(merges) == 2 and all(s.state == "SUCCEEDED" for s in merges)
+
+
+def test_warehouse_failure_stops_with_a_clear_error_and_no_token(spark, workspace, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    loader = _loader(workspace, tmp_path, max_load_attempts=3)
+    loader.ensure_table()
+    workspace.fail_statements = 100
+    with pytest.raises(unity.UnityLoadError) as err:
+        loader(_rows(spark), 7)
+    text = str(err.value)
+    assert "failed 3 times" in text and workspace.warehouse_id in text and "injected warehouse failure" in text
+    assert TOKEN not in text and TOKEN not in caplog.text
+    assert "retrying" in caplog.text
+    assert workspace.read_table(TABLE).count() == 0     # nothing half-loaded
+    assert workspace.staged_files() == []
+
+
+def test_profile_from_databrickscfg(workspace, tmp_path, monkeypatch):
+    cfg = tmp_path / "databrickscfg"
+    cfg.write_text(f"[edge]\nhost = {workspace.url}\ntoken = {TOKEN}\n")
+    for var in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(cfg))
+    client = unity.default_client(profile="edge")
+    loader = unity.UnityBatchLoader(client, TABLE, workspace.warehouse_id, VOLUME, str(tmp_path / "ck"))
+    assert loader.execute("SELECT 1 AS one").result.data_array == [["1"]]
+    with pytest.raises(ValueError, match="warehouse_id"):
+        unity.UnityBatchLoader(client, TABLE, "", VOLUME, str(tmp_path / "ck"))
+
+
+def _stream(spark, sim, ws, tmp_path, **kwargs):
+    webids = [t.webid for t in sim.tags]
+    df = (spark.readStream.format("pi_websocket").option("url", sim.url).option("webIds", ",".join(webids))
+          .option("tagsPerChannel", "4").load())
+    return unity.write_stream(df, table=TABLE, warehouse_id=ws.warehouse_id, volume=VOLUME,
+                              checkpoint=str(tmp_path / "ck"), trigger="500 milliseconds",
+                              workspace_client=ws.client(), retry_backoff_seconds=0.1, **kwargs)
+
+
+def _assert_table_is_archive(spark, ws, sent):
+    landed = ws.read_table(TABLE)
+    actual = landed.select("tag_webid", "timestamp", "value", "partition_date")
+    expected = spark.createDataFrame(expected_rows(sent), actual.schema)
+    assert landed.count() == sum(len(v) for v in sent.values())
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    assert landed.filter(F.col("partition_date") != F.to_date("timestamp")).count() == 0
+
+
+def test_end_to_end_simulator_to_unity_table(spark, simulator, workspace, tmp_path):
+    sim = simulator(tags=12, rate=5, seed=11)
+    query = _stream(spark, sim, workspace, tmp_path, optimize_interval_seconds=0.5, query_name="edge_e2e")
+    try:
+        wait_until(lambda: len(query.unity_loader.loaded) >= 2, 60, what="two batches loaded")
+        workspace.fail_uploads = 1                        # the next batch's first upload fails
+        wait_until(lambda: sim.stats["values_sent"] >= 12 * 5 * 4, 60, what="4 s of values")
+        sim.set_stalled(True)
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert query.exception() is None
+    assert workspace.fail_uploads == 0
+    assert [r for r in workspace.requests if r[0] == "PUT" and r[2] == 500]
+    _assert_table_is_archive(spark, workspace, sim.sent_values())
+    kinds = {s.text.split(" ")[0] for s in workspace.history}
+    assert {"CREATE", "COPY", "OPTIMIZE"} <= kinds
+    assert all(s.state == "SUCCEEDED" for s in workspace.history if s.text.startswith(("COPY", "CREATE")))
+    assert workspace.staged_files() == []
+
+
+def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_once(spark, simulator, workspace,
+                                                                                      tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    sim = simulator(tags=8, rate=5, seed=12)
+    query = _stream(spark, sim, workspace, tmp_path, max_load_attempts=2)
+    try:
+        wait_until(lambda: len(query.unity_loader.loaded) >= 2, 60, what="two batches loaded")
+        workspace.fail_statements = 1000                  # the warehouse starts failing every statement
+        wait_until(lambda: not query.isActive, 60, what="the query to stop")
+    finally:
+        query.stop()
+    error = str(query.exception())
+    assert "UnityLoadError" in error and "failed 2 times" in error and "injected warehouse failure" in error
+    assert TOKEN not in error and TOKEN not in caplog.text
+    before = workspace.read_table(TABLE).count()
+    assert before > 0
+
+    # the warehouse recovers; the query restarts from its checkpoint: the failed batch is replayed
+    workspace.fail_statements = 0
+    query = _stream(spark, sim, workspace, tmp_path)
+    try:
+        wait_until(lambda: sim.stats["values_sent"] >= 8 * 5 * 6, 60, what="6 s of values")
+        wait_until(lambda: len(query.unity_loader.loaded) >= 1, 60, what="a batch after the restart")
+        sim.set_stalled(True)
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert query.exception() is None
+    # exactly once across the failure: every value sent is there, no key twice, every value is PI's
+    landed = workspace.read_table(TABLE)
+    keys = landed.groupBy("tag_webid", "timestamp").count()
+    assert keys.filter("count > 1").count() == 0
+    rows = {(r.tag_webid, r.timestamp): r.value for r in landed.select("tag_webid", "timestamp", "value").collect()}
+    sent = {(w, ts, v) for w, t, v, _ in expected_rows(sim.sent_values()) for ts in [t]}
+    assert {(w, ts) for w, ts, _ in sent} <= set(rows)
+    assert all(rows[(w, ts)] == v for w, ts, v in sent)
+    by_webid = {t.webid: t for t in sim.tags}
+    for (w, ts), v in rows.items():
+        micros = int((ts - dt.datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+        k = (micros - sim.t0) // sim.period_us
+        assert sim.tick_time(k) == micros and float(sim.value_at(by_webid[w], k)) == v
