@@ -111,3 +111,29 @@ def decode(webid: str) -> WebIdInfo:
     except (ValueError, struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed WebID 2.0 {webid[:12]!r}…: {exc}") from None
     return WebIdInfo(kind, "2.0", marker)
+
+
+def id_only_point(server_guid: uuid.UUID, point_id: int) -> str:
+    """IDOnly WebID of a PI Point: ``I1DP`` + server GUID + point ID (no name)."""
+    return "I1DP" + encode_guid(server_guid) + encode_int32(point_id)
+
+
+def id_only_element(server_guid: uuid.UUID, element_guid: uuid.UUID) -> str:
+    """IDOnly WebID of an AF element: ``I1Em`` + AF server GUID + element GUID (no path)."""
+    return "I1Em" + encode_guid(server_guid) + encode_guid(element_guid)
+
+
+def id_only_attribute(server_guid: uuid.UUID, element_guid: uuid.UUID, attribute_guid: uuid.UUID) -> str:
+    """IDOnly WebID of an element attribute: ``I1AbE`` + the three GUIDs (server, element,
+    attribute), as in the Full form without the path."""
+    return "I1AbE" + encode_guid(server_guid) + encode_guid(element_guid) + encode_guid(attribute_guid)
+
+
+def full_assetserver(server_guid: uuid.UUID, name: str) -> str:
+    """Full WebID of an AF (asset) server: ``F1RS`` + server GUID + name."""
+    return "F1RS" + encode_guid(server_guid) + encode_name(name)
+
+
+def full_database(server_guid: uuid.UUID, database_guid: uuid.UUID, path: str) -> str:
+    """Full WebID of an AF database: ``F1RD`` + server GUID + database GUID + ``SERVER\\DB``."""
+    return "F1RD" + encode_guid(server_guid) + encode_guid(database_guid) + encode_name(_strip_path(path))

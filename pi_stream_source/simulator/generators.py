@@ -1,17 +1,48 @@
 """Deterministic value generators: the value of tag ``i`` at tick ``k`` depends only on the seed,
-``i`` and ``k``, so the archive never has to be stored and a test can recompute any value."""
+``i`` and ``k``, so the archive never has to be stored and a test can recompute any value.
+
+Besides the value, a generator gives PI's per-value quality flags and ``Errors``: most kinds are
+always good, ``system`` mixes in PI system states and ``edge`` walks through the odd corners a
+client must survive (NaN/Infinity, extreme numbers, per-value errors, every quality flag).
+"""
 from __future__ import annotations
 
 import math
 import random
 import zlib
-from dataclasses import dataclass
-from typing import Any, List
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
 
-KINDS = ("sine", "ramp", "step", "walk", "int", "digital", "string", "bool")
+KINDS = ("sine", "ramp", "step", "walk", "int", "digital", "string", "bool", "system", "edge")
+#: Kinds whose every value is good, unannotated and error-free (the fast encoding path).
+PLAIN_KINDS = frozenset(("sine", "ramp", "step", "walk", "int", "digital", "string", "bool"))
+#: Kinds whose values are numbers (PI point type Float32/Int32), with a unit.
+NUMERIC_KINDS = frozenset(("sine", "ramp", "step", "walk", "int", "system", "edge"))
 
 DIGITAL_STATES = [("Off", 0), ("On", 1), ("Auto", 2), ("Manual", 3)]
-SYSTEM_STATES = [("Shutdown", 254), ("I/O Timeout", 246), ("Pt Created", 251), ("Bad Input", 307)]
+# PI system digital states (the "SYSTEM" set); codes as shipped with PI Data Archive.
+SYSTEM_STATES = [("Shutdown", 254), ("I/O Timeout", 246), ("Pt Created", 251), ("Bad Input", 307),
+                 ("Comm Fail", 313), ("Scan Off", 252), ("Calc Failed", 298), ("No Data", 248)]
+
+GOOD = (True, False, False)             # (Good, Questionable, Annotated)
+
+# ``edge`` cycles through these, one per tick: (value, (good, questionable, annotated), errors)
+_ERROR = [{"FieldName": "Value", "Message": ["PI Point not found."]}]
+EDGE_CASES: List[Tuple[Any, Tuple[bool, bool, bool], Optional[list]]] = [
+    (1.5, GOOD, None),
+    (float("nan"), GOOD, None),
+    (float("inf"), GOOD, None),
+    (float("-inf"), GOOD, None),
+    (-0.0, GOOD, None),
+    (1.7976931348623157e308, GOOD, None),
+    (5e-324, GOOD, None),
+    (2 ** 53 + 1, GOOD, None),
+    (None, (False, False, False), _ERROR),                       # a value that carries Errors
+    (42.0, (False, False, False), None),                         # bad quality
+    (43.0, (True, True, False), None),                           # questionable
+    (44.0, (True, False, True), None),                           # annotated
+    ({"Name": "I/O Timeout", "Value": 246, "IsSystem": True}, (False, False, False), None),
+]
 
 
 @dataclass(frozen=True)
@@ -19,6 +50,18 @@ class Generator:
     kind: str
     seed: int
     rate: float
+    _walk: Tuple[Tuple[float, float], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown generator kind {self.kind!r}")
+        if self.kind == "walk":
+            r = random.Random(self.seed)
+            object.__setattr__(self, "_walk", tuple((1.0 / r.uniform(5, 50), r.uniform(0, 6.28)) for _ in range(3)))
+
+    @property
+    def plain(self) -> bool:
+        return self.kind in PLAIN_KINDS
 
     def value(self, k: int) -> Any:
         kind = self.kind
@@ -30,7 +73,7 @@ class Generator:
         if kind == "step":
             return float(10 * ((k // max(1, int(10 * self.rate)) + self.seed) % 5))
         if kind == "walk":
-            return round(_noise(self.seed, k) * 10.0, 6)
+            return round(sum(math.sin(k * f + p) for f, p in self._walk) * 10.0, 6)
         if kind == "int":
             return (k * 7 + self.seed) % 10_000
         if kind == "digital":
@@ -40,25 +83,39 @@ class Generator:
             return f"batch-{(k + self.seed) % 100:03d}"
         if kind == "bool":
             return ((k + self.seed) // max(1, int(3 * self.rate))) % 2 == 0
-        raise ValueError(f"unknown generator kind {kind!r}")
+        if kind == "system":
+            n = k + self.seed
+            if n % 10 == 9:                     # one value in ten is a system state
+                name, code = SYSTEM_STATES[(n // 10) % len(SYSTEM_STATES)]
+                return {"Name": name, "Value": code, "IsSystem": True}
+            return round(20.0 + (n % 50) * 0.5, 6)
+        return EDGE_CASES[(k + self.seed) % len(EDGE_CASES)][0]
 
+    def quality(self, k: int) -> Tuple[bool, bool, bool]:
+        """(Good, Questionable, Annotated) of the value at tick ``k``."""
+        if self.kind == "edge":
+            return EDGE_CASES[(k + self.seed) % len(EDGE_CASES)][1]
+        if self.kind == "system" and (k + self.seed) % 10 == 9:
+            return (False, False, False)
+        return GOOD
 
-def _noise(seed: int, k: int) -> float:
-    """A smooth-looking deterministic walk without storing state: sum of a few hashed sines."""
-    r = random.Random(seed)
-    total = 0.0
-    for _ in range(3):
-        total += math.sin(k / r.uniform(5, 50) + r.uniform(0, 6.28))
-    return total
+    def errors(self, k: int) -> Optional[list]:
+        """PI's per-value ``Errors`` (``[{FieldName, Message[]}]``), or None."""
+        if self.kind == "edge":
+            return EDGE_CASES[(k + self.seed) % len(EDGE_CASES)][2]
+        return None
 
 
 def kinds_for(count: int, spec: str) -> List[str]:
-    """``spec`` is a single kind, or ``mixed`` to cycle through every kind."""
+    """``spec`` is a single kind, ``mixed`` to cycle through every kind, or a comma list of kinds
+    to cycle through."""
     if spec == "mixed":
         return [KINDS[i % len(KINDS)] for i in range(count)]
-    if spec not in KINDS:
-        raise ValueError(f"unknown value kind {spec!r}; allowed: mixed, {', '.join(KINDS)}")
-    return [spec] * count
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    bad = [p for p in parts if p not in KINDS]
+    if not parts or bad:
+        raise ValueError(f"unknown value kind {spec!r}; allowed: mixed, {', '.join(KINDS)} (or a comma list)")
+    return [parts[i % len(parts)] for i in range(count)]
 
 
 def tag_seed(seed: int, index: int) -> int:

@@ -1,0 +1,95 @@
+"""JSON bytes for values and streams, built from cached templates.
+
+At 100k values/s a dict plus ``orjson.dumps`` per value costs more than the rest of the server, so a
+value is ``head + value + b"}"`` where the head (timestamp, units, flags) is cached per tick and
+unit, and each stream header is encoded once per WebID type. Odd values (errors, flags other than
+good, edits, late values) take the general path through a dict.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import orjson
+
+from ..pitime import format_ts
+from .archive import Archive, Point
+from .generators import GOOD
+
+_INF = math.inf
+
+
+def json_value(v: Any) -> bytes:
+    """A PI value as JSON. NaN and the infinities are written as the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"`` (what .NET's JSON writer produces; JSON has no literal)."""
+    if type(v) is float and (v != v or v == _INF or v == -_INF):
+        return b'"NaN"' if v != v else (b'"Infinity"' if v > 0 else b'"-Infinity"')
+    return orjson.dumps(v)
+
+
+class Encoder:
+    def __init__(self, archive: Archive, bool_strings: bool = False) -> None:
+        self.archive = archive
+        self.bool_strings = bool_strings
+        self._heads: Dict[Tuple[int, str, bool], bytes] = {}
+
+    def _flag(self, b: bool) -> Any:
+        if self.bool_strings:
+            return "true" if b else "false"
+        return b
+
+    def head(self, k: int, uom: str) -> bytes:
+        """``{"Timestamp":…,"UnitsAbbreviation":…,<good flags>,"Value":`` for tick ``k``."""
+        key = (k, uom, self.bool_strings)
+        h = self._heads.get(key)
+        if h is None:
+            if len(self._heads) > 20_000:
+                self._heads.clear()
+            f = self._flag
+            h = orjson.dumps({"Timestamp": format_ts(self.archive.tick_time(k)), "UnitsAbbreviation": uom,
+                              "Good": f(True), "Questionable": f(False), "Substituted": f(False),
+                              "Annotated": f(False)})[:-1] + b',"Value":'
+            self._heads[key] = h
+        return h
+
+    def value_bytes(self, tag: Any, k: int) -> bytes:
+        """TimedValue JSON of ``tag`` at tick ``k`` (edits applied, flagged ``Substituted``)."""
+        if tag.gen.plain and (tag.index, k) not in self.archive.edits:
+            return self.head(k, tag.uom) + json_value(tag.gen.value(k)) + b"}"
+        return self.timed_value(tag, self.archive.tick_time(k), self.archive.value_at(tag, k),
+                                (tag.index, k) in self.archive.edits, tag.gen.quality(k), tag.gen.errors(k))
+
+    def point_bytes(self, tag: Any, p: Point) -> bytes:
+        ts, k, _ = p
+        if k is not None:
+            return self.value_bytes(tag, k)
+        value, substituted = self.archive.late[tag.index][ts]
+        return self.timed_value(tag, ts, value, substituted)
+
+    def timed_value(self, tag: Any, ts: int, value: Any, substituted: bool = False,
+                    quality: Tuple[bool, bool, bool] = GOOD, errors: Optional[list] = None) -> bytes:
+        f = self._flag
+        good, questionable, annotated = quality
+        d = {"Timestamp": format_ts(ts), "UnitsAbbreviation": tag.uom, "Good": f(good),
+             "Questionable": f(questionable), "Substituted": f(substituted), "Annotated": f(annotated)}
+        if errors:
+            d["Errors"] = errors
+        return orjson.dumps(d)[:-1] + b',"Value":' + json_value(value) + b"}"
+
+    @staticmethod
+    def stream_prefix(stream: Any, webid_type: str = "Full") -> bytes:
+        """``{"WebId":…,"Name":…,"Path":…,"Links":{},"UnitsAbbreviation":…`` (no closing brace)."""
+        p = stream._prefixes.get(webid_type)
+        if p is None:
+            p = orjson.dumps({"WebId": stream.webid_for(webid_type), "Name": stream.name, "Path": stream.path,
+                              "Links": {}, "UnitsAbbreviation": stream.uom})[:-1]
+            stream._prefixes[webid_type] = p
+        return p
+
+    @staticmethod
+    def stream_items(prefix: bytes, values: List[bytes]) -> bytes:
+        return prefix + b',"Items":[' + b",".join(values) + b"]}"
+
+    @staticmethod
+    def stream_value(prefix: bytes, value: bytes) -> bytes:
+        return prefix + b',"Value":' + value + b"}"
