@@ -39,7 +39,11 @@ class Credentials:
     password: Optional[Secret] = None
     token: Optional[Secret] = None
 
-    def headers(self) -> Dict[str, str]:
+    def headers(self, host: Optional[str] = None) -> Dict[str, str]:
+        """HTTP headers for one request or WebSocket upgrade to ``host`` (Kerberos tokens are per host)."""
+        if self.auth_type == "kerberos":
+            return {"Authorization": "Negotiate " + negotiate_token(host or "", self.username,
+                                                                     self.password.reveal() if self.password else None)}
         if self.auth_type == "basic":
             raw = f"{self.username}:{self.password.reveal() if self.password else ''}".encode("utf-8")
             return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
@@ -49,3 +53,22 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(auth_type={self.auth_type!r}, username={self.username!r})"
+
+
+def kerberos_available() -> bool:
+    try:
+        import spnego  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def negotiate_token(host: str, username: Optional[str] = None, password: Optional[str] = None) -> str:
+    """A SPNEGO (Kerberos) token for ``HTTP@host`` from the ticket cache (or username/password),
+    base64, for an ``Authorization: Negotiate`` header (REST and the WebSocket upgrade alike)."""
+    import spnego
+
+    hostname = host.split(":")[0].strip("[]")
+    ctx = spnego.client(username, password, hostname=hostname, service="HTTP", protocol="kerberos")
+    token = ctx.step()
+    return base64.b64encode(token or b"").decode("ascii")

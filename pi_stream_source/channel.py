@@ -21,20 +21,26 @@ from .rest import PIRestClient, error_from_status, tls_error_message
 log = logging.getLogger(__name__)
 
 
-def channel_url(opts: SourceOptions, webids: List[str], initial: bool = False) -> str:
-    query = "&".join("webId=" + quote(w, safe="") for w in webids)
-    query += f"&heartbeatRate={opts.heartbeat_rate}" if opts.heartbeat_rate > 0 else ""
-    query += "&includeInitialValues=true" if initial else ""
-    return f"{opts.ws_url}/streamsets/channel?{query}"
+def channel_url(opts: SourceOptions, webids: List[str], initial: bool = False,
+                element: Optional[str] = None) -> str:
+    """``streamsets/channel?webId=…`` for a shard of streams, or ``streamsets/{element}/channel``
+    for the attributes of an AF element."""
+    params = [] if element else ["webId=" + quote(w, safe="") for w in webids]
+    if opts.heartbeat_rate > 0:
+        params.append(f"heartbeatRate={opts.heartbeat_rate}")
+    if initial:
+        params.append("includeInitialValues=true")
+    path = f"streamsets/{quote(element, safe='')}/channel" if element else "streamsets/channel"
+    return f"{opts.ws_url}/{path}?{'&'.join(params)}"
 
 
-def shard_webids(opts: SourceOptions) -> List[List[str]]:
+def shard_webids(opts: SourceOptions, webids: List[str]) -> List[List[str]]:
     """Split the streams into shards of at most ``tagsPerChannel`` whose channel URL stays under
     ``maxUrlLength``. Deterministic: the same options give the same shards."""
     shards: List[List[str]] = []
     current: List[str] = []
     length = len(channel_url(opts, [], True))
-    for w in opts.webids:
+    for w in webids:
         add = len("&webId=") + len(quote(w, safe=""))
         if current and (len(current) >= opts.tags_per_channel or length + add > opts.max_url_length):
             shards.append(current)
@@ -97,17 +103,26 @@ class ShardBuffer:
                 self.lock.wait(0.2)
 
 
+def max_timestamp_per_tag(batch: pa.RecordBatch) -> Tuple[List[str], List[Optional[int]]]:
+    """(WebIDs, newest timestamp of each) over the rows of ``batch``."""
+    table = pa.table({"w": batch.column(0), "t": batch.column(3)}).group_by("w").aggregate([("t", "max")])
+    return table.column("w").to_pylist(), table.column("t_max").to_pylist()
+
+
 class ChannelReceiver(threading.Thread):
     """Keeps one channel open; parses each message into the shard's buffer. After a reconnect it
     fills the gap from ``streamsets/recorded`` (from each tag's newest timestamp) before taking
     live values again, dropping live values the archive already gave."""
 
     def __init__(self, shard: int, webids: List[str], opts: SourceOptions, buffer: ShardBuffer,
-                 since: int, rest: PIRestClient, initial_values: bool = False) -> None:
+                 rest: PIRestClient, initial_values: bool = False, element: Optional[str] = None,
+                 known: Optional[Dict[str, Tuple[Optional[str], Optional[str]]]] = None) -> None:
         super().__init__(name=f"pi-channel-{shard}", daemon=True)
         self.shard, self.webids, self.opts, self.buffer = shard, webids, opts, buffer
-        self.since, self.rest, self.initial_values = since, rest, initial_values
-        self.known: Dict[str, Tuple[Optional[str], Optional[str]]] = {w: (None, None) for w in webids}
+        self.rest, self.initial_values, self.element = rest, initial_values, element
+        self.known = dict(known) if known else {w: (None, None) for w in webids}
+        self.connected_at: Optional[int] = None   # when the first channel opened (µs): the run's "since"
+        self.since = 0
         self.last_seen: Dict[str, Tuple] = {}
         self.hwm: Dict[str, int] = {}           # newest timestamp taken per tag (micros)
         self.stats = ParseStats()
@@ -120,6 +135,8 @@ class ChannelReceiver(threading.Thread):
         self._stopping = threading.Event()
         self._ws: Optional[websocket.WebSocket] = None
         self._handover: Set[Tuple[str, int]] = set()
+        self._snapshot_next = False
+        self.bridged = 0
         self._handover_until = 0
 
     # -- metrics -----------------------------------------------------------------------------
@@ -147,7 +164,7 @@ class ChannelReceiver(threading.Thread):
         sslopt: Dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
         if self.opts.ca_bundle:
             sslopt["ca_certs"] = self.opts.ca_bundle
-        url = channel_url(self.opts, self.webids, initial)
+        url = channel_url(self.opts, self.webids, initial, self.element)
         headers = [f"{k}: {v}" for k, v in self.opts.credentials.headers().items()]
         host = url.split("/")[2]
         try:
@@ -180,13 +197,18 @@ class ChannelReceiver(threading.Thread):
                 self._backoff(attempts, exc)
                 continue
             self._ws = ws
+            if self.connected_at is None:
+                self.connected_at = now_micros()
+                # values up to here (plus a margin for clock skew) come from the archive; see source.py
+                self.since = self.connected_at + int(self.opts.bridge_margin * 1e6)
             self.state = "open"
             log.info("channel %d open (%d streams)", self.shard, len(self.webids))
             if not first:
                 self.reconnects += 1
             try:
-                if not first or self.hwm:
+                if not first:
                     self._fill_gap()
+                self._snapshot_next = first and self.initial_values
                 first = False
                 attempts = 0
                 self._receive(ws)
@@ -232,29 +254,36 @@ class ChannelReceiver(threading.Thread):
             log.debug("channel %d: message of %d bytes", self.shard, len(data))
             self.buffer.wait_for_room(self.opts.max_buffer_records, self._stopping)
             cols = Columns()
-            parse_message(data, cols, self.stats, "live", now_micros(), self.known, self.last_seen)
+            source = "snapshot" if self._snapshot_next else "live"
+            parse_message(data, cols, self.stats, source, now_micros(), self.known, self.last_seen)
+            if len(cols):
+                self._snapshot_next = False
             self._take(cols)
 
     def _take(self, cols: Columns) -> None:
+        """Buffer parsed rows, minus live rows the archive already supplies: those up to the run's
+        ``since`` (read by the bridge batch, see source.py) and those a gap fill just returned."""
         if not len(cols):
             return
-        if self._handover:
+        live = cols.source[0] == "live"
+        handover = self._handover
+        if handover and max((t for t in cols.timestamp if t is not None), default=0) > self._handover_until:
+            self._handover = set()
+        if live and (handover or any(ts is not None and ts <= self.since for ts in cols.timestamp)):
             keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
-                    if (w, ts) not in self._handover]
-            if max((t for t in cols.timestamp if t is not None), default=0) > self._handover_until:
-                self._handover = set()
-            if len(keep) != len(cols):
-                batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
-                self._note(batch)
-                self.buffer.append(batch)
+                    if ts is None or (ts > self.since and (w, ts) not in handover)]
+            self.bridged += len(cols) - len(keep)
+            if not keep:
                 return
-        batch = cols.to_arrow()
+            batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
+        else:
+            batch = cols.to_arrow()
         self._note(batch)
         self.buffer.append(batch)
 
     def _note(self, batch: pa.RecordBatch) -> None:
         hwm = self.hwm
-        for w, ts in zip(batch.column(0).to_pylist(), batch.column(3).to_pylist()):
+        for w, ts in zip(*max_timestamp_per_tag(batch)):
             if ts is not None and ts > hwm.get(w, -1):
                 hwm[w] = ts
 
@@ -269,7 +298,7 @@ class ChannelReceiver(threading.Thread):
         for streams in self.rest.recorded(self.webids, start, end, self.opts.recorded_page_size):
             parse_streams(streams, cols, stats, "backfill", received, self.known)
         keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
-                if ts is not None and ts > self.hwm.get(w, self.since - 1)]
+                if ts is not None and ts > self.hwm.get(w, self.since)]
         self.gap_fills += 1
         self.gap_values += len(keep)
         if keep:

@@ -17,6 +17,14 @@ AUTH_TYPES = ("anonymous", "basic", "bearer", "kerberos")
 OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "url": (None, "PI Web API base URL, e.g. https://pi.example.com/piwebapi (required)"),
     "webIds": (None, "comma-separated WebIDs of the streams to read"),
+    "paths": (None, "comma- or semicolon-separated PI point paths (\\\\server\\tag), resolved to WebIDs"),
+    "dataServer": (None, "PI Data Archive name (or its WebID) for nameFilter"),
+    "nameFilter": (None, "point name filter on dataServer, e.g. Unit1.* (PI wildcards * and ?)"),
+    "elementPath": (None, "AF element path (\\\\afserver\\db\\element); its attributes are streamed"),
+    "secretScope": (None, "Databricks secret scope holding the credentials (resolved on the driver)"),
+    "usernameKey": (None, "key of the username in secretScope"),
+    "passwordKey": (None, "key of the password in secretScope"),
+    "tokenKey": (None, "key of the bearer token in secretScope"),
     "authType": ("anonymous", "anonymous | basic | bearer | kerberos"),
     "username": (None, "user for basic auth"),
     "password": (None, "password for basic auth"),
@@ -34,6 +42,12 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "maxBufferRecords": ("2000000", "rows held in memory before the reader stops reading (backpressure)"),
     "recordedPageSize": ("10000", "maxCount of each streamsets/recorded call when filling gaps"),
     "connectTimeout": ("30s", "timeout for HTTP requests and the WebSocket handshake"),
+    "maxBackfill": ("7d", "longest gap filled from the archive after a restart; longer is data loss"),
+    "failOnDataLoss": ("true", "true: a gap longer than maxBackfill fails the query; false: log, report, go on"),
+    "lateDataOverlap": ("10s", "replays and restarts re-read this much before each tag's high-water mark"),
+    "bridgeMargin": ("2s", "after a (re)start the archive is read up to channel-open time plus this margin"),
+    "replayTagsPerPartition": ("200", "streams per partition when a batch is rebuilt from the archive"),
+    "replayChunk": ("1h", "time span per partition when a batch is rebuilt from the archive"),
 }
 _BY_LOWER = {k.lower(): k for k in OPTIONS}
 
@@ -75,6 +89,17 @@ class SourceOptions:
     max_buffer_records: int
     recorded_page_size: int
     connect_timeout: float
+    paths: List[str] = field(default_factory=list)
+    data_server: Optional[str] = None
+    name_filter: Optional[str] = None
+    element_path: Optional[str] = None
+    max_backfill: float = 7 * 86400.0
+    fail_on_data_loss: bool = True
+    late_data_overlap: float = 10.0
+    bridge_margin: float = 2.0
+    replay_tags_per_partition: int = 200
+    replay_chunk: float = 3600.0
+    start_time: Optional[int] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
     @property
@@ -83,7 +108,7 @@ class SourceOptions:
         return ("wss" if scheme == "https" else "ws") + "://" + rest
 
     def __repr__(self) -> str:
-        return (f"SourceOptions(url={self.url!r}, streams={len(self.webids)}, "
+        return (f"SourceOptions(url={self.url!r}, webIds={len(self.webids)}, paths={len(self.paths)}, "
                 f"credentials={self.credentials!r}, startingPosition={self.starting_position!r})")
 
 
@@ -112,21 +137,50 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         raise PIOptionError("option 'url' must not carry credentials; use authType with username/password")
 
     webids = [w.strip() for w in opts.get("webIds", "").split(",") if w.strip()]
-    if not webids:
-        raise PIOptionError("no streams selected: set option 'webIds' (comma-separated WebIDs)")
-    if len(set(webids)) != len(webids):
-        webids = list(dict.fromkeys(webids))
+    webids = list(dict.fromkeys(webids))
+    paths = [p.strip() for p in opts.get("paths", "").replace(";", ",").split(",") if p.strip()]
+    data_server = opts.get("dataServer", "").strip() or None
+    name_filter = opts.get("nameFilter", "").strip() or None
+    element_path = opts.get("elementPath", "").strip() or None
+    if name_filter and not data_server:
+        raise PIOptionError("option 'nameFilter' needs option 'dataServer' (the PI Data Archive to search)")
+    if data_server and not name_filter:
+        raise PIOptionError("option 'dataServer' needs option 'nameFilter' (e.g. Unit1.* or * for all points)")
+    if not (webids or paths or name_filter or element_path):
+        raise PIOptionError("no streams selected: set option 'webIds' (comma-separated WebIDs), 'paths' "
+                            "(\\\\server\\tag,…), 'dataServer' with 'nameFilter', or 'elementPath'")
+    if element_path and (webids or paths or name_filter):
+        raise PIOptionError("option 'elementPath' cannot be combined with 'webIds', 'paths' or 'nameFilter'")
 
     auth = opts["authType"].strip().lower()
     if auth not in AUTH_TYPES:
         raise PIOptionError(f"option 'authType' must be one of {', '.join(AUTH_TYPES)}, got {opts['authType']!r}")
     username, password, token = opts.get("username") or None, opts.get("password"), opts.get("token")
+    scope = opts.get("secretScope", "").strip()
+    keys = {k: opts.get(k, "").strip() for k in ("usernameKey", "passwordKey", "tokenKey")}
+    if any(keys.values()) and not scope:
+        raise PIOptionError("options usernameKey/passwordKey/tokenKey need option 'secretScope'")
+    if scope:
+        if not any(keys.values()):
+            raise PIOptionError("option 'secretScope' needs at least one of usernameKey, passwordKey, tokenKey")
+        from .secrets import resolve_secret
+
+        if keys["usernameKey"]:
+            username = resolve_secret(scope, keys["usernameKey"])
+        if keys["passwordKey"]:
+            password = resolve_secret(scope, keys["passwordKey"])
+        if keys["tokenKey"]:
+            token = resolve_secret(scope, keys["tokenKey"])
     if auth == "basic" and (not username or not password):
-        raise PIOptionError("authType 'basic' needs options 'username' and 'password'")
+        raise PIOptionError("authType 'basic' needs options 'username' and 'password' (or secretScope with "
+                            "usernameKey and passwordKey)")
     if auth == "bearer" and not token:
-        raise PIOptionError("authType 'bearer' needs option 'token'")
+        raise PIOptionError("authType 'bearer' needs option 'token' (or secretScope with tokenKey)")
     if auth == "kerberos":
-        raise PIOptionError("authType 'kerberos' is not available in this build; use basic, bearer or anonymous")
+        from .auth import kerberos_available
+
+        if not kerberos_available():
+            raise PIOptionError("authType 'kerberos' needs the kerberos extra: pip install 'pi_stream_source[kerberos]'")
     creds = Credentials(auth, username, Secret(password) if password else None, Secret(token) if token else None)
 
     ca = opts.get("caBundle") or None
@@ -134,15 +188,19 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         raise PIOptionError(f"option 'caBundle' must name a readable PEM file, got {ca!r}")
 
     start = opts["startingPosition"].strip()
+    start_time = None
     if start.lower() in ("latest", "snapshot"):
         start = start.lower()
     else:
         try:
-            parse_pi_time(start)
+            start_time = parse_pi_time(start)
         except ValueError:
             raise PIOptionError("option 'startingPosition' must be latest, snapshot, or a time "
                                 f"(ISO 8601 or PI time such as *-2h), got {start!r}") from None
-        raise PIOptionError("startingPosition at a time is not available in this build; use latest")
+
+    fail = opts["failOnDataLoss"].strip().lower()
+    if fail not in ("true", "false"):
+        raise PIOptionError(f"option 'failOnDataLoss' must be true or false, got {opts['failOnDataLoss']!r}")
 
     max_rows = None
     if opts.get("maxRecordsPerTrigger"):
@@ -162,4 +220,12 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         max_buffer_records=_int(opts, "maxBufferRecords", 1000),
         recorded_page_size=_int(opts, "recordedPageSize", 1, 150_000),
         connect_timeout=_duration(opts, "connectTimeout"),
+        paths=paths, data_server=data_server, name_filter=name_filter, element_path=element_path,
+        max_backfill=_duration(opts, "maxBackfill"),
+        fail_on_data_loss=fail == "true",
+        late_data_overlap=_duration(opts, "lateDataOverlap"),
+        bridge_margin=_duration(opts, "bridgeMargin"),
+        replay_tags_per_partition=_int(opts, "replayTagsPerPartition", 1),
+        replay_chunk=_duration(opts, "replayChunk"),
+        start_time=start_time,
     )

@@ -58,7 +58,17 @@ class PIRestClient:
     def session(self) -> requests.Session:
         if self._session is None:
             s = requests.Session()
-            s.headers.update(self.credentials.headers())
+            if self.credentials.auth_type == "kerberos":
+                host = self.base_url.split("/")[2]
+                creds = self.credentials
+
+                def negotiate(request: requests.PreparedRequest) -> requests.PreparedRequest:
+                    request.headers.update(creds.headers(host))
+                    return request
+
+                s.auth = negotiate
+            else:
+                s.headers.update(self.credentials.headers())
             s.headers["Accept"] = "application/json"
             s.verify = self.verify
             self._session = s
@@ -70,10 +80,20 @@ class PIRestClient:
             self._session = None
 
     def get(self, path: str, params: Any = None) -> Any:
+        return self._call("GET", path, params=params)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._call("POST", path, body=body)
+
+    def _call(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
         url = f"{self.base_url}/{path.lstrip('/')}"
-        what = f"GET {path.split('?')[0]}"
+        what = f"{method} {path.split('?')[0]}"
         try:
-            resp = self.session.get(url, params=params, timeout=self.timeout)
+            if method == "GET":
+                resp = self.session.get(url, params=params, timeout=self.timeout)
+            else:
+                resp = self.session.post(url, data=orjson.dumps(body), timeout=self.timeout,
+                                         headers={"Content-Type": "application/json", "X-Requested-With": "XMLHttpRequest"})
         except requests.exceptions.SSLError as exc:
             raise PIConnectionError(tls_error_message(self.base_url.split('/')[2], exc)) from None
         except requests.exceptions.ConnectionError as exc:
@@ -82,6 +102,8 @@ class PIRestClient:
             raise PIConnectionError(f"{what}: no answer from {self.base_url.split('/')[2]} within {self.timeout}s") from None
         if resp.status_code >= 400:
             raise error_from_status(what, resp.status_code, resp.content)
+        if method == "POST" and resp.status_code == 207:
+            return orjson.loads(resp.content)
         doc = orjson.loads(resp.content) if resp.content else {}
         if isinstance(doc, dict) and doc.get("WebException"):
             raise error_from_status(what, int(doc["WebException"].get("StatusCode", 500)), resp.content)
@@ -116,3 +138,122 @@ class PIRestClient:
                         same = sum(1 for it in items if it.get("Timestamp") and parse_ts(it["Timestamp"]) == last)
                         pending[stream.get("WebId", "")] = (last, same + (skip if last == frm else 0))
                 yield streams
+
+
+# ---- discovery: which streams to read ------------------------------------------------------------
+StreamMeta = Tuple[str, Optional[str], Optional[str]]          # (WebID, name, path)
+_CACHE: Dict[Tuple[str, str, str], Any] = {}
+
+
+def _cached(client: "PIRestClient", kind: str, key: str, fetch: Any) -> Any:
+    ck = (client.base_url, kind, key)
+    if ck not in _CACHE:
+        _CACHE[ck] = fetch()
+    return _CACHE[ck]
+
+
+def batch_get(client: "PIRestClient", resources: Sequence[str], chunk: int = 200) -> List[Tuple[int, Any]]:
+    """GET many resources in ``POST batch`` calls; (status, content) per resource, in order."""
+    out: List[Tuple[int, Any]] = []
+    for i in range(0, len(resources), chunk):
+        part = resources[i:i + chunk]
+        body = {str(j): {"Method": "GET", "Resource": f"{client.base_url}/{r}"} for j, r in enumerate(part)}
+        try:
+            doc = client.post("batch", body)
+        except PIWebAPIError as exc:
+            if exc.status not in (404, 405, 501) or isinstance(exc, PIAuthError):
+                raise
+            log.info("POST batch not available (HTTP %s): looking up %d resources one by one", exc.status, len(part))
+            out += [_single_get(client, r) for r in part]
+            continue
+        for j in range(len(part)):
+            item = doc.get(str(j), {}) if isinstance(doc, dict) else {}
+            out.append((int(item.get("Status", 500)), item.get("Content")))
+    return out
+
+
+def _single_get(client: "PIRestClient", resource: str) -> Tuple[int, Any]:
+    try:
+        return 200, client.get(resource)
+    except PIWebAPIError as exc:
+        if isinstance(exc, PIAuthError):
+            raise
+        return exc.status or 500, {"Errors": exc.errors}
+
+
+def _errors_of(content: Any) -> str:
+    if isinstance(content, dict) and content.get("Errors"):
+        return "; ".join(str(e) for e in content["Errors"])
+    return str(content)[:200] if content else ""
+
+
+def resolve_paths(client: "PIRestClient", paths: Sequence[str]) -> List[StreamMeta]:
+    """PI point paths (``\\\\server\\tag``) → WebIDs, through ``points?path=`` in batches, cached."""
+    from urllib.parse import quote
+
+    def fetch() -> List[StreamMeta]:
+        # PI Web API 2019 SP1 fails on a percent-encoded backslash in path= (REFERENCE §2): keep \ as is.
+        results = batch_get(client, [f"points?path={quote(p, safe=chr(92))}&selectedFields=WebId;Name;Path" for p in paths])
+        missing = [f"{p} ({_errors_of(c) or status})" for p, (status, c) in zip(paths, results) if status != 200]
+        if missing:
+            raise PINotFoundError(f"{len(missing)} of {len(paths)} PI point paths not found: " + ", ".join(missing[:10]), 404)
+        return [(c["WebId"], c.get("Name"), c.get("Path")) for _, c in results]
+
+    return _cached(client, "paths", "|".join(paths), fetch)
+
+
+def describe_webids(client: "PIRestClient", webids: Sequence[str]) -> List[StreamMeta]:
+    """Check that every WebID exists (a clear error naming the unknown ones) and get names/paths."""
+    def resource(w: str) -> str:
+        kind = w[2:4] if len(w) > 4 else ""
+        if kind == "DP":
+            return f"points/{w}?selectedFields=WebId;Name;Path"
+        if kind == "Ab":
+            return f"attributes/{w}?selectedFields=WebId;Name;Path"
+        return f"streams/{w}/value"
+
+    def fetch() -> List[StreamMeta]:
+        results = batch_get(client, [resource(w) for w in webids])
+        unknown = [f"{w} ({_errors_of(c) or status})" for w, (status, c) in zip(webids, results) if status != 200]
+        if unknown:
+            raise PINotFoundError(f"{len(unknown)} of {len(webids)} WebIDs unknown to PI Web API: " + ", ".join(unknown[:10]), 404)
+        return [(w, c.get("Name") if isinstance(c, dict) else None, c.get("Path") if isinstance(c, dict) else None)
+                for w, (_, c) in zip(webids, results)]
+
+    return _cached(client, "webids", "|".join(webids), fetch)
+
+
+def points_by_filter(client: "PIRestClient", data_server: str, name_filter: str, page: int = 1000) -> List[StreamMeta]:
+    """Every point of ``data_server`` (name or WebID) whose name matches ``name_filter``, paged."""
+    def fetch() -> List[StreamMeta]:
+        server_webid = data_server
+        if not (len(data_server) > 4 and data_server[1] == "1" and data_server[2:4] == "DS"):
+            doc = client.get("dataservers", params={"selectedFields": "Items.WebId;Items.Name"})
+            match = [d for d in doc.get("Items", []) if str(d.get("Name", "")).upper() == data_server.upper()]
+            if not match:
+                raise PINotFoundError(f"data server {data_server!r} not found; known: "
+                                      + ", ".join(str(d.get("Name")) for d in doc.get("Items", [])[:10]), 404)
+            server_webid = match[0]["WebId"]
+        out: List[StreamMeta] = []
+        start = 0
+        while True:
+            doc = client.get(f"dataservers/{server_webid}/points",
+                             params={"nameFilter": name_filter, "startIndex": start, "maxCount": page})
+            items = doc.get("Items", [])
+            out.extend((i["WebId"], i.get("Name"), i.get("Path")) for i in items)
+            if len(items) < page:
+                return out
+            start += page
+
+    return _cached(client, "filter", f"{data_server}|{name_filter}", fetch)
+
+
+def element_attributes(client: "PIRestClient", element_path: str) -> Tuple[str, List[StreamMeta]]:
+    """The AF element's WebID and its attributes (the streams of ``streamsets/{webId}/channel``)."""
+    def fetch() -> Tuple[str, List[StreamMeta]]:
+        element = client.get("elements", params={"path": element_path, "selectedFields": "WebId;Name;Path"})
+        webid = element["WebId"]
+        doc = client.get(f"elements/{webid}/attributes", params={"selectedFields": "Items.WebId;Items.Name;Items.Path"})
+        return webid, [(a["WebId"], a.get("Name"), a.get("Path")) for a in doc.get("Items", [])]
+
+    return _cached(client, "element", element_path, fetch)

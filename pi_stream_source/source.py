@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -14,10 +14,13 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 from pyspark.sql.types import StructType
 
-from .channel import ChannelReceiver, ShardBuffer, shard_webids
+from . import offsets as O
+from .channel import ChannelReceiver, ShardBuffer, max_timestamp_per_tag, shard_webids
+from .errors import PIDataLossError
 from .options import OPTIONS, SourceOptions, parse_options
-from .pitime import MICROS, now_micros
-from .rest import PIRestClient
+from .parse import Columns, ParseStats, parse_streams
+from .pitime import MICROS, format_ts, now_micros
+from .rest import PIRestClient, StreamMeta, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,10 @@ def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
     ts_type = ARROW_SCHEMA.field("timestamp").type
     days = pc.floor(pc.divide(pc.cast(ts, pa.float64()), float(_DAY_US)))
     date = pc.cast(pc.cast(days, pa.int32()), pa.date32())
-    n = batch.num_rows
     arrays = list(batch.columns)
     arrays[3] = ts.cast(ts_type)
     arrays[15] = batch.column(15).cast(ts_type)
-    arrays.append(pa.array(np.full(n, ingested, dtype=np.int64)).cast(ts_type))
+    arrays.append(pa.array(np.full(batch.num_rows, ingested, dtype=np.int64)).cast(ts_type))
     arrays.append(date)
     return pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
@@ -50,7 +52,7 @@ def _ipc(batches: List[pa.RecordBatch]) -> bytes:
 
 @dataclass
 class PIInputPartition(InputPartition):
-    """Rows of one shard for one micro-batch, as Arrow IPC bytes (read on an executor)."""
+    """Live rows of one shard for one micro-batch, as Arrow IPC bytes (read on an executor)."""
     shard: int
     rows: int
     payload: bytes
@@ -59,65 +61,129 @@ class PIInputPartition(InputPartition):
         return f"PIInputPartition(shard={self.shard}, rows={self.rows})"
 
 
-class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
-    """Driver side: one channel per shard, buffers, offsets. Executor side: ``read()`` only.
+@dataclass
+class PIArchivePartition(InputPartition):
+    """Values to read from the PI archive on an executor: streams ``meta`` over [lo, hi] (µs,
+    inclusive), marked ``source`` (``backfill`` after a (re)start, ``replay`` for a rebuilt batch)."""
+    shard: int
+    meta: List[StreamMeta]
+    lo: int
+    hi: int
+    source: str
+    last_chunk: bool = True
 
-    Offset (JSON in the checkpoint): ``{"run": id of the reader that buffered the rows,
-    "since": start of the run (epoch µs), "shards": {"0": next sequence, …}}``.
-    """
+    def __repr__(self) -> str:
+        return (f"PIArchivePartition(shard={self.shard}, streams={len(self.meta)}, "
+                f"{format_ts(self.lo)}..{format_ts(self.hi)}, {self.source})")
+
+
+@dataclass
+class _Shard:
+    index: int
+    meta: List[StreamMeta]
+    element: Optional[str] = None
+    position: Dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.position = {w: i for i, (w, _, _) in enumerate(self.meta)}
+
+    @property
+    def webids(self) -> List[str]:
+        return [w for w, _, _ in self.meta]
+
+
+class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Driver side: one channel per shard, buffers, offsets (see ``offsets.py``). Executor side:
+    ``read()`` only. Batches of the current run are served from the buffers; a batch planned by an
+    earlier run, and the gap before a run's channels opened, are read from the PI archive."""
 
     def __init__(self, options: SourceOptions) -> None:
         self.opts = options
         self.run_id = uuid.uuid4().hex[:16]
-        self.shards = shard_webids(options)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._shards: Optional[List[_Shard]] = None
         self._started = False
         self._buffers: List[ShardBuffer] = []
         self._receivers: List[ChannelReceiver] = []
         self._rest: Optional[PIRestClient] = None
         self._initial: Optional[Dict[str, Any]] = None
         self._target: Optional[Dict[str, int]] = None
+        self._lost: List[Dict[str, Any]] = []
 
-    # Executors get a pickled copy: no sockets, threads or buffers travel with it.
     def __getstate__(self) -> Dict[str, Any]:
-        return {"opts": self.opts, "run_id": self.run_id, "shards": self.shards}
+        # Executors get a pickled copy: no sockets, threads or buffers travel with it.
+        return {"opts": self.opts, "run_id": self.run_id}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__(state["opts"])
         self.run_id = state["run_id"]
 
     def __repr__(self) -> str:
-        return f"PIStreamReader(url={self.opts.url!r}, streams={len(self.opts.webids)}, shards={len(self.shards)})"
+        return f"PIStreamReader(url={self.opts.url!r}, run={self.run_id})"
 
-    # -- driver --------------------------------------------------------------------------------
+    # -- the streams ---------------------------------------------------------------------------
+    @property
+    def rest(self) -> PIRestClient:
+        if self._rest is None:
+            self._rest = PIRestClient(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout)
+        return self._rest
+
+    def shards(self) -> List[_Shard]:
+        """Resolve the chosen streams (batched, cached lookups) and split them into shards."""
+        with self._lock:
+            if self._shards is None:
+                opts = self.opts
+                if opts.element_path:
+                    element, attrs = element_attributes(self.rest, opts.element_path)
+                    self._shards = [_Shard(0, attrs, element)]
+                else:
+                    meta: List[StreamMeta] = []
+                    if opts.webids:
+                        meta += describe_webids(self.rest, opts.webids)
+                    if opts.paths:
+                        meta += resolve_paths(self.rest, opts.paths)
+                    if opts.name_filter:
+                        meta += points_by_filter(self.rest, opts.data_server or "", opts.name_filter)
+                    unique = list({m[0]: m for m in meta}.values())
+                    if not unique:
+                        raise PIDataLossError("no streams matched the selection (webIds/paths/nameFilter)")
+                    by_webid = {m[0]: m for m in unique}
+                    groups = shard_webids(opts, [m[0] for m in unique])
+                    self._shards = [_Shard(i, [by_webid[w] for w in g]) for i, g in enumerate(groups)]
+                log.info("pi_websocket: %d streams in %d channels to %s",
+                         sum(len(s.meta) for s in self._shards), len(self._shards), opts.url)
+            return self._shards
+
+    def _fingerprint(self) -> str:
+        return O.fingerprint([w for s in self.shards() for w in s.webids])
+
     def _ensure_started(self) -> None:
         with self._lock:
             if self._started:
                 return
-            since = now_micros()
-            self._rest = PIRestClient(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout)
             initial = self.opts.starting_position == "snapshot"
-            for i, webids in enumerate(self.shards):
+            for shard in self.shards():
                 buf = ShardBuffer()
-                rec = ChannelReceiver(i, webids, self.opts, buf, since, self._rest, initial_values=initial)
+                rec = ChannelReceiver(shard.index, shard.webids, self.opts, buf, self.rest, initial_values=initial,
+                                      element=shard.element, known={w: (n, p) for w, n, p in shard.meta})
                 self._buffers.append(buf)
                 self._receivers.append(rec)
             for rec in self._receivers:
                 rec.start()
-            self._initial = {"run": self.run_id, "since": since,
-                             "shards": {str(i): 0 for i in range(len(self.shards))}}
             self._started = True
-            log.info("pi_websocket: %d streams in %d channels to %s", len(self.opts.webids), len(self.shards), self.opts.url)
 
     def _raise_failures(self) -> None:
         for rec in self._receivers:
             if rec.failure is not None:
                 raise rec.failure
 
+    # -- offsets --------------------------------------------------------------------------------
     def initialOffset(self) -> Dict[str, Any]:
-        self._ensure_started()
-        assert self._initial is not None
-        return self._initial
+        with self._lock:
+            if self._initial is None:
+                start = self.opts.start_time if self.opts.start_time is not None else now_micros()
+                self._initial = O.initial(self._fingerprint(), [len(s.meta) for s in self.shards()], start)
+            return self._initial
 
     def getDefaultReadLimit(self) -> ReadLimit:
         if self.opts.max_records_per_trigger:
@@ -125,49 +191,143 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return ReadAllAvailable()
 
     def prepareForTriggerAvailableNow(self) -> None:
+        """"Available now" is what the archive holds up to the moment every channel is open, plus
+        the live rows buffered by then: wait (up to connectTimeout) for the channels to open."""
         self._ensure_started()
+        deadline = now_micros() + int(self.opts.connect_timeout * MICROS)
+        while now_micros() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
+            threading.Event().wait(0.05)
+        self._raise_failures()
         self._target = {str(i): b.next_seq for i, b in enumerate(self._buffers)}
+
+    def _check_tags(self, offset: Dict[str, Any]) -> None:
+        if offset.get("tags") != self._fingerprint():
+            raise PIDataLossError(
+                "the streams selected now differ from the ones in the checkpoint "
+                f"({offset.get('tags')} vs {self._fingerprint()}); start the query with a new checkpointLocation "
+                "(and startingPosition at the last timestamp written) to change the selection")
 
     def latestOffset(self, start: Dict[str, Any], limit: ReadLimit) -> Dict[str, Any]:
         self._ensure_started()
         self._raise_failures()
-        mine = start.get("run") == self.run_id
-        begin = {k: (int(v) if mine else 0) for k, v in start.get("shards", {}).items()}
-        if not mine:
-            begin = {str(i): 0 for i in range(len(self.shards))}
-        avail = {str(i): b.next_seq for i, b in enumerate(self._buffers)}
-        if self._target is not None:
-            avail = {k: min(v, self._target.get(k, v)) for k, v in avail.items()}
-        pending = {k: max(0, avail[k] - begin.get(k, 0)) for k in avail}
+        self._check_tags(start)
+        shards = self.shards()
+        pending: Dict[str, int] = {}
+        begins: Dict[str, int] = {}
+        for shard in shards:
+            key = str(shard.index)
+            s0 = start["shards"][key]
+            rec, buf = self._receivers[shard.index], self._buffers[shard.index]
+            if s0["run"] != self.run_id and rec.since == 0:
+                pending[key] = 0                      # channel not open yet: nothing to plan for it
+                continue
+            begin = s0["seq"] if s0["run"] == self.run_id else 0
+            avail = buf.next_seq if self._target is None else min(buf.next_seq, self._target.get(key, buf.next_seq))
+            begins[key], pending[key] = begin, max(0, avail - begin)
         if isinstance(limit, ReadMaxRows):
             pending = _fair_share(pending, limit.maxRows)
-        end = {k: begin.get(k, 0) + pending[k] for k in avail}
-        if mine and end == begin:
-            return start
-        return {"run": self.run_id, "since": self._initial["since"] if self._initial else start.get("since"),
-                "shards": end}
-
-    def partitions(self, start: Dict[str, Any], end: Dict[str, Any]) -> List[InputPartition]:
-        self._ensure_started()
-        if end.get("run") != self.run_id:
-            raise RuntimeError("pi_websocket: this batch was planned by an earlier run of the query and "
-                               "rebuilding it from the PI archive is not available in this build")
-        mine = start.get("run") == self.run_id
-        parts: List[InputPartition] = []
-        for key, stop in end["shards"].items():
-            begin = int(start.get("shards", {}).get(key, 0)) if mine else 0
-            if stop <= begin:
+        end_shards: Dict[str, Any] = {}
+        for shard in shards:
+            key = str(shard.index)
+            s0 = start["shards"][key]
+            rec = self._receivers[shard.index]
+            bridge = s0["run"] != self.run_id
+            if bridge and rec.since == 0:
+                end_shards[key] = s0
                 continue
-            batches = self._buffers[int(key)].slice(begin, stop)
-            rows = sum(b.num_rows for b in batches)
-            parts.append(PIInputPartition(int(key), rows, _ipc(batches)))
+            if not bridge and pending[key] == 0:
+                end_shards[key] = s0
+                continue
+            hwm = O.decode_hwm(s0["hwm"], len(shard.meta))
+            begin = begins[key]
+            stop = begin + pending[key]
+            for batch in self._buffers[shard.index].slice(begin, stop):
+                for w, ts in zip(*max_timestamp_per_tag(batch)):
+                    pos = shard.position.get(w)
+                    if pos is not None and ts is not None and ts > hwm[pos]:
+                        hwm[pos] = ts
+            if bridge:
+                self._check_gap(shard, O.decode_hwm(s0["hwm"], len(shard.meta)), rec.since)
+                np.maximum(hwm, rec.since, out=hwm)
+            end_shards[key] = O.shard_state(self.run_id, stop, rec.since, hwm)
+        end = {"v": O.VERSION, "tags": start["tags"], "shards": end_shards}
+        return start if end == start else end
+
+    def _check_gap(self, shard: _Shard, hwm: np.ndarray, since: int) -> None:
+        """A restart gap longer than ``maxBackfill`` is data loss: fail or report (failOnDataLoss)."""
+        limit = since - int(self.opts.max_backfill * MICROS)
+        late = [i for i in range(len(hwm)) if hwm[i] < limit]
+        if not late:
+            return
+        names = ", ".join(shard.meta[i][1] or shard.meta[i][0] for i in late[:10])
+        frm = format_ts(int(min(hwm[i] for i in late)))
+        msg = (f"pi_websocket: values of {len(late)} stream(s) ({names}{', …' if len(late) > 10 else ''}) from {frm} "
+               f"to {format_ts(limit)} are older than maxBackfill ({self.opts.max_backfill:.0f}s) and will not be "
+               "read from the PI archive. Raise maxBackfill to fill the whole gap, or set failOnDataLoss=false "
+               "to skip it.")
+        if self.opts.fail_on_data_loss:
+            raise PIDataLossError(msg)
+        log.warning(msg)
+        self._lost.append({"shard": shard.index, "streams": len(late), "from": frm, "to": format_ts(limit)})
+
+    # -- planning -------------------------------------------------------------------------------
+    def partitions(self, start: Dict[str, Any], end: Dict[str, Any]) -> List[InputPartition]:
+        self._check_tags(end)
+        overlap = int(self.opts.late_data_overlap * MICROS)
+        floor_us = None
+        parts: List[InputPartition] = []
+        for shard in self.shards():
+            key = str(shard.index)
+            s0, s1 = start["shards"][key], end["shards"][key]
+            if s0 == s1:
+                continue
+            lo = O.decode_hwm(s0["hwm"], len(shard.meta))
+            if s0["run"] != O.INITIAL_RUN:
+                lo = lo - overlap                     # late data: re-read a little before the mark
+            else:
+                lo = lo.copy()
+            if s1["run"] == self.run_id:
+                self._ensure_started()
+                if s0["run"] != self.run_id:          # the gap before this run's channel opened
+                    floor_us = s1["since"] - int(self.opts.max_backfill * MICROS)
+                    hi = np.full(len(shard.meta), s1["since"], dtype=np.int64)
+                    parts += self._archive_parts(shard, np.maximum(lo, floor_us), hi, "backfill")
+                    begin = 0
+                else:
+                    begin = s0["seq"]
+                if s1["seq"] > begin:
+                    batches = self._buffers[shard.index].slice(begin, s1["seq"])
+                    parts.append(PIInputPartition(shard.index, sum(b.num_rows for b in batches), _ipc(batches)))
+            else:                                     # planned by an earlier run: rebuild from the archive
+                hi = O.decode_hwm(s1["hwm"], len(shard.meta))
+                floor_us = s1["since"] - int(self.opts.max_backfill * MICROS)
+                parts += self._archive_parts(shard, np.maximum(lo, floor_us), hi, "replay")
+        return parts
+
+    def _archive_parts(self, shard: _Shard, lo: np.ndarray, hi: np.ndarray, source: str) -> List[PIArchivePartition]:
+        """Group streams sharing a range, then split by ``replayTagsPerPartition`` and ``replayChunk``."""
+        groups: Dict[Tuple[int, int], List[StreamMeta]] = {}
+        for i, meta in enumerate(shard.meta):
+            if hi[i] >= lo[i]:
+                groups.setdefault((int(lo[i]), int(hi[i])), []).append(meta)
+        chunk_us = max(1, int(self.opts.replay_chunk * MICROS))
+        per = self.opts.replay_tags_per_partition
+        parts = []
+        for (a, b), metas in sorted(groups.items()):
+            for j in range(0, len(metas), per):
+                t = a
+                while t <= b:
+                    u = min(b, t + chunk_us)
+                    parts.append(PIArchivePartition(shard.index, metas[j:j + per], t, u, source, last_chunk=u == b))
+                    if u == b:
+                        break
+                    t = u
         return parts
 
     def commit(self, end: Dict[str, Any]) -> None:
-        if end.get("run") != self.run_id:
-            return
-        for key, upto in end.get("shards", {}).items():
-            self._buffers[int(key)].trim(int(upto))
+        for key, state in end.get("shards", {}).items():
+            if state.get("run") == self.run_id and int(key) < len(self._buffers):
+                self._buffers[int(key)].trim(int(state["seq"]))
 
     def reportLatestOffset(self) -> Optional[Dict[str, Any]]:
         if not self._started:
@@ -179,7 +339,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         lags = [m["lagSeconds"] for m in shards.values() if m["lagSeconds"] is not None]
         totals["maxLagSeconds"] = max(lags) if lags else None
         totals["channelsOpen"] = sum(1 for m in shards.values() if m["state"] == "open")
-        return {"run": self.run_id, "totals": totals, "shards": shards}
+        totals["channels"] = len(shards)
+        report: Dict[str, Any] = {"run": self.run_id, "totals": totals, "shards": shards}
+        if self._lost:
+            report["dataLoss"] = self._lost[-10:]
+        return report
 
     def stop(self) -> None:
         for rec in self._receivers:
@@ -190,10 +354,33 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._rest.close()
 
     # -- executor -------------------------------------------------------------------------------
-    def read(self, partition: PIInputPartition) -> Iterator[pa.RecordBatch]:
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         ingested = now_micros()
+        if isinstance(partition, PIArchivePartition):
+            yield from self._read_archive(partition, ingested)
+            return
         with pa.ipc.open_stream(partition.payload) as reader:
             for batch in reader:
+                if batch.num_rows:
+                    yield to_contract(batch, ingested)
+
+    def _read_archive(self, part: PIArchivePartition, ingested: int) -> Iterator[pa.RecordBatch]:
+        known = {w: (n, p) for w, n, p in part.meta}
+        webids = [w for w, _, _ in part.meta]
+        stats = ParseStats()
+        # keep each call's answer bounded: page size × streams per call ≈ 100k values
+        per_call = max(1, 100_000 // self.opts.recorded_page_size)
+        for i in range(0, len(webids), per_call):
+            for streams in self.rest.recorded(webids[i:i + per_call], part.lo, part.hi, self.opts.recorded_page_size):
+                cols = Columns()
+                parse_streams(streams, cols, stats, part.source, ingested, known)
+                if not len(cols):
+                    continue
+                batch = cols.to_arrow()
+                ts = batch.column(3)
+                keep = pc.and_(pc.greater_equal(ts, part.lo),
+                               pc.less_equal(ts, part.hi) if part.last_chunk else pc.less(ts, part.hi))
+                batch = batch.filter(pc.fill_null(keep, False))
                 if batch.num_rows:
                     yield to_contract(batch, ingested)
 
@@ -215,8 +402,44 @@ def _fair_share(pending: Dict[str, int], budget: int) -> Dict[str, int]:
     return give
 
 
+def _options_doc() -> str:
+    return "\n".join(f"    {name:<24} default {default if default is not None else '(none)'}: {text}"
+                     for name, (default, text) in OPTIONS.items())
+
+
 class PIWebSocketDataSource(DataSource):
-    """Streams PI values from PI Web API channels into Spark. Placeholder manual; see README."""
+    __doc__ = f"""Streams PI System values from PI Web API channels (WebSockets) into Spark.
+
+    One row per PI value in the data contract (``pi_stream_source.schema.CONTRACT_SCHEMA``):
+    tag_webid, tag_name, tag_path, timestamp (UTC), value, value_string, digital_state_code,
+    is_system_state, good, questionable, substituted, annotated, uom, error, source
+    (live | snapshot | backfill | replay), received_timestamp, ingestion_timestamp, partition_date.
+
+    Streams are chosen by ``webIds``, ``paths``, ``dataServer`` + ``nameFilter``, or
+    ``elementPath``; they are split into shards of ``tagsPerChannel`` (one channel and one Spark
+    partition per shard). A dropped or stalled channel reconnects with backoff and the gap is read
+    from the PI archive (``streamsets/recorded``); after a query restart the checkpoint's per-tag
+    high-water marks let the reader rebuild any planned batch and fill the time the query was down
+    (up to ``maxBackfill``). Metrics (per-shard state, lag, buffer, reconnects, gap fills, parse
+    errors) appear in ``query.lastProgress["sources"][0]["latestOffset"]``.
+
+    Options (case-insensitive)::
+
+{_options_doc()}
+
+    Examples
+    --------
+    >>> import pi_stream_source
+    >>> pi_stream_source.register(spark)                                   # doctest: +SKIP
+    >>> df = (spark.readStream.format("pi_websocket")                      # doctest: +SKIP
+    ...       .option("url", "https://pi.example.com/piwebapi")
+    ...       .option("paths", r"\\\\PISRV1\\SINUSOID,\\\\PISRV1\\CDT158")
+    ...       .option("authType", "basic").option("username", "svc").option("password", pw)
+    ...       .option("startingPosition", "*-2h")
+    ...       .load())
+    >>> (df.writeStream.format("delta").option("checkpointLocation", "/chk/pi")  # doctest: +SKIP
+    ...    .partitionBy("partition_date").toTable("main.bronze.pi_streaming_timeseries"))
+    """
 
     @classmethod
     def name(cls) -> str:

@@ -25,3 +25,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def checkpoint_start(checkpoint: str) -> int:
+    """The start time (epoch µs) of a pi_websocket query, from its checkpoint's first offset."""
+    import json
+    import os
+
+    with open(os.path.join(checkpoint, "offsets", "0"), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for line in lines[2:]:
+        doc = json.loads(line)
+        if isinstance(doc, str):
+            doc = json.loads(doc)
+        if isinstance(doc, dict) and "shards" in doc:
+            shard = next(iter(doc["shards"].values()))
+            return int(shard["since"]) if shard["run"] == "initial" else min(
+                int(s["since"]) for s in doc["shards"].values())
+    raise ValueError(f"no pi_websocket offset in {checkpoint}/offsets/0")
+
+
+def archive_window(sim: Any, start: int, ends: Dict[str, int]) -> Dict[str, List[Tuple[int, Any]]]:
+    """What PI archived per WebID from ``start`` to that WebID's end (both inclusive)."""
+    return {w: sim.archive(w, start, end) for w, end in ends.items()}

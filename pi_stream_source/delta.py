@@ -1,0 +1,162 @@
+"""Landing PI rows in Delta Lake exactly once, and keeping the table healthy.
+
+``write_stream`` appends the plain live rows of each micro-batch (Delta's idempotent
+``txnAppId``/``txnVersion`` writes make a re-run batch a no-op) and MERGEs the rows that may
+already be in the table — replayed, backfilled or snapshot rows, and PI edits (``substituted``) —
+on (``partition_date``, ``tag_webid``, ``timestamp``), with the batch's dates and time range in the
+condition so Delta only opens the files it must.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from .schema import CONTRACT_SCHEMA
+
+log = logging.getLogger(__name__)
+
+KEY = ("partition_date", "tag_webid", "timestamp")
+TABLE_PROPERTIES = {
+    "delta.autoOptimize.optimizeWrite": "true",
+    "delta.autoOptimize.autoCompact": "true",
+    "delta.dataSkippingNumIndexedCols": "6",     # tag_webid … value: the columns queries filter on
+}
+
+
+def is_path(table: str) -> bool:
+    """A storage path (``/…``, ``s3://…``, ``dbfs:/…``, ``/Volumes/…``) rather than a catalog name."""
+    return "/" in table or "\\" in table
+
+
+def _ref(table: str) -> str:
+    return f"delta.`{table}`" if is_path(table) else table
+
+
+def _delta_table(spark: SparkSession, table: str):
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, table) if is_path(table) else DeltaTable.forName(spark, table)
+
+
+def create_table(spark: SparkSession, table: str, properties: Optional[Dict[str, str]] = None) -> None:
+    """Create the table with the data contract's schema, partitioned by ``partition_date``, if it
+    does not exist (a path or a catalog name)."""
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.location(table) if is_path(table) else builder.tableName(table)
+    builder = builder.addColumns(CONTRACT_SCHEMA).partitionedBy("partition_date")
+    for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
+        builder = builder.property(key, value)
+    builder.comment("PI System values streamed by pi_stream_source (one row per PI value)").execute()
+
+
+def _needs_merge() -> Any:
+    return (F.col("source") != F.lit("live")) | F.coalesce(F.col("substituted"), F.lit(False))
+
+
+def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str) -> Dict[str, int]:
+    """Land one micro-batch: append plain live rows idempotently, merge the rest. Returns counts."""
+    spark = batch.sparkSession
+    batch = batch.persist()
+    try:
+        counts = {r["m"]: r["n"] for r in batch.groupBy(_needs_merge().alias("m")).agg(F.count("*").alias("n")).collect()}
+        appended, merged = counts.get(False, 0), counts.get(True, 0)
+        if appended:
+            rows = batch.filter(~_needs_merge())
+            writer = rows.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+            writer.save(table) if is_path(table) else writer.saveAsTable(table)
+        if merged:
+            _merge(spark, batch.filter(_needs_merge()), table)
+        return {"appended": appended, "merged": merged}
+    finally:
+        batch.unpersist()
+
+
+def _merge(spark: SparkSession, rows: DataFrame, table: str) -> None:
+    # One source row per key (MERGE refuses several): the newest received wins, so an edit replaces.
+    latest = Window.partitionBy(*KEY).orderBy(F.col("received_timestamp").desc_nulls_last())
+    rows = rows.filter(F.col("timestamp").isNotNull()).withColumn("_n", F.row_number().over(latest)) \
+               .filter("_n = 1").drop("_n")
+    bounds = rows.agg(F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi"),
+                      F.collect_set("partition_date").alias("dates")).first()
+    if bounds is None or bounds.lo is None:
+        return
+    dates = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(bounds.dates))
+    lo, hi = bounds.lo.strftime("%Y-%m-%d %H:%M:%S.%f"), bounds.hi.strftime("%Y-%m-%d %H:%M:%S.%f")
+    condition = (f"t.partition_date IN ({dates}) AND t.timestamp BETWEEN TIMESTAMP'{lo}' AND TIMESTAMP'{hi}' "
+                 "AND t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.timestamp = s.timestamp")
+    (_delta_table(spark, table).alias("t").merge(rows.alias("s"), condition)
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str, Dict[str, Any], None] = "1 second",
+                 query_name: Optional[str] = None, merge: bool = True,
+                 properties: Optional[Dict[str, str]] = None):
+    """Start the checkpointed stream of ``df`` (a ``pi_websocket`` stream) into ``table``.
+
+    ``table`` is a path or a catalog name (``main.bronze.pi_streaming_timeseries``); it is created
+    when missing. ``trigger`` is a processing-time interval (``"1 second"``), ``"availableNow"``, or
+    a dict of ``DataStreamWriter.trigger`` keyword arguments. With ``merge=False`` the stream is a
+    plain Delta append (duplicates possible in replayed overlaps; see README).
+    """
+    spark = df.sparkSession
+    create_table(spark, table, properties)
+    writer = df.writeStream.option("checkpointLocation", checkpoint)
+    if query_name:
+        writer = writer.queryName(query_name)
+    if isinstance(trigger, dict):
+        writer = writer.trigger(**trigger)
+    elif trigger == "availableNow":
+        writer = writer.trigger(availableNow=True)
+    elif trigger:
+        writer = writer.trigger(processingTime=trigger)
+    if not merge:
+        writer = writer.format("delta").outputMode("append").partitionBy("partition_date")
+        return writer.start(table) if is_path(table) else writer.toTable(table)
+    app_id = f"pi_stream_source:{checkpoint}"
+
+    def land(batch: DataFrame, batch_id: int) -> None:
+        counts = write_batch(batch, batch_id, table, app_id)
+        log.info("batch %d → %s: %d appended, %d merged", batch_id, table, counts["appended"], counts["merged"])
+
+    return writer.foreachBatch(land).start()
+
+
+# ---- maintenance ---------------------------------------------------------------------------------
+def optimize(spark: SparkSession, table: str, zorder_by: Sequence[str] = ("tag_webid", "timestamp"),
+             partition_filter: Optional[str] = None) -> Dict[str, Any]:
+    """Compact small files; Z-order by ``zorder_by`` unless the table uses liquid clustering
+    (then clustering does the job and OPTIMIZE only compacts). Returns Delta's metrics."""
+    detail = spark.sql(f"DESCRIBE DETAIL {_ref(table)}").first()
+    clustered = bool(getattr(detail, "clusteringColumns", None))
+    builder = _delta_table(spark, table).optimize()
+    if partition_filter:
+        builder = builder.where(partition_filter)
+    zorder = [c for c in zorder_by if c not in (detail.partitionColumns or [])]
+    result = builder.executeCompaction() if clustered or not zorder else builder.executeZOrderBy(*zorder)
+    metrics = result.first()["metrics"].asDict(recursive=True)
+    return {k: metrics.get(k) for k in ("numFilesAdded", "numFilesRemoved", "totalConsideredFiles")}
+
+
+def vacuum(spark: SparkSession, table: str, retention_hours: float = 168) -> None:
+    """Delete files no longer referenced and older than ``retention_hours`` (default 7 days)."""
+    _delta_table(spark, table).vacuum(retention_hours)
+
+
+def table_stats(spark: SparkSession, table: str, top_tags: int = 20) -> Dict[str, Any]:
+    """Rows, files, size, partitions, time range and rows per tag."""
+    detail = spark.sql(f"DESCRIBE DETAIL {_ref(table)}").first()
+    df = spark.read.table(table) if not is_path(table) else spark.read.format("delta").load(table)
+    agg = df.agg(F.count("*").alias("rows"), F.min("timestamp").alias("min_ts"), F.max("timestamp").alias("max_ts"),
+                 F.countDistinct("partition_date").alias("partitions"),
+                 F.countDistinct("tag_webid").alias("tags")).first()
+    per_tag = df.groupBy("tag_name").count().orderBy(F.desc("count")).limit(top_tags).collect()
+    return {"table": table, "rows": agg.rows, "files": detail.numFiles, "size_bytes": detail.sizeInBytes,
+            "partitions": agg.partitions, "tags": agg.tags,
+            "min_timestamp": agg.min_ts.isoformat() if agg.min_ts else None,
+            "max_timestamp": agg.max_ts.isoformat() if agg.max_ts else None,
+            "rows_per_tag": {r.tag_name: r["count"] for r in per_tag}}
