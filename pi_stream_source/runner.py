@@ -1,0 +1,273 @@
+"""``pi-stream run``: build the stream from a run config and keep it running until SIGTERM/SIGINT.
+
+On a signal the runner lets the micro-batch in flight finish (it waits, bounded by
+``--drain-timeout``, until no trigger is active), then stops the query and exits 0. A failed
+query exits 1 with its error; a bad config exits 2. On Databricks (a python wheel task, a
+notebook) it uses the active SparkSession; elsewhere it starts a local Spark with Delta.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from .config import RunConfig, load_config
+from .errors import PIStreamError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def get_session(cfg: RunConfig):
+    """The active SparkSession (Databricks, notebooks, tests) or a new local one with Delta.
+    Returns ``(spark, created)``; ``created`` tells the caller to stop it at the end."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is not None:
+        return spark, False
+    if on_databricks():
+        return SparkSession.builder.getOrCreate(), False
+    from .local_spark import get_spark
+
+    return get_spark("pi-stream-run", warehouse=cfg.warehouse, extra_conf=cfg.spark_conf or None), True
+
+
+def build_stream(spark, cfg: RunConfig):
+    """The ``pi_websocket`` streaming DataFrame for this config (this shard's tags)."""
+    from . import register
+
+    register(spark)
+    return spark.readStream.format("pi_websocket").options(**cfg.source_options()).load()
+
+
+def start_query(spark, cfg: RunConfig):
+    """Start the stream into the config's target and return the StreamingQuery."""
+    df = build_stream(spark, cfg)
+    name = cfg.query_name or (f"pi_stream_shard_{cfg.shard_index}_of_{cfg.shard_count}" if cfg.shard_count > 1
+                              else None)
+    if cfg.target == "unity":
+        from .unity import write_stream as unity_write_stream
+
+        if cfg.trigger in (None, "availableNow"):
+            raise PIStreamError("target 'unity' needs a processing-time trigger such as '1 second'")
+        return unity_write_stream(df, table=cfg.table, warehouse_id=cfg.warehouse_id, volume=cfg.volume,
+                                  checkpoint=cfg.checkpoint, trigger=cfg.trigger, profile=cfg.profile,
+                                  query_name=name, optimize_interval_seconds=cfg.auto_optimize_interval)
+    from .delta import write_stream
+
+    return write_stream(df, cfg.table, cfg.checkpoint, trigger=cfg.trigger, query_name=name, merge=cfg.merge)
+
+
+class StopSignal:
+    """A flag set by SIGTERM/SIGINT (handlers installed only from the main thread)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name: Optional[str] = None
+        self._previous: Dict[int, Any] = {}
+
+    def install(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def stop_gracefully(query, drain_timeout: float = 60.0, poll: float = 0.1) -> None:
+    """Let the batch in flight commit (bounded by ``drain_timeout``), then stop the query."""
+    deadline = time.monotonic() + drain_timeout
+    while query.isActive and time.monotonic() < deadline:
+        try:
+            if not query.status.get("isTriggerActive", False):
+                break
+        except Exception:  # the query ended between the two calls
+            break
+        time.sleep(poll)
+    query.stop()
+
+
+def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seconds: Optional[float] = None,
+        poll_seconds: float = 1.0, drain_timeout: float = 60.0) -> int:
+    """Run the stream of ``cfg`` until ``stop`` is set, ``seconds`` have passed, or the query ends.
+    Returns the exit code: 0 after a graceful stop or a finished availableNow run, 1 if the query failed."""
+    created = False
+    if spark is None:
+        spark, created = get_session(cfg)
+    stop = stop or threading.Event()
+    query = start_query(spark, cfg)
+    print(f"pi-stream run: {len(cfg.shard_tags()) or 'query-selected'} tags (shard {cfg.shard_index + 1} of "
+          f"{cfg.shard_count}) from {cfg.url} → {cfg.target} table {cfg.table}; checkpoint {cfg.checkpoint}; "
+          f"trigger {cfg.trigger or 'default'}", file=sys.stderr, flush=True)
+    started = last_optimize = time.monotonic()
+    reason = "the query ended"
+    try:
+        while True:
+            if query.awaitTermination(poll_seconds):
+                break
+            if stop.is_set():
+                reason = "stop requested"
+                break
+            if seconds is not None and time.monotonic() - started >= seconds:
+                reason = f"ran {seconds:g} s"
+                break
+            if (cfg.target == "delta" and cfg.auto_optimize_interval
+                    and time.monotonic() - last_optimize >= cfg.auto_optimize_interval):
+                from .delta import optimize
+
+                metrics = optimize(spark, cfg.table)
+                log.info("auto OPTIMIZE of %s: %s", cfg.table, metrics)
+                last_optimize = time.monotonic()
+        if query.isActive:
+            print(f"pi-stream run: {reason}; finishing the batch in flight …", file=sys.stderr, flush=True)
+            stop_gracefully(query, drain_timeout)
+        failure = query.exception()
+    finally:
+        if query.isActive:
+            query.stop()
+        if created:
+            spark.stop()
+    if failure is not None:
+        print(f"pi-stream run: the query failed: {failure}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    print("pi-stream run: stopped cleanly", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of ``pi-stream run``. Each overrides the same setting of ``--config``; an empty
+    value (as an unset bundle variable gives) counts as not given."""
+    p = parser
+    p.add_argument("--config", help="run config file (YAML or JSON); see pi_stream_source.config")
+    src = p.add_argument_group("what to read")
+    src.add_argument("--url", help="PI Web API base URL")
+    src.add_argument("--tags", help="comma-separated WebIDs and/or \\\\server\\tag paths")
+    src.add_argument("--data-server", help="PI Data Archive for --name-filter (a tag query)")
+    src.add_argument("--name-filter", help="point name filter on --data-server, e.g. 'Unit1.*'")
+    src.add_argument("--element-path", help="AF element whose attributes are streamed")
+    src.add_argument("--starting-position", help="latest | snapshot | a time")
+    src.add_argument("--tags-per-channel", type=_int_or_none, help="streams per channel (shard size)")
+    src.add_argument("--max-records-per-trigger", type=_int_or_none, help="most rows per micro-batch")
+    src.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other pi_websocket option (repeatable)")
+    auth = p.add_argument_group("authentication (passwords and tokens: secret scope or config file only)")
+    auth.add_argument("--auth-type", choices=["anonymous", "basic", "bearer", "kerberos"])
+    auth.add_argument("--username")
+    auth.add_argument("--secret-scope", help="Databricks secret scope with the PI credentials")
+    auth.add_argument("--username-key")
+    auth.add_argument("--password-key")
+    auth.add_argument("--token-key")
+    out = p.add_argument_group("where to land it")
+    out.add_argument("--target", choices=["delta", "unity"])
+    out.add_argument("--table", help="a path or catalog.schema.table")
+    out.add_argument("--catalog")
+    out.add_argument("--schema")
+    out.add_argument("--table-name")
+    out.add_argument("--checkpoint")
+    out.add_argument("--trigger", help="processing-time interval ('1 second') or availableNow")
+    out.add_argument("--no-merge", action="store_true", help="plain Delta append instead of the merging writer")
+    out.add_argument("--warehouse-id", help="SQL warehouse (target unity)")
+    out.add_argument("--volume", help="staging Volume (target unity)")
+    out.add_argument("--profile", help="~/.databrickscfg profile (target unity)")
+    out.add_argument("--auto-optimize-interval", help="seconds (or '1h') between OPTIMIZE runs while streaming")
+    out.add_argument("--query-name")
+    scale = p.add_argument_group("scale out: several processes, each a slice of the tags")
+    scale.add_argument("--shard-index", type=_int_or_none, help="this process's slice (0-based)")
+    scale.add_argument("--shard-count", type=_int_or_none, help="number of slices")
+    ctl = p.add_argument_group("run control")
+    ctl.add_argument("--seconds", type=float, help="stop gracefully after this many seconds (default: run until SIGTERM)")
+    ctl.add_argument("--drain-timeout", type=float, default=60.0,
+                     help="longest wait for the batch in flight when stopping (seconds)")
+    ctl.add_argument("--warehouse", help="local Spark warehouse directory (local runs only)")
+    return parser
+
+
+def _int_or_none(text: str) -> Optional[int]:
+    return int(text) if str(text).strip() else None
+
+
+def _blank(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``--config`` with the command line's overrides applied."""
+    overrides: Dict[str, Any] = {}
+    for name in ("url", "tags", "data_server", "name_filter", "element_path", "starting_position",
+                 "tags_per_channel", "max_records_per_trigger", "target", "table", "catalog", "schema",
+                 "table_name", "checkpoint", "trigger", "warehouse_id", "volume", "profile",
+                 "auto_optimize_interval", "query_name", "shard_index", "shard_count", "warehouse"):
+        overrides[name] = _blank(getattr(args, name, None))
+    auth = {"type": args.auth_type, "username": args.username, "secret_scope": args.secret_scope,
+            "username_key": args.username_key, "password_key": args.password_key, "token_key": args.token_key}
+    auth = {k: v for k, v in auth.items() if _blank(v) is not None}
+    if auth:
+        overrides["auth"] = auth
+    if args.no_merge:
+        overrides["merge"] = False
+    options: Dict[str, str] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PIStreamError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = value
+    if options:
+        overrides["options"] = options
+    return load_config(_blank(args.config), overrides)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run with parsed ``pi-stream run`` arguments until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        cfg = config_from_args(args)
+    except PIStreamError as exc:
+        print(f"pi-stream run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if cfg.log_level:
+        logging.getLogger("pi_stream_source").setLevel(cfg.log_level.upper())
+    log.info("run config: %r", cfg)
+    stopper = StopSignal().install()
+    try:
+        return run(cfg, stop=stopper.event, seconds=args.seconds, drain_timeout=args.drain_timeout)
+    except PIStreamError as exc:
+        print(f"pi-stream run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        stopper.restore()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console entry point: ``pi-stream-run [args]`` / ``python -m pi_stream_source.runner [args]``.
+    A leading ``run`` (as ``pi-stream run`` passes) is accepted."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        argv = argv[1:]
+    parser = add_run_arguments(argparse.ArgumentParser(prog="pi-stream run", description=__doc__.splitlines()[0]))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
