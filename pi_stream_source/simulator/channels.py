@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import time
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT = b'{"Links":{},"Items":[]}'
 MALFORMED = b'{"Links":{},"Items":[{"WebId":"F1DP'            # cut short: not JSON
 _OPEN, _CLOSE = b'{"Links":{},"Items":[', b"]}"
+_SEPC = b"]},"                        # closes a stream's Items and the stream, then a comma
 
 
 @dataclass(eq=False)
@@ -53,6 +55,9 @@ class Channel:
     prefixes: List[bytes] = field(default_factory=list)
     items_prefixes: List[bytes] = field(default_factory=list)
     tag_indices: Set[int] = field(default_factory=set)
+    idx: List[int] = field(default_factory=list)          # tag index of each stream
+    tags: List[Any] = field(default_factory=list)         # distinct tags behind the streams
+    every1: bool = True                                   # every stream has a value at every tick
     closed: bool = False
 
     def info(self) -> Dict[str, Any]:
@@ -85,6 +90,9 @@ class ChannelHub:
         ch.prefixes = [self.encoder.stream_prefix(s, webid_type) for s in streams]
         ch.items_prefixes = [p + b',"Items":[' for p in ch.prefixes]
         ch.tag_indices = {s.tag.index for s in streams}
+        ch.idx = [s.tag.index for s in streams]
+        ch.tags = list({s.tag.index: s.tag for s in streams}.values())
+        ch.every1 = all(s.tag.every == 1 for s in streams)
         if initial:
             ch.extras = [(j, self.archive.current(s.tag)) for j, s in enumerate(streams)]
             ch.wake.set()
@@ -143,12 +151,30 @@ class ChannelHub:
         if vals is not None:
             vals[tag_index] = None
 
-    def value(self, tag: Any, k: int) -> bytes:
+    def _fill(self, k: int, ch: Channel) -> List[Optional[bytes]]:
+        """Tick ``k``'s value of every tag of ``ch``, each followed by ``]},`` (shared by channels)."""
         vals = self._values(k)
-        v = vals[tag.index]
-        if v is None:
-            v = vals[tag.index] = self.encoder.value_bytes(tag, k)
-        return v
+        edits = self.archive.edits
+        enc = self.encoder
+        tables: Dict[Tuple[str, int, str], List[Optional[bytes]]] = {}
+        for tag in ch.tags:
+            i = tag.index
+            if vals[i] is not None:
+                continue
+            g = tag.gen
+            if g.period and (not edits or (i, k) not in edits):
+                fk = (g.kind, g.period, tag.uom)
+                tab = tables.get(fk)
+                if tab is None:
+                    tab = tables[fk] = enc.table(k, tag, _SEPC)
+                n = (k + g.phase) % g.period
+                v = tab[n]
+                if v is None:
+                    v = tab[n] = enc.cycle_value(tag, k, n, _SEPC)
+                vals[i] = v
+            else:
+                vals[i] = enc.value_bytes(tag, k, _SEPC)
+        return vals
 
     # ---- planning ------------------------------------------------------------------------------
     def _plan(self, after: int, last: int) -> List[Tuple[int, int]]:
@@ -188,24 +214,17 @@ class ChannelHub:
         arch = self.archive
         if not intervals and not ch.extras:
             return None, 0, intervals
-        # fast path: one tick, nothing special (the steady state)
+        # fast path: one tick, nothing special (the steady state): no per-stream Python work
+        # beyond a cache lookup; the message is one join of pre-encoded pieces
         if (len(intervals) == 1 and intervals[0][0] == intervals[0][1] and not ch.extras and not repeat
-                and not pad_to and not shape_value):
+                and not pad_to and not shape_value and ch.every1 and not reverse):
             k = intervals[0][0]
-            vals = self._values(k)
-            enc = self.encoder.value_bytes
-            parts = []
-            for s, pre in zip(ch.streams, ch.items_prefixes):
-                tag = s.tag
-                if k % tag.every:
-                    continue
-                v = vals[tag.index]
-                if v is None:
-                    v = vals[tag.index] = enc(tag, k)
-                parts.append(pre + v + _CLOSE)
-            if not parts:
-                return None, 0, intervals
-            return _OPEN + b",".join(parts) + _CLOSE, len(parts), intervals
+            vals = self._fill(k, ch)
+            parts = list(chain.from_iterable(zip(ch.items_prefixes, map(vals.__getitem__, ch.idx))))
+            parts[-1] = parts[-1][:-1]
+            parts.insert(0, _OPEN)
+            parts.append(_CLOSE)
+            return b"".join(parts), len(ch.idx), intervals
         # general path: several ticks, extras (edits, late values, initial values), repeats, padding
         per_stream: List[List[bytes]] = [[] for _ in ch.streams]
         count = 0
@@ -215,10 +234,10 @@ class ChannelHub:
             if repeat and ch.ranges:
                 prev = ch.last_tick - ch.last_tick % tag.every
                 if prev >= ch.ranges[0][0]:
-                    vals.append(self.value(tag, prev))
+                    vals.append(self.encoder.value_bytes(tag, prev))
             for a, b in intervals:
                 for k in arch.ticks(tag, a, b):
-                    vals.append(self.value(tag, k) if k >= last - 4 else self.encoder.value_bytes(tag, k))
+                    vals.append(self.encoder.value_bytes(tag, k))
         for j, p in ch.extras:
             per_stream[j].append(self.encoder.point_bytes(ch.streams[j].tag, p))
         if pad_to:
@@ -226,7 +245,7 @@ class ChannelHub:
             j = 0
             tag = ch.streams[j].tag
             prev = ch.last_tick - ch.last_tick % tag.every
-            rep = self.value(tag, prev)
+            rep = self.encoder.value_bytes(tag, prev)
             per_stream[j] = [rep] * (pad_to // (len(rep) + 1) + 1) + per_stream[j]
         parts = []
         for j, vals in enumerate(per_stream):

@@ -32,6 +32,7 @@ class Encoder:
         self.archive = archive
         self.bool_strings = bool_strings
         self._heads: Dict[Tuple[int, str, bool], bytes] = {}
+        self._tables: Dict[Tuple[Any, ...], List[Optional[bytes]]] = {}
 
     def _flag(self, b: bool) -> Any:
         if self.bool_strings:
@@ -52,12 +53,42 @@ class Encoder:
             self._heads[key] = h
         return h
 
-    def value_bytes(self, tag: Any, k: int) -> bytes:
+    def table(self, k: int, tag: Any, suffix: bytes = b"") -> List[Optional[bytes]]:
+        """Encoded values of tick ``k`` for every tag of ``tag``'s family (same kind, period and
+        unit), indexed by position in the cycle and filled on first use; each ends with ``suffix``."""
+        g = tag.gen
+        key = (k, g.kind, g.period, tag.uom, self.bool_strings, suffix)
+        tab = self._tables.get(key)
+        if tab is None:
+            if len(self._tables) > 256:
+                newest = max(t[0] for t in self._tables)
+                for old in [t for t in self._tables if t[0] < newest - 2]:
+                    del self._tables[old]
+            tab = self._tables[key] = [None] * g.period
+        return tab
+
+    def cycle_value(self, tag: Any, k: int, n: int, suffix: bytes = b"") -> bytes:
+        """The encoding of position ``n`` of the cycle at tick ``k`` (not cached)."""
+        g = tag.gen
+        if g.plain:
+            return self.head(k, tag.uom) + json_value(g.canonical(n)) + b"}" + suffix
+        return self.timed_value(tag, self.archive.tick_time(k), g.canonical(n), False,
+                                g.canonical_quality(n), g.canonical_errors(n)) + suffix
+
+    def value_bytes(self, tag: Any, k: int, suffix: bytes = b"") -> bytes:
         """TimedValue JSON of ``tag`` at tick ``k`` (edits applied, flagged ``Substituted``)."""
-        if tag.gen.plain and (tag.index, k) not in self.archive.edits:
-            return self.head(k, tag.uom) + json_value(tag.gen.value(k)) + b"}"
-        return self.timed_value(tag, self.archive.tick_time(k), self.archive.value_at(tag, k),
-                                (tag.index, k) in self.archive.edits, tag.gen.quality(k), tag.gen.errors(k))
+        g = tag.gen
+        if (tag.index, k) in self.archive.edits:
+            return self.timed_value(tag, self.archive.tick_time(k), self.archive.edits[(tag.index, k)],
+                                    True, g.quality(k), None) + suffix
+        if g.period:
+            tab = self.table(k, tag, suffix)
+            n = (k + g.phase) % g.period
+            v = tab[n]
+            if v is None:
+                v = tab[n] = self.cycle_value(tag, k, n, suffix)
+            return v
+        return self.head(k, tag.uom) + json_value(g.value(k)) + b"}" + suffix
 
     def point_bytes(self, tag: Any, p: Point) -> bytes:
         ts, k, _ = p

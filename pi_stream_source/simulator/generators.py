@@ -47,63 +47,99 @@ EDGE_CASES: List[Tuple[Any, Tuple[bool, bool, bool], Optional[list]]] = [
 
 @dataclass(frozen=True)
 class Generator:
+    """Values of one tag. Every kind but ``walk`` is periodic in the tick: ``value(k)`` is
+    ``canonical((k + phase) % period)``, a function shared by all tags of the kind, which lets the
+    server encode each distinct value once per tick instead of once per tag."""
     kind: str
     seed: int
     rate: float
+    period: int = field(default=0, compare=False)
+    phase: int = field(default=0, compare=False)
     _walk: Tuple[Tuple[float, float], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown generator kind {self.kind!r}")
-        if self.kind == "walk":
-            r = random.Random(self.seed)
+        kind, seed, rate = self.kind, self.seed, self.rate
+        if kind not in KINDS:
+            raise ValueError(f"unknown generator kind {kind!r}")
+        period, phase = 0, 0
+        if kind == "sine":
+            period, phase = max(1, int(round(60.0 * rate))), seed % 97
+        elif kind == "ramp":
+            period, phase = 1000, seed
+        elif kind == "step":
+            m = max(1, int(10 * rate))
+            period, phase = 5 * m, (seed % 5) * m
+        elif kind == "int":
+            period, phase = 10_000, seed * pow(7, -1, 10_000)      # 7 * (k + phase) ≡ 7k + seed
+        elif kind == "digital":
+            m = max(1, int(5 * rate))
+            period, phase = len(DIGITAL_STATES) * m, (seed % len(DIGITAL_STATES)) * m
+        elif kind == "string":
+            period, phase = 100, seed
+        elif kind == "bool":
+            m = max(1, int(3 * rate))
+            period, phase = 2 * m, seed
+        elif kind == "system":
+            period, phase = 400, seed
+        elif kind == "edge":
+            period, phase = len(EDGE_CASES), seed
+        else:                                    # walk: not periodic
+            r = random.Random(seed)
             object.__setattr__(self, "_walk", tuple((1.0 / r.uniform(5, 50), r.uniform(0, 6.28)) for _ in range(3)))
+        object.__setattr__(self, "period", period)
+        object.__setattr__(self, "phase", phase % period if period else 0)
 
     @property
     def plain(self) -> bool:
         return self.kind in PLAIN_KINDS
 
     def value(self, k: int) -> Any:
+        if self.period:
+            return self.canonical((k + self.phase) % self.period)
+        return round(sum(math.sin(k * f + p) for f, p in self._walk) * 10.0, 6)
+
+    def canonical(self, n: int) -> Any:
+        """The value at position ``n`` of the kind's cycle (``0 <= n < period``)."""
         kind = self.kind
         if kind == "sine":
-            period = 60.0 * self.rate
-            return round(50.0 + 25.0 * math.sin(2 * math.pi * (k + self.seed % 97) / period), 6)
+            return round(50.0 + 25.0 * math.sin(2 * math.pi * n / self.period), 6)
         if kind == "ramp":
-            return round(((k + self.seed) % 1000) * 0.1, 6)
+            return round(n * 0.1, 6)
         if kind == "step":
-            return float(10 * ((k // max(1, int(10 * self.rate)) + self.seed) % 5))
-        if kind == "walk":
-            return round(sum(math.sin(k * f + p) for f, p in self._walk) * 10.0, 6)
+            return float(10 * (n // (self.period // 5)))
         if kind == "int":
-            return (k * 7 + self.seed) % 10_000
+            return (7 * n) % 10_000
         if kind == "digital":
-            name, code = DIGITAL_STATES[(k // max(1, int(5 * self.rate)) + self.seed) % len(DIGITAL_STATES)]
+            name, code = DIGITAL_STATES[n // (self.period // len(DIGITAL_STATES))]
             return {"Name": name, "Value": code, "IsSystem": False}
         if kind == "string":
-            return f"batch-{(k + self.seed) % 100:03d}"
+            return f"batch-{n:03d}"
         if kind == "bool":
-            return ((k + self.seed) // max(1, int(3 * self.rate))) % 2 == 0
+            return n < self.period // 2
         if kind == "system":
-            n = k + self.seed
-            if n % 10 == 9:                     # one value in ten is a system state
+            if n % 10 == 9:                      # one value in ten is a system state
                 name, code = SYSTEM_STATES[(n // 10) % len(SYSTEM_STATES)]
                 return {"Name": name, "Value": code, "IsSystem": True}
             return round(20.0 + (n % 50) * 0.5, 6)
-        return EDGE_CASES[(k + self.seed) % len(EDGE_CASES)][0]
+        return EDGE_CASES[n][0]
 
     def quality(self, k: int) -> Tuple[bool, bool, bool]:
         """(Good, Questionable, Annotated) of the value at tick ``k``."""
-        if self.kind == "edge":
-            return EDGE_CASES[(k + self.seed) % len(EDGE_CASES)][1]
-        if self.kind == "system" and (k + self.seed) % 10 == 9:
-            return (False, False, False)
-        return GOOD
+        return self.canonical_quality((k + self.phase) % self.period) if self.period else GOOD
 
     def errors(self, k: int) -> Optional[list]:
         """PI's per-value ``Errors`` (``[{FieldName, Message[]}]``), or None."""
+        return self.canonical_errors((k + self.phase) % self.period) if self.period else None
+
+    def canonical_quality(self, n: int) -> Tuple[bool, bool, bool]:
         if self.kind == "edge":
-            return EDGE_CASES[(k + self.seed) % len(EDGE_CASES)][2]
-        return None
+            return EDGE_CASES[n][1]
+        if self.kind == "system" and n % 10 == 9:
+            return (False, False, False)
+        return GOOD
+
+    def canonical_errors(self, n: int) -> Optional[list]:
+        return EDGE_CASES[n][2] if self.kind == "edge" else None
 
 
 def kinds_for(count: int, spec: str) -> List[str]:

@@ -120,6 +120,7 @@ class RestAPI:
             ("GET", r"channels/instances", self.channel_instances),
             ("POST", r"batch", self.batch),
             ("POST", r"simulator/faults/(?P<fault>[a-z_]+)", self.control),
+            ("GET", r"simulator/stats", self.sim_stats),
         ]
         self.routes = [(m, re.compile(p + r"/?", re.IGNORECASE), h) for m, p, h in table]
 
@@ -540,6 +541,9 @@ class RestAPI:
                 "Content": content}
 
     # ---- control (simulator only) --------------------------------------------------------------
+    def sim_stats(self, req: Req) -> Resp:
+        return json_resp({**self.sim.stats, "channels_open": len(self.sim.hub.channels)})
+
     def control(self, req: Req) -> Resp:
         try:
             args = orjson.loads(req.body) if req.body else {}

@@ -333,7 +333,9 @@ class PISimulator:
         if self.config.certfile:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # long ad-hoc channel URLs (many webId=…) must not hit aiohttp's 8 KB request-line limit
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                     max_line_size=1 << 20, max_field_size=1 << 16)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=ctx, reuse_address=True)
         await site.start()
