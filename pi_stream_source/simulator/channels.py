@@ -87,8 +87,8 @@ class ChannelHub:
         last = self.archive.last_tick()
         ch = Channel(self._next_id, url, ws, transport, streams, webid_type, heartbeat, last)
         self._next_id += 1
-        ch.prefixes = [self.encoder.stream_prefix(s, webid_type) for s in streams]
-        ch.items_prefixes = [p + b',"Items":[' for p in ch.prefixes]
+        ch.prefixes = [self.encoder.stream_prefix(s, webid_type, units=False) for s in streams]
+        ch.items_prefixes = [self.encoder.stream_prefix(s, webid_type) + b',"Items":[' for s in streams]
         ch.tag_indices = {s.tag.index for s in streams}
         ch.idx = [s.tag.index for s in streams]
         ch.tags = list({s.tag.index: s.tag for s in streams}.values())

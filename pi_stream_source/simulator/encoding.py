@@ -108,13 +108,16 @@ class Encoder:
         return orjson.dumps(d)[:-1] + b',"Value":' + json_value(value) + b"}"
 
     @staticmethod
-    def stream_prefix(stream: Any, webid_type: str = "Full") -> bytes:
-        """``{"WebId":…,"Name":…,"Path":…,"Links":{},"UnitsAbbreviation":…`` (no closing brace)."""
-        p = stream._prefixes.get(webid_type)
+    def stream_prefix(stream: Any, webid_type: str = "Full", units: bool = True) -> bytes:
+        """``{"WebId":…,"Name":…,"Path":…,"Links":{}[,"UnitsAbbreviation":…]`` (no closing brace).
+        StreamValues (``Items[]``) carry the units at stream level, StreamValue (one ``Value``) not."""
+        key = webid_type if units else webid_type + "/value"
+        p = stream._prefixes.get(key)
         if p is None:
-            p = orjson.dumps({"WebId": stream.webid_for(webid_type), "Name": stream.name, "Path": stream.path,
-                              "Links": {}, "UnitsAbbreviation": stream.uom})[:-1]
-            stream._prefixes[webid_type] = p
+            d = {"WebId": stream.webid_for(webid_type), "Name": stream.name, "Path": stream.path, "Links": {}}
+            if units:
+                d["UnitsAbbreviation"] = stream.uom
+            p = stream._prefixes[key] = orjson.dumps(d)[:-1]
         return p
 
     @staticmethod

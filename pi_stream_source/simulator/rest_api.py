@@ -405,7 +405,7 @@ class RestAPI:
         stream = self.lookup(req.match["webId"])
         start, end, max_count, boundary = self._recorded_args(req)
         body = self._recorded_items(req, stream, start, end, max_count, boundary)
-        return Resp(200, b'{"Links":{},"Items":[' + body + b'],"UnitsAbbreviation":' +
+        return Resp(200, b'{"Items":[' + body + b'],"UnitsAbbreviation":' +
                     orjson.dumps(stream.uom) + b"}")
 
     def streamset_recorded(self, req: Req) -> Resp:
@@ -458,7 +458,7 @@ class RestAPI:
         for s in streams:
             v = (self.encoder.point_bytes(s.tag, self.archive.current(s.tag)) if end
                  else self._value_at(req, s))
-            parts.append(self.encoder.stream_prefix(s, wt) + b',"Value":' + v + b"}")
+            parts.append(self.encoder.stream_prefix(s, wt, units=False) + b',"Value":' + v + b"}")
         return Resp(200, b'{"Links":{},"Items":[' + b",".join(parts) + b"]}")
 
     def streamset_value(self, req: Req) -> Resp:
