@@ -90,9 +90,10 @@ class PIRestClient:
         what = f"{method} {path.split('?')[0]}"
         try:
             if method == "GET":
-                resp = self.session.get(url, params=params, timeout=self.timeout)
+                # verify= on each call: requests lets REQUESTS_CA_BUNDLE override Session.verify
+                resp = self.session.get(url, params=params, timeout=self.timeout, verify=self.verify)
             else:
-                resp = self.session.post(url, data=orjson.dumps(body), timeout=self.timeout,
+                resp = self.session.post(url, data=orjson.dumps(body), timeout=self.timeout, verify=self.verify,
                                          headers={"Content-Type": "application/json", "X-Requested-With": "XMLHttpRequest"})
         except requests.exceptions.SSLError as exc:
             raise PIConnectionError(tls_error_message(self.base_url.split('/')[2], exc)) from None

@@ -225,7 +225,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             avail = buf.next_seq if self._target is None else min(buf.next_seq, self._target.get(key, buf.next_seq))
             begins[key], pending[key] = begin, max(0, avail - begin)
         if isinstance(limit, ReadMaxRows):
-            pending = _fair_share(pending, limit.maxRows)
+            pending = _fair_share(pending, limit.max_rows)
         end_shards: Dict[str, Any] = {}
         for shard in shards:
             key = str(shard.index)

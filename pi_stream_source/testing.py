@@ -48,3 +48,45 @@ def checkpoint_start(checkpoint: str) -> int:
 def archive_window(sim: Any, start: int, ends: Dict[str, int]) -> Dict[str, List[Tuple[int, Any]]]:
     """What PI archived per WebID from ``start`` to that WebID's end (both inclusive)."""
     return {w: sim.archive(w, start, end) for w, end in ends.items()}
+
+
+def start_stream(spark: Any, sim: Any, table: str, checkpoint: str, *, webids: Any = None, merge: Any = None,
+                 trigger: str = "500 milliseconds", **options: Any) -> Any:
+    """Start ``sim`` → pi_websocket → Delta ``table``: the writer helper when ``merge`` is True or
+    False (``delta.write_stream(merge=…)``), the plain ``writeStream.format("delta")`` when None."""
+    reader = spark.readStream.format("pi_websocket").option("url", sim.url)
+    if webids is None and not any(k in options for k in ("paths", "nameFilter", "elementPath")):
+        webids = [t.webid for t in sim.tags]
+    if webids is not None:
+        reader = reader.option("webIds", ",".join(webids))
+    options.setdefault("stallTimeout", "10m")      # tests freeze the simulator with set_stalled
+    options.setdefault("reconnectBackoff", "0.2s")
+    for key, value in options.items():
+        reader = reader.option(key, str(value))
+    df = reader.load()
+    if merge is not None:
+        from .delta import write_stream
+
+        return write_stream(df, table=table, checkpoint=checkpoint, trigger=trigger, merge=merge)
+    return (df.writeStream.format("delta").option("checkpointLocation", checkpoint)
+            .partitionBy("partition_date").trigger(processingTime=trigger).start(table))
+
+
+def finish(query: Any, sim: Any) -> None:
+    """Freeze the simulator, let the query take everything buffered, stop it."""
+    sim.set_stalled(True)
+    try:
+        if query.exception() is None:
+            query.processAllAvailable()
+    finally:
+        query.stop()
+    sim.set_stalled(False)
+
+
+def table_keys(spark: Any, table: str) -> List[Tuple[str, int, Any, str]]:
+    """(tag_webid, timestamp µs, value, source) of every row of a Delta table (path)."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(table)
+    return [(r.tag_webid, int(r.ts), r.value, r.source)
+            for r in df.select("tag_webid", F.unix_micros("timestamp").alias("ts"), "value", "source").collect()]
