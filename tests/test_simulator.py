@@ -55,3 +55,16 @@ def test_unknown_webid_on_channel_is_refused_before_upgrade(simulator):
     sim = simulator(tags=1)
     r = requests.get(sim.url + "/streamsets/channel", params={"webId": "F1DPnope"}, timeout=10)
     assert r.status_code == 404 and r.json()["Errors"]
+
+
+def test_expected_archive_and_sent_values_agree_with_a_reader(simulator):
+    sim = simulator(tags=3, rate=10, history_seconds=10)
+    webids = [t.webid for t in sim.tags]
+    end = sim.tick_time(sim.last_tick())
+    expected = sim.expected_archive(webids, sim.t0, end)
+    assert set(expected) == set(webids) and all(len(v) == sim.last_tick() + 1 or len(v) >= 100 for v in expected.values())
+    r = requests.get(sim.url + "/streamsets/recorded", timeout=10, params={
+        "webId": webids, "startTime": format_ts(sim.t0), "endTime": format_ts(end)})
+    for s in r.json()["Items"]:
+        assert [(parse_ts(i["Timestamp"]), i["Value"]) for i in s["Items"]] == expected[s["WebId"]]
+    assert sim.sent_values() == {}                        # nothing on channels yet

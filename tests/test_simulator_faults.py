@@ -278,3 +278,23 @@ def test_faults_over_http_and_from_cli_commands(simulator):
                 ws.recv(timeout=5)
     assert "closed 0" in run_command(sim, "drop")
     assert "drop" in run_command(sim, "help")
+
+
+def test_slow_consumer_gets_backpressure_and_loses_nothing(simulator):
+    """A client that stops reading fills the socket; the server waits (no unbounded buffer, no
+    drop) and sends the backlog when the client reads again."""
+    sim = simulator(tags=2000, rate=20)
+    webids = [t.webid for t in sim.tags]
+    with connect(adhoc(sim, webids), open_timeout=10, max_size=None, max_queue=1) as ws:
+        got = collect(ws, 0.3)
+        time.sleep(2.5)                                  # ~25 MB offered; socket buffers hold far less
+        stuck = sim.stats["values_sent"]
+        time.sleep(0.5)
+        assert sim.stats["values_sent"] - stuck < 2000 * 10      # the sender is blocked on the socket
+        collect(ws, 3.0, got)
+        sim.set_stalled(True)
+        collect(ws, 1.0, got)
+    sent = sim.sent_values()
+    assert {w: dict(v) for w, v in sent.items()} == got
+    stamps = [ts for ts, _ in sent[webids[0]]]
+    assert stamps == list(range(stamps[0], stamps[-1] + 1, sim.period_us))
