@@ -97,7 +97,7 @@ def test_value_end_and_streamset_value(simulator):
     (_, a), (_, b) = sim.archive(w, at, at + 100_000)
     assert v["Value"] == pytest.approx((a + b) / 2)
     body = get(sim, "/streamsets/end", webId=[w, d]).json()
-    validate(body, "Items[StreamValue]")
+    validate(body, "Items[StreamValues]")            # the spec's shape for the ad-hoc end
     assert [s["WebId"] for s in body["Items"]] == [w, d]
 
 
@@ -290,3 +290,58 @@ def test_cli_prints_url_credentials_and_webids(tmp_path):
         proc.terminate()
         proc.wait(20)
     assert proc.returncode == 0
+
+
+def test_every_get_endpoint_matches_its_swagger_response(simulator):
+    """Each REST route, answered with the definition the spec names for its 200 response."""
+    sim = simulator(tags=4, rate=10, attributes_per_element=2)
+    t, el = sim.tags[0], sim.elements[0]
+    a = el.attributes[0]
+    ds, srv, db = sim.dataserver_webid, sim.model.assetserver_webid, sim.model.database_webid
+    routes = [
+        ("/", "/", {}),
+        ("/dataservers", "/dataservers", {}),
+        ("DataServer", "/dataservers", {"path": "\\\\PIServers[SIMSRV]"}),   # GetByPath: not in this spec
+        ("/dataservers/{webId}", f"/dataservers/{ds}", {}),
+        ("/dataservers/{webId}/points", f"/dataservers/{ds}/points", {"nameFilter": "*", "maxCount": 2}),
+        ("/points", "/points", {"path": t.path}),
+        ("/points/{webId}", f"/points/{t.webid}", {}),
+        ("/assetservers", "/assetservers", {}),
+        ("/assetservers/{webId}", f"/assetservers/{srv}", {}),
+        ("/assetservers/{webId}/assetdatabases", f"/assetservers/{srv}/assetdatabases", {}),
+        ("/assetdatabases", "/assetdatabases", {"path": "\\\\SIMAF\\SimDB"}),
+        ("/assetdatabases/{webId}", f"/assetdatabases/{db}", {}),
+        ("/assetdatabases/{webId}/elements", f"/assetdatabases/{db}/elements", {}),
+        ("/elements", "/elements", {"path": el.path}),
+        ("/elements/{webId}", f"/elements/{el.webid}", {}),
+        ("/elements/{webId}/attributes", f"/elements/{el.webid}/attributes", {}),
+        ("/attributes", "/attributes", {"path": a.path}),
+        ("/attributes/{webId}", f"/attributes/{a.webid}", {}),
+        ("/streams/{webId}/recorded", f"/streams/{a.webid}/recorded", {"startTime": "*-2s"}),
+        ("/streams/{webId}/value", f"/streams/{t.webid}/value", {"time": "*-1.05s"}),
+        ("/streams/{webId}/end", f"/streams/{t.webid}/end", {}),
+        ("/streamsets/recorded", "/streamsets/recorded", {"webId": [t.webid, a.webid], "startTime": "*-1s"}),
+        ("/streamsets/value", "/streamsets/value", {"webId": [t.webid, a.webid]}),
+        ("/streamsets/end", "/streamsets/end", {"webId": [t.webid]}),
+        ("/streamsets/{webId}/recorded", f"/streamsets/{el.webid}/recorded", {"startTime": "*-1s"}),
+        ("/streamsets/{webId}/value", f"/streamsets/{el.webid}/value", {}),
+        ("/streamsets/{webId}/end", f"/streamsets/{el.webid}/end", {}),
+        ("/channels/instances", "/channels/instances", {}),
+    ]
+    swagger_paths = set()
+    for template, path, params in routes:
+        definition = response_definition(template, "get", "200") if template.startswith("/") else template
+        r = get(sim, path, **params)
+        assert r.status_code == 200, (path, r.text)
+        validate(r.json(), definition)
+        swagger_paths.add(template)
+    assert len(swagger_paths) == 28
+
+
+def test_selected_fields(simulator):
+    sim = simulator(tags=2, rate=10)
+    body = get(sim, "/streamsets/recorded", webId=[t.webid for t in sim.tags], startTime="*-1s",
+               selectedFields="Items.WebId;Items.Items.Timestamp;Items.Items.Value").json()
+    validate(body, "Items[StreamValues]")
+    assert set(body) == {"Items"} and set(body["Items"][0]) == {"WebId", "Items"}
+    assert set(body["Items"][0]["Items"][0]) == {"Timestamp", "Value"}

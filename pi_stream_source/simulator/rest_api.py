@@ -136,7 +136,11 @@ class RestAPI:
                 continue
             req.match = {k: unquote(v) for k, v in m.groupdict().items()}
             try:
-                return handler(req)
+                resp = handler(req)
+                fields = req.q("selectedFields")
+                if fields and resp.status == 200 and method == "GET":
+                    resp.body = orjson.dumps(select_fields(orjson.loads(resp.body), fields))
+                return resp
             except PIError as exc:
                 return error_resp(exc.status, exc.message)
             except ValueError as exc:
@@ -216,7 +220,7 @@ class RestAPI:
 
     def _check_dataserver(self, webid: str) -> None:
         if webid != self.model.dataserver_webid:
-            if webid[:2] != "F1" and webid[:2] != "P1" and webid[:2] != "I1":
+            if len(webid) < 4 or webid[0] not in "FIPLD" or webid[1] != "1":
                 raise PIError(400, f"Unknown or invalid WebID format: '{webid}'.")
             raise PIError(404, f"The specified PI Data Archive server was not found for WebId '{webid}'.")
 
@@ -454,11 +458,17 @@ class RestAPI:
     def _streamset_single(self, req: Req, end: bool) -> Resp:
         streams = self.streams_of(req)
         wt = self.webid_type(req)
+        # the 2018 SP1 spec answers the ad-hoc streamsets/end with Items[StreamValues] (an Items
+        # array of one value); every other streamset value/end with Items[StreamValue]
+        as_items = end and "webId" not in req.match
         parts = []
         for s in streams:
             v = (self.encoder.point_bytes(s.tag, self.archive.current(s.tag)) if end
                  else self._value_at(req, s))
-            parts.append(self.encoder.stream_prefix(s, wt, units=False) + b',"Value":' + v + b"}")
+            if as_items:
+                parts.append(self.encoder.stream_prefix(s, wt) + b',"Items":[' + v + b"]}")
+            else:
+                parts.append(self.encoder.stream_prefix(s, wt, units=False) + b',"Value":' + v + b"}")
         return Resp(200, b'{"Links":{},"Items":[' + b",".join(parts) + b"]}")
 
     def streamset_value(self, req: Req) -> Resp:
@@ -575,3 +585,20 @@ def _jsonpath(done: Dict[str, Any], expr: str) -> Any:
     if multi:
         return cur
     return cur[0] if cur else None
+
+
+def select_fields(doc: Any, fields: str) -> Any:
+    """PI's ``selectedFields``: keep only the ``;``-separated dotted paths (arrays are transparent),
+    e.g. ``Items.Timestamp;Items.Value``."""
+    def walk(node: Any, paths: List[List[str]]) -> Any:
+        if isinstance(node, list):
+            return [walk(x, paths) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            rest = [p[1:] for p in paths if p and p[0].lower() == key.lower()]
+            if rest:
+                out[key] = value if any(not r for r in rest) else walk(value, rest)
+        return out
+    return walk(doc, [f.strip().split(".") for f in fields.split(";") if f.strip()])
