@@ -262,15 +262,14 @@ class ChannelHub:
             return None, 0, intervals
         return _OPEN + b",".join(parts) + _CLOSE, count, intervals
 
-    def _record_extras(self, ch: Channel) -> None:
-        for j, p in ch.extras:
+    def _record_extras(self, ch: Channel, extras: List[Tuple[int, Point]]) -> None:
+        for j, p in extras:
             s = ch.streams[j]
             ts, k, _ = p
             value = None if k is not None else self.archive.late[s.tag.index][ts][0]
             self.sent_extra.setdefault(s.webid_for(ch.webid_type), {})[ts] = (s.tag, k, value)
             if k is not None and (s.tag.index, k) in self.archive.edits:
                 self.edits_sent.add((s.tag.index, k))
-        ch.extras = []
 
     # ---- sending -------------------------------------------------------------------------------
     async def run(self, ch: Channel) -> None:
@@ -295,8 +294,11 @@ class ChannelHub:
                 await ch.ws.send_frame(MALFORMED, WSMsgType.TEXT)
                 stats["faults_injected"] += 1
             pad = next((arg for kind, arg in ch.injects if kind == "big"), 0) if ch.ranges else 0
+            extras = ch.extras[:]            # edits queued while this message is written go in the next
             body, count, intervals = self.build(ch, last, pad_to=pad)
+            ch.extras = ch.extras[len(extras):]
             if body is None:
+                self._record(ch, intervals)      # ticks without a value for any of its streams
                 ch.last_tick = max(ch.last_tick, last)
                 ch.idle += 1
                 if ch.heartbeat > 0 and ch.idle >= ch.heartbeat:
@@ -314,7 +316,7 @@ class ChannelHub:
                 stats["faults_injected"] += 1
                 ch.injects = [i for i in ch.injects if i[0] not in ("fragment", "big")]
             self._record(ch, intervals)
-            self._record_extras(ch)
+            self._record_extras(ch, extras)
             ch.last_tick = max(ch.last_tick, last)
             ch.messages += 1
             stats["messages_sent"] += 1

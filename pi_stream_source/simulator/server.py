@@ -498,8 +498,8 @@ class PISimulator:
 
     def fail_next_requests(self, count: int = 1, status: int = 500, path: Optional[str] = None,
                            web_exception: bool = False) -> None:
-        """The next ``count`` REST requests (whose path contains ``path``) answer ``status`` with
-        PI's ``Errors`` body; with ``web_exception`` the next ``streamsets/recorded`` calls answer
+        """The next ``count`` HTTP requests (REST or channel upgrade) whose path contains ``path``
+        answer ``status`` with PI's ``Errors`` body; with ``web_exception`` the next ``streamsets/recorded`` calls answer
         200 with a top-level ``WebException`` instead."""
         def apply() -> None:
             if web_exception:
