@@ -3,7 +3,7 @@
 PI Web API usually sits in an OT network that Databricks compute cannot reach. Local Spark with the
 ``pi_websocket`` source runs on a machine that can reach it, and every micro-batch goes:
 
-1. to local Parquet, one file per Spark partition, named ``batch-<batchId>-<n>.parquet``;
+1. to local Parquet, ``batch-<batchId>-<n>.parquet`` (one file per ``ROWS_PER_FILE`` rows);
 2. into a Unity Catalog Volume under ``<volume>/<queryId>/`` (Files API, databricks-sdk);
 3. into the table through the SQL Statement Execution API on a SQL warehouse: ``COPY INTO`` when
    every row is ``live``, ``MERGE`` on (``partition_date``, ``tag_webid``, ``timestamp``) when the
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 MERGE_SOURCES = frozenset({"replay", "backfill", "snapshot"})
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "CLOSED"}
+#: Rows per staged file: well under the Files API's single-request upload (50 MB before multipart).
+ROWS_PER_FILE = 250_000
 
 
 class UnityLoadError(PIStreamError):
@@ -121,30 +123,25 @@ class StagedBatch:
     last_date: Optional[dt.date]
 
 
-def stage_locally(batch_df, batch_id: int, local_dir: Path) -> StagedBatch:
-    """Write the batch as Parquet and name the files ``batch-<id>-<n>.parquet`` (deterministic, so a
-    retry stages the same names)."""
+def stage_locally(batch_df, batch_id: int, local_dir: Path, rows_per_file: int = ROWS_PER_FILE) -> StagedBatch:
+    """Collect the batch as Arrow (one Spark job) and write ``batch-<id>-<n>.parquet`` files of at
+    most ``rows_per_file`` rows. Names and row order are deterministic, so a retry stages the same
+    names. A batch is held in memory once: bound it with ``maxRecordsPerTrigger``."""
     if local_dir.exists():
         shutil.rmtree(local_dir)
-    batch_df.write.mode("overwrite").parquet(str(local_dir))
-    parts = sorted(p for p in local_dir.iterdir() if p.name.startswith("part-") and p.name.endswith(".parquet"))
-    files, rows, merge, dates = [], 0, False, []
-    for n, part in enumerate(parts):
-        meta = pq.read_metadata(part)
-        if meta.num_rows == 0:
-            part.unlink()
-            continue
-        table = pq.read_table(part, columns=["source", "partition_date"])
-        sources = set(pc.unique(table.column("source")).to_pylist())
-        merge = merge or bool(sources & MERGE_SOURCES)
-        mm = pc.min_max(table.column("partition_date"))
-        dates += [d for d in (mm["min"].as_py(), mm["max"].as_py()) if d is not None]
-        name = f"batch-{batch_id}-{len(files)}.parquet"
-        part.rename(local_dir / name)
+    local_dir.mkdir(parents=True)
+    table = batch_df.toArrow()
+    if table.num_rows == 0:
+        return StagedBatch(batch_id, local_dir, [], 0, False, None, None)
+    sources = set(pc.unique(table.column("source")).to_pylist())
+    dates = pc.min_max(table.column("partition_date"))
+    files = []
+    for n, first in enumerate(range(0, table.num_rows, rows_per_file)):
+        name = f"batch-{batch_id}-{n}.parquet"
+        pq.write_table(table.slice(first, rows_per_file), local_dir / name)
         files.append(name)
-        rows += meta.num_rows
-    return StagedBatch(batch_id, local_dir, files, rows, merge, min(dates) if dates else None,
-                       max(dates) if dates else None)
+    return StagedBatch(batch_id, local_dir, files, table.num_rows, bool(sources & MERGE_SOURCES),
+                       dates["min"].as_py(), dates["max"].as_py())
 
 
 def _query_id(checkpoint: str) -> str:
@@ -184,7 +181,7 @@ class UnityBatchLoader:
         self._last_optimize = time.monotonic()
         self._optimize_statement: Optional[str] = None
         self._lock = threading.Lock()
-        #: (batch id, rows, "copy"|"merge", seconds) of the batches loaded by this loader
+        #: (batch id, rows, "COPY INTO"|"MERGE", seconds) of the batches loaded by this loader
         self.loaded: List[tuple] = []
 
     # -- statements ----------------------------------------------------------------------------
@@ -278,6 +275,7 @@ class UnityBatchLoader:
             self.ensure_table()
             remote = self.staging_dir()
             staged = stage_locally(batch_df, batch_id, self.local_root / f"batch-{batch_id}")
+            staged_at = time.monotonic()
             try:
                 if staged.rows == 0:
                     return
@@ -289,7 +287,8 @@ class UnityBatchLoader:
                     self._delete_staged(remote, staged.files)
                 took = time.monotonic() - started
                 self.loaded.append((batch_id, staged.rows, kind, took))
-                log.info("batch %d: %d rows into %s by %s in %.2fs", batch_id, staged.rows, self.table, kind, took)
+                log.info("batch %d: %d rows into %s by %s in %.2fs (%.2fs to stage locally)", batch_id,
+                         staged.rows, self.table, kind, took, staged_at - started)
             finally:
                 shutil.rmtree(staged.local_dir, ignore_errors=True)
             self._maybe_optimize()

@@ -6,7 +6,7 @@ It answers what the edge sink calls through databricks-sdk:
   ``GET/PUT/DELETE /api/2.0/fs/directories/Volumes/…``; a Volume is a directory under ``root``
   and must have been created with :meth:`FakeWorkspace.create_volume`.
 - SQL Statement Execution API: ``POST /api/2.0/sql/statements``, ``GET …/{id}``,
-  ``POST …/{id}/cancel``. Statements run for real, one at a time (like a one-cluster warehouse), on
+  ``POST …/{id}/cancel``. Statements run for real, ``concurrency`` at a time (default one), on
   a local Spark session with Delta: ``cat.schema.table`` is the Delta table at
   ``root/tables/cat/schema/table`` and ``/Volumes/…`` paths are local paths. Open-source Spark has no
   ``COPY INTO``, so it is translated into a Parquet read and one Delta append, keeping COPY INTO's
@@ -31,6 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import pyarrow.parquet as pq
 
 _LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|`[^`]*`|[^'`]+", re.S)
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
@@ -89,7 +91,7 @@ def _cell(value: Any) -> Optional[str]:
 class FakeWorkspace:
     """``ws = FakeWorkspace(spark, tmp_path, token=…); url = ws.start(); …; ws.stop()``"""
 
-    def __init__(self, spark, root, token: str, warehouse_id: str = "fakewarehouse01"):
+    def __init__(self, spark, root, token: str, warehouse_id: str = "fakewarehouse01", concurrency: int = 1):
         self.spark = spark.newSession()  # own SQL conf and temp views; same Delta tables
         self.root = Path(root)
         self.token = token
@@ -107,7 +109,7 @@ class FakeWorkspace:
         self.requests: List[Tuple[str, str, int]] = []   # (method, path, status) of every request
         self.uploaded: List[str] = []                     # /Volumes/… paths of successful uploads
         self._lock = threading.Lock()
-        self._warehouse = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-warehouse")
+        self._warehouse = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fake-warehouse")
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self.url = ""
@@ -250,12 +252,8 @@ class FakeWorkspace:
                                f"source columns not in the table and mergeSchema is false: {sorted(extra)}")
             cols = [F.col(f.name).cast(f.dataType) if f.name in source.columns
                     else F.lit(None).cast(f.dataType).alias(f.name) for f in target.schema.fields]
-            batch = source.select(*cols).cache()
-            try:
-                inserted = batch.count()
-                batch.write.format("delta").mode("append").save(str(table))  # one commit: all or nothing
-            finally:
-                batch.unpersist()
+            inserted = sum(pq.read_metadata(self.local_path(c)).num_rows for c in todo)
+            source.select(*cols).write.format("delta").mode("append").save(str(table))  # one commit: all or nothing
             log_file.write_text(json.dumps(sorted(loaded | set(todo))))
         columns = [("num_affected_rows", "bigint"), ("num_inserted_rows", "bigint"),
                    ("num_skipped_corrupt_files", "bigint")]
