@@ -47,7 +47,8 @@ def run_clients(url: str, webids_file: str, per_channel: int, seconds: float) ->
                 counts["channels"] += 1
                 while time.monotonic() < deadline:
                     try:
-                        msg = await asyncio.wait_for(ws.recv(decode=False), timeout=max(0.1, deadline - time.monotonic()))
+                        left = max(0.1, deadline - time.monotonic())
+                        msg = await asyncio.wait_for(ws.recv(decode=False), timeout=left)
                     except asyncio.TimeoutError:
                         break
                     counts["messages"] += 1

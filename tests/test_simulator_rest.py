@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import orjson
 import pytest
 import requests
 from websockets.sync.client import connect
@@ -197,7 +196,8 @@ def test_batch_runs_dependent_requests(simulator):
     validate(out["point"]["Content"], "Point")
     assert out["end"]["Status"] == 200
     validate(out["end"]["Content"], "TimedValue")
-    assert len(out["ends"]["Content"]["Items"]) == 3 and all(i["Status"] == 200 for i in out["ends"]["Content"]["Items"])
+    ends = out["ends"]["Content"]["Items"]
+    assert len(ends) == 3 and all(i["Status"] == 200 for i in ends)
     assert out["bad"]["Status"] == 404 and out["child"]["Status"] >= 400
     r = requests.post(sim.url + "/batch", json=body, timeout=10)          # no X-Requested-With
     assert r.status_code == 400

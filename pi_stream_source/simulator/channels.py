@@ -350,25 +350,35 @@ class ChannelHub:
         return [ch] if ch is not None else []
 
     async def drop(self, abrupt: bool, channel: Optional[int] = None, code: int = 1001) -> int:
+        """Close channels: a close frame (waiting at most 2 s for the client's answer, then a
+        reset), or an immediate TCP reset (RST, no close frame) when ``abrupt``."""
         chans = self.select(channel)
         for ch in chans:
             self.close(ch)
-            if abrupt:
-                sock = ch.transport.get_extra_info("socket") if ch.transport is not None else None
-                if sock is not None:
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    except OSError:
-                        pass
-                if ch.transport is not None:
-                    ch.transport.abort()
-            else:
-                try:
-                    await asyncio.wait_for(ch.ws.close(code=code, message=b"server going away"), 5)
-                except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-                    if ch.transport is not None:
-                        ch.transport.abort()
             ch.wake.set()
+
+        def reset(ch: Channel) -> None:
+            if ch.transport is None:
+                return
+            sock = ch.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            ch.transport.abort()
+
+        async def clean(ch: Channel) -> None:
+            try:
+                await asyncio.wait_for(ch.ws.close(code=code, message=b"server going away"), 2)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                reset(ch)
+
+        if abrupt:
+            for ch in chans:
+                reset(ch)
+        elif chans:
+            await asyncio.gather(*(clean(ch) for ch in chans))
         return len(chans)
 
     def wake_all(self) -> None:

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from ..pitime import MICROS, parse_pi_time
 from .archive import Archive
-from .channels import Channel, ChannelHub
+from .channels import ChannelHub
 from .encoding import Encoder
 from .model import PIModel, SimAttribute, SimElement, SimTag
 from .rest_api import PIError, Req, Resp, RestAPI, error_resp
@@ -416,7 +416,8 @@ class PISimulator:
             if self._thread:
                 self._thread.join(10)
             self._loop = None
-            loop.close()
+            if not loop.is_running():
+                loop.close()
             if self._tmpdir is not None:
                 self._tmpdir.cleanup()
                 self._tmpdir = None
@@ -499,8 +500,8 @@ class PISimulator:
     def fail_next_requests(self, count: int = 1, status: int = 500, path: Optional[str] = None,
                            web_exception: bool = False) -> None:
         """The next ``count`` HTTP requests (REST or channel upgrade) whose path contains ``path``
-        answer ``status`` with PI's ``Errors`` body; with ``web_exception`` the next ``streamsets/recorded`` calls answer
-        200 with a top-level ``WebException`` instead."""
+        answer ``status`` with PI's ``Errors`` body; with ``web_exception`` the next
+        ``streamsets/recorded`` calls answer 200 with a top-level ``WebException`` instead."""
         def apply() -> None:
             if web_exception:
                 self._web_exceptions += count
@@ -559,7 +560,8 @@ class PISimulator:
                 arch.late.get(tag.index, {}).get(t, (None,))[0]
             new = value
             if new is None:
-                new = round(old + 1000.0, 6) if isinstance(old, (int, float)) and not isinstance(old, bool) else "edited"
+                numeric = isinstance(old, (int, float)) and not isinstance(old, bool)
+                new = round(old + 1000.0, 6) if numeric else "edited"
             k = arch.edit(tag, t, new)
             if k is not None:
                 self.hub.invalidate(tag.index, k)
