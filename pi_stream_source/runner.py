@@ -93,17 +93,44 @@ class StopSignal:
         self._previous.clear()
 
 
-def stop_gracefully(query, drain_timeout: float = 60.0, poll: float = 0.1) -> None:
-    """Let the batch in flight commit (bounded by ``drain_timeout``), then stop the query."""
-    deadline = time.monotonic() + drain_timeout
-    while query.isActive and time.monotonic() < deadline:
+def _batch_id(progress: Optional[Dict[str, Any]]) -> Optional[int]:
+    return progress.get("batchId") if progress else None
+
+
+def stop_gracefully(query, drain_timeout: float = 60.0, idle_wait: float = 5.0, poll: float = 0.02) -> None:
+    """Stop ``query`` right after a micro-batch commits, so the batch in flight is not interrupted.
+
+    Spark has no "stop after this batch" call, so this waits (bounded by ``drain_timeout``) for the
+    next batch to complete and no trigger to be active, then stops at once: the next trigger is
+    then an interval away. A stream with nothing to process (no batch within ``idle_wait``) is
+    stopped as soon as no trigger is active. A batch planned in that short window but not yet
+    committed is re-run from the checkpoint on the next start (Spark's normal recovery)."""
+    started = time.monotonic()
+    first = _batch_id(query.lastProgress)
+    while query.isActive and time.monotonic() - started < drain_timeout:
         try:
-            if not query.status.get("isTriggerActive", False):
-                break
-        except Exception:  # the query ended between the two calls
+            active = query.status.get("isTriggerActive", False)
+            finished = _batch_id(query.lastProgress) != first
+        except Exception:  # the query ended between two calls
+            break
+        if not active and (finished or time.monotonic() - started >= idle_wait):
             break
         time.sleep(poll)
     query.stop()
+
+
+def _optimize_closed_partitions(spark, table: str) -> None:
+    """OPTIMIZE the partitions before today (UTC). The stream's MERGEs touch the dates of their
+    batch, mostly today: compacting only closed days avoids write conflicts with the running
+    stream; today's small files are handled by the table's optimizeWrite/autoCompact."""
+    from .delta import optimize
+
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    try:
+        metrics = optimize(spark, table, partition_filter=f"partition_date < '{today}'")
+        log.info("auto OPTIMIZE of %s (partitions before %s): %s", table, today, metrics)
+    except Exception as exc:  # maintenance must not stop the stream; the next interval retries
+        log.warning("auto OPTIMIZE of %s failed (retried next interval): %s", table, exc)
 
 
 def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seconds: Optional[float] = None,
@@ -132,10 +159,7 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
                 break
             if (cfg.target == "delta" and cfg.auto_optimize_interval
                     and time.monotonic() - last_optimize >= cfg.auto_optimize_interval):
-                from .delta import optimize
-
-                metrics = optimize(spark, cfg.table)
-                log.info("auto OPTIMIZE of %s: %s", cfg.table, metrics)
+                _optimize_closed_partitions(spark, cfg.table)
                 last_optimize = time.monotonic()
         if query.isActive:
             print(f"pi-stream run: {reason}; finishing the batch in flight …", file=sys.stderr, flush=True)
