@@ -29,7 +29,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow.parquet as pq
@@ -108,6 +108,8 @@ class FakeWorkspace:
         self.history: List[_Statement] = []
         self.requests: List[Tuple[str, str, int]] = []   # (method, path, status) of every request
         self.uploaded: List[str] = []                     # /Volumes/… paths of successful uploads
+        #: called as on_copy_into(local Parquet paths, time of the Delta commit) after each COPY INTO commit
+        self.on_copy_into: Optional[Callable[[List[Path], float], None]] = None
         self._lock = threading.Lock()
         self._warehouse = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fake-warehouse")
         self._server: Optional[ThreadingHTTPServer] = None
@@ -254,6 +256,8 @@ class FakeWorkspace:
                     else F.lit(None).cast(f.dataType).alias(f.name) for f in target.schema.fields]
             inserted = sum(pq.read_metadata(self.local_path(c)).num_rows for c in todo)
             source.select(*cols).write.format("delta").mode("append").save(str(table))  # one commit: all or nothing
+            if self.on_copy_into is not None:
+                self.on_copy_into([self.local_path(c) for c in todo], time.time())
             log_file.write_text(json.dumps(sorted(loaded | set(todo))))
         columns = [("num_affected_rows", "bigint"), ("num_inserted_rows", "bigint"),
                    ("num_skipped_corrupt_files", "bigint")]
