@@ -52,7 +52,10 @@ def test_recorded_boundaries_order_time_strings_and_cap(simulator):
     validate(r.json(), "Errors")
     r = get(sim, "/streamsets/recorded", webId=[t.webid for t in sim.tags], maxCount=1000)   # 2 × 121 values fit
     assert r.status_code == 200
-    sim.config.max_returned_items = 200                       # the cap counts the values of the whole call
+    sim.config.max_returned_items = 200
+    r = get(sim, "/streamsets/recorded", webId=[t.webid for t in sim.tags], maxCount=200)
+    assert r.status_code == 200 and sum(len(s["Items"]) for s in r.json()["Items"]) > 200
+    sim.config.cap_whole_call = True                          # optionally the cap counts the whole call
     r = get(sim, "/streamsets/recorded", webId=[t.webid for t in sim.tags], maxCount=200)
     assert r.status_code == 400 and "maximum allowed" in r.json()["Errors"][0]
     r = get(sim, f"/streams/{w}/recorded", startTime="yesterday at noon")

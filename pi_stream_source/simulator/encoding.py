@@ -75,12 +75,16 @@ class Encoder:
         return self.timed_value(tag, self.archive.tick_time(k), g.canonical(n), False,
                                 g.canonical_quality(n), g.canonical_errors(n)) + suffix
 
-    def value_bytes(self, tag: Any, k: int, suffix: bytes = b"") -> bytes:
-        """TimedValue JSON of ``tag`` at tick ``k`` (edits applied, flagged ``Substituted``)."""
+    def value_bytes(self, tag: Any, k: int, suffix: bytes = b"", shared: bool = True) -> bytes:
+        """TimedValue JSON of ``tag`` at tick ``k`` (edits applied, flagged ``Substituted``).
+        ``shared``: go through the per-tick family tables (recent ticks that many tags share);
+        archive reads over long ranges encode directly instead."""
         g = tag.gen
         if (tag.index, k) in self.archive.edits:
             return self.timed_value(tag, self.archive.tick_time(k), self.archive.edits[(tag.index, k)],
                                     True, g.quality(k), None) + suffix
+        if g.period and not shared:
+            return self.cycle_value(tag, k, (k + g.phase) % g.period, suffix)
         if g.period:
             tab = self.table(k, tag, suffix)
             n = (k + g.phase) % g.period
@@ -90,10 +94,10 @@ class Encoder:
             return v
         return self.head(k, tag.uom) + json_value(g.value(k)) + b"}" + suffix
 
-    def point_bytes(self, tag: Any, p: Point) -> bytes:
+    def point_bytes(self, tag: Any, p: Point, shared: bool = True) -> bytes:
         ts, k, _ = p
         if k is not None:
-            return self.value_bytes(tag, k)
+            return self.value_bytes(tag, k, shared=shared)
         value, substituted = self.archive.late[tag.index][ts]
         return self.timed_value(tag, ts, value, substituted)
 

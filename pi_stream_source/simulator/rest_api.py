@@ -357,7 +357,7 @@ class RestAPI:
         lo, hi = (end, start) if desc else (start, end)
         pts = arch.points(tag, lo, hi)
         seq = pts[::-1] if desc else pts
-        items = [enc.point_bytes(tag, p) for p in seq[:max_count + 1]]
+        items = [enc.point_bytes(tag, p, shared=False) for p in seq[:max_count + 1]]
         if boundary == "outside":
             before, after = arch.before(tag, lo), arch.after(tag, hi)
             first, last = (after, before) if desc else (before, after)
@@ -415,8 +415,9 @@ class RestAPI:
     def streamset_recorded(self, req: Req) -> Resp:
         streams = self.streams_of(req)
         start, end, max_count, boundary = self._recorded_args(req)
-        if len(streams) * max_count > self.sim.config.max_returned_items and len(streams) > 1:
-            # the cap applies to the whole call: as many values as could come back
+        if self.sim.config.cap_whole_call and len(streams) * max_count > self.sim.config.max_returned_items:
+            # optionally the cap also bounds the values of the whole call (UNCONFIRMED for real
+            # servers, whose documented check is on the maxCount parameter)
             total = sum(len(self.archive.points(s.tag, min(start, end), max(start, end))) for s in streams)
             if total > self.sim.config.max_returned_items:
                 raise PIError(400, f"The number of values requested ({total}) is greater than the maximum "

@@ -45,7 +45,8 @@ class SimConfig:
     keyfile: Optional[str] = None
     tls: bool = False                    # serve https/wss with a certificate from a generated CA (ca_file)
     history_seconds: float = 3600.0      # archive that exists before the simulator starts
-    max_returned_items: int = 150_000    # PI's MaxReturnedItemsPerCall
+    max_returned_items: int = 150_000    # PI's MaxReturnedItemsPerCall: maxCount above it → 400
+    cap_whole_call: bool = False         # also 400 when a streamset call would return more values
     message_shape: str = "items"         # items (Items[] per stream) | value (single Value)
     bool_strings: bool = False           # quality flags as "true"/"false" strings
     uom: str = "degC"
