@@ -348,3 +348,13 @@ def test_selected_fields(simulator):
     validate(body, "Items[StreamValues]")
     assert set(body) == {"Items"} and set(body["Items"][0]) == {"WebId", "Items"}
     assert set(body["Items"][0]["Items"][0]) == {"Timestamp", "Value"}
+
+
+def test_outside_boundary_keeps_a_value_on_the_boundary(simulator):
+    sim = simulator(tags=1, rate=2, history_seconds=30)
+    w = sim.tags[0].webid
+    end = sim.tick_time(sim.last_tick() - 4)
+    start = end - 2_000_000
+    items = get(sim, f"/streams/{w}/recorded", startTime=format_ts(start), endTime=format_ts(end),
+                boundaryType="Outside").json()["Items"]
+    assert [parse_ts(i["Timestamp"]) for i in items] == list(range(start, end + 1, 500_000))

@@ -350,7 +350,7 @@ class RestAPI:
         return json_resp(self.attribute_obj(req, self.lookup(req.match["webId"], (SimAttribute,))))
 
     # ---- values --------------------------------------------------------------------------------
-    def _recorded_items(self, req: Req, stream: Any, start: int, end: int, max_count: int, boundary: str) -> bytes:
+    def _recorded_items(self, stream: Any, start: int, end: int, max_count: int, boundary: str) -> bytes:
         tag = stream.tag
         arch, enc = self.archive, self.encoder
         desc = end < start
@@ -359,7 +359,11 @@ class RestAPI:
         seq = pts[::-1] if desc else pts
         items = [enc.point_bytes(tag, p, shared=False) for p in seq[:max_count + 1]]
         if boundary == "outside":
-            before, after = arch.before(tag, lo), arch.after(tag, hi)
+            # the values just outside the range, unless one lies exactly on the boundary
+            on_lo = bool(pts) and pts[0][0] == lo
+            on_hi = bool(pts) and pts[-1][0] == hi
+            before = None if on_lo else arch.before(tag, lo)
+            after = None if on_hi else arch.after(tag, hi)
             first, last = (after, before) if desc else (before, after)
             if first is not None:
                 items.insert(0, enc.point_bytes(tag, first))
@@ -408,7 +412,7 @@ class RestAPI:
     def stream_recorded(self, req: Req) -> Resp:
         stream = self.lookup(req.match["webId"])
         start, end, max_count, boundary = self._recorded_args(req)
-        body = self._recorded_items(req, stream, start, end, max_count, boundary)
+        body = self._recorded_items(stream, start, end, max_count, boundary)
         return Resp(200, b'{"Items":[' + body + b'],"UnitsAbbreviation":' +
                     orjson.dumps(stream.uom) + b"}")
 
@@ -424,7 +428,7 @@ class RestAPI:
                                    f"allowed ({self.sim.config.max_returned_items}).")
         wt = self.webid_type(req)
         parts = [self.encoder.stream_prefix(s, wt) + b',"Items":[' +
-                 self._recorded_items(req, s, start, end, max_count, boundary) + b"]}" for s in streams]
+                 self._recorded_items(s, start, end, max_count, boundary) + b"]}" for s in streams]
         return self._maybe_web_exception(Resp(200, b'{"Links":{},"Items":[' + b",".join(parts) + b"]}"))
 
     def _maybe_web_exception(self, resp: Resp) -> Resp:
