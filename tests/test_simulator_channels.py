@@ -249,3 +249,13 @@ def test_websocket_client_library_reads_fragmented_frames(simulator):
         assert len(msg["Items"]) == 20
     finally:
         ws.close()
+
+
+def test_polling_interval_batches_ticks(simulator):
+    sim = simulator(tags=2, rate=20, poll_interval=0.5)
+    w = sim.tags[0].webid
+    with connect(adhoc(sim, [t.webid for t in sim.tags]), open_timeout=10) as ws:
+        recv_json(ws)
+        msg = recv_json(ws)
+        stamps = [ts for ts, _, _ in values_of(msg)[w]]
+    assert len(stamps) >= 8 and stamps == list(range(stamps[0], stamps[-1] + 1, sim.period_us))

@@ -304,13 +304,16 @@ class PISimulator:
         return ws
 
     async def _tick_loop(self) -> None:
-        """Wake the senders at every tick and once per polling interval (for heartbeats)."""
+        """Wake the senders once per polling interval: ``poll_interval`` when set (a message then
+        carries every tick since the last poll), else at every tick and at least once a second."""
         arch = self.archive_store
-        poll = self.config.poll_interval or min(arch.period_us / MICROS, 1.0)
         while True:
             try:
-                next_tick = arch.tick_time(arch.last_tick() + 1)
-                await asyncio.sleep(max(0.0, min(poll, (next_tick - arch.now()) / MICROS)) + 0.001)
+                if self.config.poll_interval:
+                    await asyncio.sleep(self.config.poll_interval)
+                else:
+                    next_tick = arch.tick_time(arch.last_tick() + 1)
+                    await asyncio.sleep(max(0.0, min(1.0, (next_tick - arch.now()) / MICROS)) + 0.001)
                 self.hub.wake_all()
                 if self.hub.skips:
                     low = min((c.last_tick for c in self.hub.channels.values()), default=arch.last_tick())
