@@ -70,7 +70,7 @@ class Archive:
         late = self.late.get(tag.index)
         if late:
             now = self.now()
-            extra = [(ts, None, v) for ts, (v, _) in late.items() if start <= ts <= end and ts <= now]
+            extra = [(ts, None, v) for ts, (v, _) in list(late.items()) if start <= ts <= end and ts <= now]
             if extra:
                 out = sorted(out + extra, key=lambda p: p[0])
         return out
@@ -91,7 +91,7 @@ class Archive:
         k = min(k, self.last_tick())
         k -= k % tag.every
         best: Optional[Point] = (self.tick_time(k), k, None) if k >= 0 else None
-        for lts in self.late.get(tag.index, {}):
+        for lts in list(self.late.get(tag.index, {})):
             if lts < ts and (best is None or lts > best[0]):
                 best = (lts, None, None)
         return best
@@ -103,7 +103,7 @@ class Archive:
         k = -(-k // tag.every) * tag.every
         best: Optional[Point] = (self.tick_time(k), k, None) if k <= self.last_tick() else None
         now = self.now()
-        for lts in self.late.get(tag.index, {}):
+        for lts in list(self.late.get(tag.index, {})):
             if ts < lts <= now and (best is None or lts < best[0]):
                 best = (lts, None, None)
         return best
