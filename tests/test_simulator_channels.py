@@ -96,6 +96,14 @@ def test_value_shape_matches_the_streamset_spec_and_bool_strings(simulator):
     validate(msg, "Items[StreamValue]")
     assert all("Value" in s and "Items" not in s for s in msg["Items"])
 
+    sim = simulator(tags=3, rate=10, message_shape="spec", attributes_per_element=3)
+    t, el = sim.tags[0], sim.elements[0]
+    for template, path in (("/streams/{webId}/channel", f"/streams/{t.webid}/channel"),
+                           ("/streamsets/{webId}/channel", f"/streamsets/{el.webid}/channel"),
+                           ("/streamsets/channel", f"/streamsets/channel?webId={t.webid}")):
+        with connect(ws_url(sim, path), open_timeout=10) as ws:
+            validate(recv_json(ws), response_definition(template, "get", "101"))
+
     sim = simulator(tags=2, rate=10, bool_strings=True)
     with connect(adhoc(sim, [t.webid for t in sim.tags]), open_timeout=10) as ws:
         item = recv_json(ws)["Items"][0]["Items"][0]

@@ -58,6 +58,7 @@ class Channel:
     idx: List[int] = field(default_factory=list)          # tag index of each stream
     tags: List[Any] = field(default_factory=list)         # distinct tags behind the streams
     every1: bool = True                                   # every stream has a value at every tick
+    streamset: bool = False                               # a streamsets/… form (not streams/{webId})
     closed: bool = False
 
     def info(self) -> Dict[str, Any]:
@@ -93,6 +94,7 @@ class ChannelHub:
         ch.idx = [s.tag.index for s in streams]
         ch.tags = list({s.tag.index: s.tag for s in streams}.values())
         ch.every1 = all(s.tag.every == 1 for s in streams)
+        ch.streamset = "/streamsets/" in url.split("?", 1)[0]
         if initial:
             ch.extras = [(j, self.archive.current(s.tag)) for j, s in enumerate(streams)]
             ch.wake.set()
@@ -210,7 +212,9 @@ class ChannelHub:
         cfg = self.sim.config
         repeat = cfg.repeat_values if ch.repeat_values is None else ch.repeat_values
         reverse = cfg.out_of_order if ch.out_of_order is None else ch.out_of_order
-        shape_value = cfg.message_shape == "value"
+        # "spec": the 2018 SP1 swagger's 101 schemas, Items[] for streams/{webId}/channel and a
+        # single Value for the streamsets forms
+        shape_value = cfg.message_shape == "value" or (cfg.message_shape == "spec" and ch.streamset)
         arch = self.archive
         if not intervals and not ch.extras:
             return None, 0, intervals

@@ -45,7 +45,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--certfile", default=None)
     p.add_argument("--keyfile", default=None)
     p.add_argument("--history", type=float, default=3600.0, help="seconds of archive before the start")
-    p.add_argument("--message-shape", choices=["items", "value"], default="items")
+    p.add_argument("--message-shape", choices=["items", "value", "spec"], default="items",
+                   help="items: Items[] per stream (Channels topic); value: one Value per stream; "
+                        "spec: as the swagger's 101 schema of each channel form")
     p.add_argument("--bool-strings", action="store_true", help='quality flags as "true"/"false" strings')
     p.add_argument("--repeat-values", action="store_true", help="repeat current values in every message")
     p.add_argument("--out-of-order", action="store_true", help="values newest first within a message")

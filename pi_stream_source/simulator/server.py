@@ -47,7 +47,7 @@ class SimConfig:
     history_seconds: float = 3600.0      # archive that exists before the simulator starts
     max_returned_items: int = 150_000    # PI's MaxReturnedItemsPerCall: maxCount above it → 400
     cap_whole_call: bool = False         # also 400 when a streamset call would return more values
-    message_shape: str = "items"         # items (Items[] per stream) | value (single Value)
+    message_shape: str = "items"         # items (Items[] per stream) | value (single Value) | spec (per form)
     bool_strings: bool = False           # quality flags as "true"/"false" strings
     uom: str = "degC"
     tag_every: Optional[List[int]] = None   # per tag (cycled): a value every n ticks (rate / n)
@@ -86,8 +86,8 @@ class PISimulator:
         cfg = self.config
         if cfg.auth not in ("anonymous", "basic", "bearer"):
             raise ValueError(f"auth must be anonymous, basic or bearer, not {cfg.auth!r}")
-        if cfg.message_shape not in ("items", "value"):
-            raise ValueError(f"message_shape must be items or value, not {cfg.message_shape!r}")
+        if cfg.message_shape not in ("items", "value", "spec"):
+            raise ValueError(f"message_shape must be items, value or spec, not {cfg.message_shape!r}")
         if cfg.auth == "bearer" and not cfg.token:
             cfg.token = secrets.token_urlsafe(24)
         self.model = PIModel(tags=cfg.tags, seed=cfg.seed, kinds=cfg.kinds, rate=cfg.rate,
