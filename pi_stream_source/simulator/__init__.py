@@ -2,7 +2,8 @@
 protocol (channels, recorded values, lookups, batch), archives every value it sends, and injects
 faults. Modules: ``model`` (points, AF, WebIDs), ``generators`` (values), ``archive`` (clock and
 archive), ``encoding`` (JSON templates), ``channels`` (WebSocket senders), ``rest_api`` (REST and
-batch), ``server`` (``PISimulator``: lifecycle and faults), ``cli`` (``pi-stream simulate``)."""
+batch), ``faults`` (the fault API), ``server`` (``PISimulator``: lifecycle, auth, TLS, the
+oracle), ``cli`` (``pi-stream simulate``). See README.md beside this file."""
 from .model import SimAttribute, SimElement, SimTag
 from .server import PISimulator, SimConfig
 

@@ -14,10 +14,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from aiohttp import WSMsgType, web
 
-from ..pitime import MICROS, parse_pi_time
+from ..pitime import MICROS
 from .archive import Archive
 from .channels import ChannelHub
 from .encoding import Encoder
+from .faults import FaultsMixin
 from .model import PIModel, SimAttribute, SimElement, SimTag
 from .rest_api import PIError, Req, Resp, RestAPI, error_resp
 
@@ -61,7 +62,7 @@ class SimConfig:
     attributes_per_element: int = 10
 
 
-class PISimulator:
+class PISimulator(FaultsMixin):
     """A PI Web API on 127.0.0.1. Start with ``start()`` (returns the base URL), stop with ``stop()``.
 
     Values: tag ``i`` has a value at every tick ``k`` (timestamp ``t0 + k/rate``) from
@@ -438,209 +439,3 @@ class PISimulator:
     def channels(self) -> List[Dict[str, Any]]:
         """Open channels: ``{"id", "webids", "opened_at", "messages", "stalled", "closed"}``."""
         return self._run(lambda: [c.info() for c in self.hub.channels.values()])
-
-    def set_channel_options(self, channel: Optional[int] = None, repeat_values: Optional[bool] = None,
-                            out_of_order: Optional[bool] = None) -> None:
-        """Repeat current values / send values newest first, on one channel or (None) on every
-        channel, including those opened later."""
-        def apply() -> None:
-            if channel is None:
-                if repeat_values is not None:
-                    self.config.repeat_values = repeat_values
-                if out_of_order is not None:
-                    self.config.out_of_order = out_of_order
-            for ch in self.hub.select(channel):
-                if channel is not None or repeat_values is not None:
-                    ch.repeat_values = repeat_values if channel is not None else None
-                if channel is not None or out_of_order is not None:
-                    ch.out_of_order = out_of_order if channel is not None else None
-        self._run(apply)
-
-    # ---- faults --------------------------------------------------------------------------------
-    def drop_channels(self, abrupt: bool = False, channel: Optional[int] = None) -> int:
-        """Close open channels: a clean close (1001) or an abrupt TCP reset. Returns how many."""
-        self.stats["faults_injected"] += 1
-        return self._call(self.hub.drop(abrupt, channel))
-
-    def set_stalled(self, stalled: bool, channel: Optional[int] = None) -> None:
-        """Stall: keep channels open but send nothing (no values, no heartbeats). Values are sent
-        again (with the backlog) when the stall ends."""
-        if channel is None:
-            self.stalled = stalled
-            return
-        self._run(lambda: [setattr(c, "stalled", stalled) for c in self.hub.select(channel)])
-
-    def _inject(self, kind: str, arg: Any, channel: Optional[int]) -> int:
-        def apply() -> int:
-            chans = self.hub.select(channel)
-            for ch in chans:
-                ch.injects.append((kind, arg))
-            return len(chans)
-        return self._run(apply)
-
-    def inject_malformed(self, channel: Optional[int] = None) -> int:
-        """The next poll sends a text frame that is not JSON (before the normal message)."""
-        return self._inject("malformed", None, channel)
-
-    def inject_fragmented(self, pieces: int = 3, channel: Optional[int] = None) -> int:
-        """The next message goes out as ``pieces`` WebSocket frames (continuation frames)."""
-        return self._inject("fragment", max(2, int(pieces)), channel)
-
-    def inject_big(self, size: int = 10 * 1024 * 1024, channel: Optional[int] = None) -> int:
-        """The next message is at least ``size`` bytes: the new values plus repeats of an
-        already-sent current value (valid JSON, nothing a client should keep twice)."""
-        return self._inject("big", int(size), channel)
-
-    def reject_next_upgrades(self, count: int = 1, status: int = 401) -> None:
-        """The next ``count`` channel upgrades are refused with ``status`` (401: PI's auth error)."""
-        self._run(lambda: self._reject_upgrades.extend([status] * count))
-
-    def set_accept_delay(self, seconds: float) -> None:
-        """Slow acceptance: wait this long before answering a channel upgrade."""
-        self.config.accept_delay = float(seconds)
-
-    def fail_next_requests(self, count: int = 1, status: int = 500, path: Optional[str] = None,
-                           web_exception: bool = False) -> None:
-        """The next ``count`` HTTP requests (REST or channel upgrade) whose path contains ``path``
-        answer ``status`` with PI's ``Errors`` body; with ``web_exception`` the next
-        ``streamsets/recorded`` calls answer 200 with a top-level ``WebException`` instead."""
-        def apply() -> None:
-            if web_exception:
-                self._web_exceptions += count
-            else:
-                self._fail_requests.extend([(status, path)] * count)
-        self._run(apply)
-
-    def take_web_exception(self) -> bool:
-        if self._web_exceptions > 0:
-            self._web_exceptions -= 1
-            self.stats["faults_injected"] += 1
-            return True
-        return False
-
-    def forbid(self, webid: str) -> None:
-        """Requests for ``webid`` answer 403 from now on."""
-        self.forbidden.add(webid)
-
-    def jump_time(self, seconds: float, send_skipped: bool = False) -> Tuple[int, int]:
-        """Move the clock forward. The ticks jumped over are archived (they are a function of the
-        clock); channels skip them unless ``send_skipped``, so a client must read them from the
-        archive. Returns the (first, last) skipped ticks."""
-        if seconds <= 0:
-            raise ValueError("time only jumps forward")
-
-        def apply() -> Tuple[int, int]:
-            arch = self.archive_store
-            before = arch.last_tick()
-            arch.clock_offset += int(seconds * MICROS)
-            after = arch.last_tick()
-            if not send_skipped and after - 1 > before:
-                self.hub.skips.append((before + 1, after - 1))
-            self.stats["faults_injected"] += 1
-            self.hub.wake_all()
-            return before + 1, after - 1
-        return self._run(apply)
-
-    def _ts(self, ts: Any) -> int:
-        if ts is None:
-            return self.tick_time(self.last_tick() - 2)
-        if isinstance(ts, str):
-            return parse_pi_time(ts, self.now())
-        return int(ts)
-
-    def edit_value(self, webid: str, ts: Any = None, value: Any = None) -> Tuple[int, Any]:
-        """Change an archived value (default: the one two ticks ago) and send the edit, flagged
-        ``Substituted``, on open channels carrying the stream. Returns (timestamp, new value)."""
-        stream = self.stream(webid)
-        tag = stream.tag
-
-        def apply() -> Tuple[int, Any]:
-            arch = self.archive_store
-            t = self._ts(ts)
-            k = arch.tick_at(t)
-            old = arch.value_at(tag, k) if k is not None and arch.has_tick(tag, k) else \
-                arch.late.get(tag.index, {}).get(t, (None,))[0]
-            new = value
-            if new is None:
-                numeric = isinstance(old, (int, float)) and not isinstance(old, bool)
-                new = round(old + 1000.0, 6) if numeric else "edited"
-            k = arch.edit(tag, t, new)
-            if k is not None:
-                self.hub.invalidate(tag.index, k)
-            self.hub.queue_point(tag, (t, k, None))
-            self.stats["faults_injected"] += 1
-            return t, new
-        return self._run(apply)
-
-    def add_late_value(self, webid: str, ts: Any, value: Any) -> int:
-        """Archive a value with an old timestamp between ticks (a late write). Open channels
-        carrying the stream receive it out of order; with none open it is only in the archive.
-        Returns the timestamp."""
-        tag = self.stream(webid).tag
-
-        def apply() -> int:
-            t = self._ts(ts)
-            self.archive_store.add_late(tag, t, value)
-            self.hub.queue_point(tag, (t, None, None))
-            return t
-        return self._run(apply)
-
-    def restart(self, downtime: float = 0.0) -> None:
-        """Restart the whole server: every connection is cut, the port is closed for ``downtime``
-        seconds, then served again on the same port. The archive is kept."""
-        self._call(self._restart(downtime), timeout=downtime + 30)
-
-    async def _restart(self, downtime: float) -> None:
-        self.stats["faults_injected"] += 1
-        await self.hub.drop(abrupt=True)
-        if self._runner:
-            await self._runner.cleanup()
-        await asyncio.sleep(downtime)
-        await self._serve_http()
-
-    def fault(self, name: str, **kw: Any) -> Any:
-        """Fault injection by name (the CLI and ``POST {base}/simulator/faults/{name}`` use it):
-        drop, reset, stall, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
-        edit, late, fail, repeat, out_of_order."""
-        ch = kw.get("channel")
-        if name == "drop":
-            return self._inline(lambda: self.hub.drop(False, ch))
-        if name == "reset":
-            return self._inline(lambda: self.hub.drop(True, ch))
-        if name == "stall":
-            return self.set_stalled(True, ch)
-        if name == "resume":
-            return self.set_stalled(False, ch)
-        if name == "restart":
-            return self._inline(lambda: self._restart(float(kw.get("downtime", 0.0))))
-        if name == "malformed":
-            return self.inject_malformed(ch)
-        if name == "fragment":
-            return self.inject_fragmented(int(kw.get("pieces", 3)), ch)
-        if name == "big":
-            return self.inject_big(int(kw.get("size", 10 * 1024 * 1024)), ch)
-        if name == "reject":
-            return self.reject_next_upgrades(int(kw.get("count", 1)), int(kw.get("status", 401)))
-        if name == "accept_delay":
-            return self.set_accept_delay(float(kw.get("seconds", 0.0)))
-        if name == "jump":
-            return self.jump_time(float(kw.get("seconds", 60)), bool(kw.get("send_skipped", False)))
-        if name == "edit":
-            return self.edit_value(kw.get("webid") or self.tags[0].webid, kw.get("ts"), kw.get("value"))
-        if name == "late":
-            return self.add_late_value(kw.get("webid") or self.tags[0].webid, kw.get("ts"), kw.get("value", 0.5))
-        if name == "fail":
-            return self.fail_next_requests(int(kw.get("count", 1)), int(kw.get("status", 500)), kw.get("path"),
-                                           bool(kw.get("web_exception", False)))
-        if name in ("repeat", "out_of_order"):
-            on = bool(kw.get("on", True))
-            return self.set_channel_options(ch, **({"repeat_values": on} if name == "repeat" else {"out_of_order": on}))
-        raise PIError(400, f"unknown fault {name!r}")
-
-    def _inline(self, make: Callable[[], Any]) -> Any:
-        """Run a coroutine factory: scheduled on the loop when called from it, else awaited."""
-        if self._loop is not None and threading.current_thread() is self._thread:
-            asyncio.ensure_future(make())
-            return "scheduled"
-        return self._call(make())
-
