@@ -298,3 +298,24 @@ def test_slow_consumer_gets_backpressure_and_loses_nothing(simulator):
     assert {w: dict(v) for w, v in sent.items()} == got
     stamps = [ts for ts, _ in sent[webids[0]]]
     assert stamps == list(range(stamps[0], stamps[-1] + 1, sim.period_us))
+
+
+def test_channel_options_per_channel(simulator):
+    sim = simulator(tags=1, rate=20)
+    w = sim.tags[0].webid
+
+    def repeats(ws) -> int:
+        """Values in 5 messages whose timestamp an earlier message already carried."""
+        seen, n = set(), 0
+        for _ in range(5):
+            stamps = {ts for ts, _, _ in values_of(recv_json(ws))[w]}
+            n += len(stamps & seen)
+            seen |= stamps
+        return n
+
+    with connect(adhoc(sim, [w]), open_timeout=10) as a, connect(adhoc(sim, [w]), open_timeout=10) as b:
+        recv_json(a), recv_json(b)
+        first = min(c["id"] for c in sim.channels())
+        sim.set_channel_options(channel=first, repeat_values=True)
+        time.sleep(0.2)
+        assert repeats(a) >= 3 and repeats(b) == 0          # the repeats come only on the first

@@ -19,10 +19,13 @@ else:
 
 
 class FaultsMixin(_Base):
+    """The fault API of ``PISimulator``. ``channel``: an id from ``channels()``; None means every
+    open channel (and, for options, channels opened later)."""
+
     def set_channel_options(self, channel: Optional[int] = None, repeat_values: Optional[bool] = None,
                             out_of_order: Optional[bool] = None) -> None:
-        """Repeat current values / send values newest first, on one channel or (None) on every
-        channel, including those opened later."""
+        """Repeat each stream's current value in every message / send values newest first. An
+        option left None is unchanged; a global setting replaces per-channel ones."""
         def apply() -> None:
             if channel is None:
                 if repeat_values is not None:
@@ -30,9 +33,9 @@ class FaultsMixin(_Base):
                 if out_of_order is not None:
                     self.config.out_of_order = out_of_order
             for ch in self.hub.select(channel):
-                if channel is not None or repeat_values is not None:
+                if repeat_values is not None:
                     ch.repeat_values = repeat_values if channel is not None else None
-                if channel is not None or out_of_order is not None:
+                if out_of_order is not None:
                     ch.out_of_order = out_of_order if channel is not None else None
         self._run(apply)
 
