@@ -98,6 +98,12 @@ def test_value_end_and_streamset_value(simulator):
     v = get(sim, f"/streams/{w}/value", time=format_ts(at + 50_000)).json()
     (_, a), (_, b) = sim.archive(w, at, at + 100_000)
     assert v["Value"] == pytest.approx((a + b) / 2)
+    exact = get(sim, f"/streams/{w}/recordedattime", time=format_ts(at)).json()
+    assert (parse_ts(exact["Timestamp"]), exact["Value"]) == (at, a)
+    after = get(sim, f"/streams/{w}/recordedattime", time=format_ts(at + 1), retrievalMode="AtOrAfter").json()
+    assert (parse_ts(after["Timestamp"]), after["Value"]) == (at + 100_000, b)
+    none = get(sim, f"/streams/{w}/recordedattime", time=format_ts(at + 1), retrievalMode="Exact").json()
+    assert none["Value"]["Name"] == "No Data" and none["Good"] is False
     body = get(sim, "/streamsets/end", webId=[w, d]).json()
     validate(body, "Items[StreamValues]")            # the spec's shape for the ad-hoc end
     assert [s["WebId"] for s in body["Items"]] == [w, d]
@@ -323,6 +329,7 @@ def test_every_get_endpoint_matches_its_swagger_response(simulator):
         ("/streams/{webId}/recorded", f"/streams/{a.webid}/recorded", {"startTime": "*-2s"}),
         ("/streams/{webId}/value", f"/streams/{t.webid}/value", {"time": "*-1.05s"}),
         ("/streams/{webId}/end", f"/streams/{t.webid}/end", {}),
+        ("/streams/{webId}/recordedattime", f"/streams/{t.webid}/recordedattime", {"time": "*-1.05s"}),
         ("/streamsets/recorded", "/streamsets/recorded", {"webId": [t.webid, a.webid], "startTime": "*-1s"}),
         ("/streamsets/value", "/streamsets/value", {"webId": [t.webid, a.webid]}),
         ("/streamsets/end", "/streamsets/end", {"webId": [t.webid]}),
@@ -338,7 +345,7 @@ def test_every_get_endpoint_matches_its_swagger_response(simulator):
         assert r.status_code == 200, (path, r.text)
         validate(r.json(), definition)
         swagger_paths.add(template)
-    assert len(swagger_paths) == 28
+    assert len(swagger_paths) == 29
 
 
 def test_selected_fields(simulator):

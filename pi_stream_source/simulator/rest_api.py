@@ -111,6 +111,7 @@ class RestAPI:
             ("GET", rf"streams/{w}/recorded", self.stream_recorded),
             ("GET", rf"streams/{w}/value", self.stream_value),
             ("GET", rf"streams/{w}/end", self.stream_end),
+            ("GET", rf"streams/{w}/recordedattime", self.stream_recorded_at_time),
             ("GET", r"streamsets/recorded", self.streamset_recorded),
             ("GET", r"streamsets/value", self.streamset_value),
             ("GET", r"streamsets/end", self.streamset_end),
@@ -455,6 +456,27 @@ class RestAPI:
 
     def stream_value(self, req: Req) -> Resp:
         return Resp(200, self._value_at(req, self.lookup(req.match["webId"])))
+
+    def stream_recorded_at_time(self, req: Req) -> Resp:
+        """The recorded value at ``time``; ``retrievalMode`` (Auto = AtOrBefore here, AtOrBefore,
+        Before, AtOrAfter, After, Exact) picks one when none is exactly there."""
+        stream = self.lookup(req.match["webId"])
+        tag, arch = stream.tag, self.archive
+        raw = req.q("time")
+        if not raw:
+            raise PIError(400, "The parameter 'time' is required.")
+        ts = parse_pi_time(raw, arch.now())
+        mode = (req.q("retrievalMode") or "Auto").lower()
+        pick = {"auto": lambda: arch.before(tag, ts + 1), "atorbefore": lambda: arch.before(tag, ts + 1),
+                "before": lambda: arch.before(tag, ts), "atorafter": lambda: arch.after(tag, ts - 1),
+                "after": lambda: arch.after(tag, ts), "exact": lambda: arch.before(tag, ts + 1)}.get(mode)
+        if pick is None:
+            raise PIError(400, f"The retrieval mode '{req.q('retrievalMode')}' is not valid.")
+        p = pick()
+        if p is None or (mode == "exact" and p[0] != ts):
+            return Resp(200, self.encoder.timed_value(tag, ts, {"Name": "No Data", "Value": 248, "IsSystem": True},
+                                                      quality=(False, False, False)))
+        return Resp(200, self.encoder.point_bytes(tag, p, shared=False))
 
     def stream_end(self, req: Req) -> Resp:
         stream = self.lookup(req.match["webId"])
