@@ -319,3 +319,33 @@ def test_channel_options_per_channel(simulator):
         sim.set_channel_options(channel=first, repeat_values=True)
         time.sleep(0.2)
         assert repeats(a) >= 3 and repeats(b) == 0          # the repeats come only on the first
+
+
+def test_time_jump_can_send_the_skipped_ticks(simulator):
+    sim = simulator(tags=1, rate=10)
+    w = sim.tags[0].webid
+    with connect(adhoc(sim, [w]), open_timeout=10, max_size=None) as ws:
+        got = collect(ws, 0.3)
+        first, last = sim.jump_time(5, send_skipped=True)
+        collect(ws, 0.5, got)
+        sim.set_stalled(True)
+        collect(ws, 0.3, got)
+    stamps = sorted(got[w])
+    assert stamps == list(range(stamps[0], stamps[-1] + 1, sim.period_us))      # no hole this time
+    assert sim.tick_time(first) in got[w] and sim.tick_time(last) in got[w]
+
+
+def test_cli_reads_fault_commands_from_stdin():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pi_stream_source.simulator", "--tags", "2", "--port", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate("stall\nstats\njump 10\nbogus\nresume\nquit\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "stalled" in out and '"channels_opened": 0' in out and "ticks" in out
+    assert "error: unknown command 'bogus'" in out and "resumed" in out
