@@ -89,7 +89,7 @@ class ChannelHub:
         ch = Channel(self._next_id, url, ws, transport, streams, webid_type, heartbeat, last)
         self._next_id += 1
         ch.prefixes = [self.encoder.stream_prefix(s, webid_type, units=False) for s in streams]
-        ch.items_prefixes = [self.encoder.stream_prefix(s, webid_type) + b',"Items":[' for s in streams]
+        ch.items_prefixes = [self.encoder.stream_prefix(s, webid_type, items=True) for s in streams]
         ch.tag_indices = {s.tag.index for s in streams}
         ch.idx = [s.tag.index for s in streams]
         ch.tags = list({s.tag.index: s.tag for s in streams}.values())
@@ -103,8 +103,12 @@ class ChannelHub:
         return ch
 
     def close(self, ch: Channel) -> None:
+        """Forget an open channel; keep only what ``sent_values()`` needs (streams, ranges), so
+        reconnect storms do not pile up memory."""
         ch.closed = True
         self.channels.pop(ch.id, None)
+        ch.prefixes, ch.items_prefixes, ch.idx, ch.tags, ch.injects = [], [], [], [], []
+        ch.wake.set()
 
     # ---- what was sent -------------------------------------------------------------------------
     def sent_values(self) -> Dict[str, List[Tuple[int, Any]]]:
@@ -289,6 +293,8 @@ class ChannelHub:
         while not ch.ws.closed and not ch.closed:
             await ch.wake.wait()
             ch.wake.clear()
+            if ch.closed:
+                return
             if self.sim.stalled or ch.stalled:
                 continue
             last = self.archive.last_tick()

@@ -112,16 +112,18 @@ class Encoder:
         return orjson.dumps(d)[:-1] + b',"Value":' + json_value(value) + b"}"
 
     @staticmethod
-    def stream_prefix(stream: Any, webid_type: str = "Full", units: bool = True) -> bytes:
-        """``{"WebId":…,"Name":…,"Path":…,"Links":{}[,"UnitsAbbreviation":…]`` (no closing brace).
-        StreamValues (``Items[]``) carry the units at stream level, StreamValue (one ``Value``) not."""
-        key = webid_type if units else webid_type + "/value"
+    def stream_prefix(stream: Any, webid_type: str = "Full", units: bool = True, items: bool = False) -> bytes:
+        """``{"WebId":…,"Name":…,"Path":…,"Links":{}[,"UnitsAbbreviation":…]`` (no closing brace),
+        followed by ``,"Items":[`` when ``items``. StreamValues (``Items[]``) carry the units at
+        stream level, StreamValue (one ``Value``) not. Cached on the stream."""
+        key = (webid_type, units, items)
         p = stream._prefixes.get(key)
         if p is None:
             d = {"WebId": stream.webid_for(webid_type), "Name": stream.name, "Path": stream.path, "Links": {}}
             if units:
                 d["UnitsAbbreviation"] = stream.uom
-            p = stream._prefixes[key] = orjson.dumps(d)[:-1]
+            p = orjson.dumps(d)[:-1] + (b',"Items":[' if items else b"")
+            stream._prefixes[key] = p
         return p
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import webid as W
 from .generators import NUMERIC_KINDS, Generator, kinds_for, tag_seed
@@ -26,7 +26,7 @@ class SimTag:
     every: int = 1
     id_webid: str = ""
     prefix: bytes = b""                  # pre-encoded stream header (Full WebID) for channel messages
-    _prefixes: Dict[str, bytes] = field(default_factory=dict, repr=False)
+    _prefixes: Dict[Any, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def tag(self) -> "SimTag":
@@ -51,7 +51,7 @@ class SimAttribute:
     guid: uuid.UUID
     element: "SimElement"
     tag: SimTag
-    _prefixes: Dict[str, bytes] = field(default_factory=dict, repr=False)
+    _prefixes: Dict[Any, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def uom(self) -> str:
