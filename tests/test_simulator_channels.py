@@ -267,3 +267,14 @@ def test_polling_interval_batches_ticks(simulator):
         msg = recv_json(ws)
         stamps = [ts for ts, _, _ in values_of(msg)[w]]
     assert len(stamps) >= 8 and stamps == list(range(stamps[0], stamps[-1] + 1, sim.period_us))
+
+
+def test_url_length_limit(simulator):
+    import requests
+
+    sim = simulator(tags=200, rate=10, max_url_length=4096)
+    few, many = [t.webid for t in sim.tags[:20]], [t.webid for t in sim.tags]
+    with connect(adhoc(sim, few), open_timeout=10) as ws:
+        assert len(recv_json(ws)["Items"]) == 20
+    r = requests.get(adhoc(sim, many).replace("ws://", "http://", 1), timeout=10)
+    assert r.status_code == 414 and r.json()["Errors"]

@@ -48,6 +48,7 @@ class SimConfig:
     history_seconds: float = 3600.0      # archive that exists before the simulator starts
     max_returned_items: int = 150_000    # PI's MaxReturnedItemsPerCall: maxCount above it → 400
     cap_whole_call: bool = False         # also 400 when a streamset call would return more values
+    max_url_length: int = 0              # > 0: longer request URLs answer 414 (servers/proxies limit them)
     message_shape: str = "items"         # items (Items[] per stream) | value (single Value) | spec (per form)
     bool_strings: bool = False           # quality flags as "true"/"false" strings
     uom: str = "degC"
@@ -233,6 +234,9 @@ class PISimulator(FaultsMixin):
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         self.stats["rest_requests"] += 1
+        limit = self.config.max_url_length
+        if limit > 0 and len(request.raw_path) > limit:
+            return self._web(error_resp(414, f"The request URL is longer than {limit} characters."))
         denied = self._check_auth(request)
         if denied is not None:
             return denied
