@@ -349,3 +349,19 @@ def test_cli_reads_fault_commands_from_stdin():
     assert proc.returncode == 0
     assert "stalled" in out and '"channels_opened": 0' in out and "ticks" in out
     assert "error: unknown command 'bogus'" in out and "resumed" in out
+
+
+def test_frozen_stall_leaves_pings_unanswered(simulator):
+    sim = simulator(tags=1, rate=10)
+    with connect(adhoc(sim, [sim.tags[0].webid]), open_timeout=10, ping_interval=None) as ws:
+        recv_json(ws)
+        assert ws.ping().wait(5)                                  # a quiet stall still answers
+        sim.set_stalled(True)
+        collect(ws, 0.2)
+        assert ws.ping().wait(5)
+        sim.set_stalled(True, freeze=True)
+        pong = ws.ping()
+        assert not pong.wait(1.5)                                 # a frozen one does not
+        sim.set_stalled(False)
+        assert pong.wait(5)
+        recv_json(ws)

@@ -46,6 +46,7 @@ class Channel:
     ranges: List[List[int]] = field(default_factory=list)   # tick intervals written to the socket
     idle: int = 0
     stalled: bool = False
+    frozen: bool = False                  # reading paused too (pings unanswered)
     repeat_values: Optional[bool] = None  # None: follow the simulator's config
     out_of_order: Optional[bool] = None
     injects: List[Tuple[str, Any]] = field(default_factory=list)

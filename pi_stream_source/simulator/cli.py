@@ -18,6 +18,7 @@ COMMANDS = """commands (channel ids from 'channels'; omit to hit every channel):
   channels | stats | help | quit
   drop [id]            clean close          reset [id]          abrupt TCP reset
   stall [id]           stop sending         resume [id]         send again (with the backlog)
+  freeze [id]          stall and stop reading (pings unanswered)
   restart [downtime]   restart the server (archive kept)
   malformed [id]       a non-JSON frame     fragment [pieces]   next message in several frames
   big [bytes]          a >=10 MB frame      reject [count] [status]   refuse next upgrades (401)
@@ -112,9 +113,9 @@ def run_command(sim: Any, line: str) -> Any:
         return json.dumps(sim.stats)
     if cmd in ("drop", "reset"):
         return f"closed {sim.drop_channels(abrupt=cmd == 'reset', channel=arg(0, int, None))} channel(s)"
-    if cmd in ("stall", "resume"):
-        sim.set_stalled(cmd == "stall", channel=arg(0, int, None))
-        return cmd + "ed" if cmd == "stall" else "resumed"
+    if cmd in ("stall", "freeze", "resume"):
+        sim.set_stalled(cmd != "resume", channel=arg(0, int, None), freeze=cmd == "freeze")
+        return {"stall": "stalled", "freeze": "frozen", "resume": "resumed"}[cmd]
     if cmd == "restart":
         sim.restart(downtime=arg(0, float, 0.0))
         return f"restarted on {sim.url}"

@@ -44,13 +44,24 @@ class FaultsMixin(_Base):
         self.stats["faults_injected"] += 1
         return self._call(self.hub.drop(abrupt, channel))
 
-    def set_stalled(self, stalled: bool, channel: Optional[int] = None) -> None:
+    def set_stalled(self, stalled: bool, channel: Optional[int] = None, freeze: bool = False) -> None:
         """Stall: keep channels open but send nothing (no values, no heartbeats). Values are sent
-        again (with the backlog) when the stall ends."""
-        if channel is None:
-            self.stalled = stalled
-            return
-        self._run(lambda: [setattr(c, "stalled", stalled) for c in self.hub.select(channel)])
+        again (with the backlog) when the stall ends. ``freeze`` also stops reading the open
+        sockets, so client pings go unanswered (a hung server rather than a quiet one)."""
+        def apply() -> None:
+            if channel is None:
+                self.stalled = stalled
+            for ch in self.hub.select(channel):
+                if channel is not None:
+                    ch.stalled = stalled
+                if ch.transport is None or ch.frozen == (stalled and freeze):
+                    continue
+                ch.frozen = stalled and freeze
+                try:
+                    ch.transport.pause_reading() if ch.frozen else ch.transport.resume_reading()
+                except RuntimeError:
+                    pass                        # the transport is closing
+        self._run(apply)
 
     def _inject(self, kind: str, arg: Any, channel: Optional[int]) -> int:
         def apply() -> int:
@@ -182,15 +193,15 @@ class FaultsMixin(_Base):
 
     def fault(self, name: str, **kw: Any) -> Any:
         """Fault injection by name (the CLI and ``POST {base}/simulator/faults/{name}`` use it):
-        drop, reset, stall, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
+        drop, reset, stall, freeze, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
         edit, late, fail, repeat, out_of_order."""
         ch = kw.get("channel")
         if name == "drop":
             return self._inline(lambda: self.hub.drop(False, ch))
         if name == "reset":
             return self._inline(lambda: self.hub.drop(True, ch))
-        if name == "stall":
-            return self.set_stalled(True, ch)
+        if name in ("stall", "freeze"):
+            return self.set_stalled(True, ch, freeze=name == "freeze")
         if name == "resume":
             return self.set_stalled(False, ch)
         if name == "restart":
