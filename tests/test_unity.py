@@ -223,3 +223,39 @@ def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_
         micros = int((ts - dt.datetime(1970, 1, 1)).total_seconds() * 1_000_000)
         k = (micros - sim.t0) // sim.period_us
         assert sim.tick_time(k) == micros and float(sim.value_at(by_webid[w], k)) == v
+
+
+def test_seed_product_config_file_runs_into_unity(spark, simulator, workspace, tmp_path, monkeypatch):
+    """`pi-stream run --config <the old product's file> --target unity`, with the CLI profile."""
+    from pi_stream_source.config import load_config
+    from pi_stream_source.runner import start_query
+
+    sim = simulator(tags=6, rate=5, seed=13, auth="basic")
+    cfg_file = tmp_path / "databrickscfg"
+    cfg_file.write_text(f"[plant-edge]\nhost = {workspace.url}\ntoken = {TOKEN}\n")
+    for var in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(cfg_file))
+    monkeypatch.setenv("PI_PASSWORD", sim.config.password)
+    catalog, schema, table_name = TABLE.split(".")
+    run_file = tmp_path / "pi_stream.yaml"
+    run_file.write_text("\n".join([
+        f"pi_web_api_url: {sim.url}",
+        f"auth: {{type: basic, username: {sim.config.username}, password: '${{PI_PASSWORD}}'}}",
+        "tags: [" + ", ".join(t.webid for t in sim.tags) + "]",
+        f"catalog: {catalog}", f"schema: {schema}", f"table_name: {table_name}",
+        f"warehouse_id: {workspace.warehouse_id}", f"volume: {VOLUME}", "profile: plant-edge",
+        f"checkpoint: {tmp_path / 'ck'}",
+        "flush_interval_seconds: 0.5", "max_buffer_size: 100000", "auto_optimize_interval: 1",
+    ]) + "\n")
+    query = start_query(spark, load_config(run_file, overrides={"target": "unity"}))
+    try:
+        wait_until(lambda: sim.stats["values_sent"] >= 6 * 5 * 4, 60, what="4 s of values")
+        wait_until(lambda: len(query.unity_loader.loaded) >= 2, 60, what="two batches loaded")
+        sim.set_stalled(True)
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert query.exception() is None
+    _assert_table_is_archive(spark, workspace, sim.sent_values())
+    assert any(s.text.startswith("OPTIMIZE") for s in workspace.history)
