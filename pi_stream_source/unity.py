@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Row sources that may repeat rows already in the table: their batches are merged, not appended.
 MERGE_SOURCES = frozenset({"replay", "backfill", "snapshot"})
+#: What a PI edit can change about a value (the key is tag_webid, timestamp).
+VALUE_COLUMNS = ("value", "value_string", "digital_state_code", "is_system_state", "good", "questionable",
+                 "substituted", "annotated", "uom", "error")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "CLOSED"}
 #: Rows per staged file: well under the Files API's single-request upload (50 MB before multipart).
@@ -95,16 +98,19 @@ def copy_into_sql(table: str, directory: str, files: Sequence[str]) -> str:
 
 
 def merge_sql(table: str, directory: str, files: Sequence[str], first_date: dt.date, last_date: dt.date) -> str:
-    """Upsert staged rows on the contract key; the latest receipt of a key in the batch wins. The
-    batch's date range in the condition lets the warehouse skip other partitions."""
+    """Upsert staged rows on the contract key; the latest receipt of a key in the batch wins, a row
+    whose value columns changed (a PI edit) replaces the landed one. The batch's date range in the
+    condition lets the warehouse skip other partitions."""
     cols = ", ".join(f"`{f.name}`" for f in CONTRACT_SCHEMA.fields)
+    # a replayed row equal to the landed one leaves it (and its files) alone; an edit replaces it
+    same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in VALUE_COLUMNS)
     staged = " UNION ALL ".join(f"SELECT {cols} FROM parquet.`{directory}/{f}`" for f in files)
     return (f"MERGE INTO {_quote(_three_part(table, 'table'))} AS t USING ("
             f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY tag_webid, `timestamp` "
             f"ORDER BY received_timestamp DESC) AS _pi_rank FROM ({staged})) WHERE _pi_rank = 1) AS s "
             f"ON t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.`timestamp` = s.`timestamp` "
             f"AND t.partition_date BETWEEN DATE'{first_date.isoformat()}' AND DATE'{last_date.isoformat()}' "
-            f"WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+            f"WHEN MATCHED AND NOT ({same}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
 
 
 def optimize_sql(table: str) -> str:
@@ -309,9 +315,6 @@ class UnityBatchLoader:
             self._last_optimize = time.monotonic()
         except Exception as exc:  # maintenance is best effort: the next interval tries again
             log.warning("could not start OPTIMIZE %s: %s", self.table, self._secret_free(str(exc)))
-
-    def close(self) -> None:
-        shutil.rmtree(self.local_root, ignore_errors=True)
 
 
 def _state(resp) -> str:

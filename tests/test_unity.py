@@ -111,8 +111,13 @@ def test_replayed_rows_are_merged_on_the_key(spark, workspace, tmp_path):
     assert table.count() == 15
     assert _key_value(table) == _key_value(replay)
     assert {r.source for r in table.select("source").distinct().collect()} == {"replay"}
+    # the same values again (say a backfill after a reconnect): nothing changes, not even `source`
+    loader(_rows(spark, n_values=5, source="backfill", value_offset=0.5), 2)
+    table = workspace.read_table(TABLE)
+    assert table.count() == 15 and _key_value(table) == _key_value(replay)
+    assert {r.source for r in table.select("source").distinct().collect()} == {"replay"}
     merges = [s for s in workspace.history if s.text.startswith("MERGE INTO")]
-    assert len(merges) == 2 and all(s.state == "SUCCEEDED" for s in merges)
+    assert len(merges) == 3 and all(s.state == "SUCCEEDED" for s in merges)
 
 
 def test_warehouse_failure_stops_with_a_clear_error_and_no_token(spark, workspace, tmp_path, caplog):
