@@ -201,8 +201,9 @@ def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_
     error = str(query.exception())
     assert "UnityLoadError" in error and "failed 2 times" in error and "injected warehouse failure" in error
     assert TOKEN not in error and TOKEN not in caplog.text
-    before = workspace.read_table(TABLE).count()
-    assert before > 0
+    assert workspace.read_table(TABLE).count() > 0
+    assert workspace.staged_files() == []               # the failed batch left nothing staged
+    failed_at = len(workspace.history)
 
     # the warehouse recovers; the query restarts from its checkpoint: the failed batch is replayed
     workspace.fail_statements = 0
@@ -215,6 +216,8 @@ def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_
     finally:
         query.stop()
     assert query.exception() is None
+    # the batch that failed is rebuilt as `replay` rows and merged
+    assert any(s.text.startswith("MERGE") and s.state == "SUCCEEDED" for s in workspace.history[failed_at:])
     # exactly once across the failure: every value sent is there, no key twice, every value is PI's
     landed = workspace.read_table(TABLE)
     keys = landed.groupBy("tag_webid", "timestamp").count()
