@@ -15,7 +15,7 @@ import websocket
 from .errors import PIConnectionError, PIStreamError
 from .options import SourceOptions
 from .parse import Columns, ParseStats, parse_message, parse_streams
-from .pitime import now_micros
+from .pitime import format_ts, now_micros, parse_ts
 from .rest import PIRestClient, error_from_status, tls_error_message
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ChannelReceiver(threading.Thread):
         self.rest, self.initial_values, self.element = rest, initial_values, element
         self.known = dict(known) if known else {w: (None, None) for w in webids}
         self.connected_at: Optional[int] = None   # when the first channel opened (µs): the run's "since"
-        self.since = 0
+        self.since = 0                            # earliest cutoff of the first connection (0: not open yet)
         self.last_seen: Dict[str, Tuple] = {}
         self.hwm: Dict[str, int] = {}           # newest timestamp taken per tag (micros)
         self.stats = ParseStats()
@@ -134,9 +134,10 @@ class ChannelReceiver(threading.Thread):
         self.failure: Optional[BaseException] = None
         self._stopping = threading.Event()
         self._ws: Optional[websocket.WebSocket] = None
-        self._handover: Set[Tuple[str, int]] = set()
         self._snapshot_next = False
         self.bridged = 0
+        self.since_by_tag: Dict[str, int] = {}
+        self.cutoff: Dict[str, int] = {}
         self._handover_until = 0
 
     # -- metrics -----------------------------------------------------------------------------
@@ -197,15 +198,12 @@ class ChannelReceiver(threading.Thread):
                 self._backoff(attempts, exc)
                 continue
             self._ws = ws
-            if self.connected_at is None:
-                self.connected_at = now_micros()
-                # values up to here (plus a margin for clock skew) come from the archive; see source.py
-                self.since = self.connected_at + int(self.opts.bridge_margin * 1e6)
             self.state = "open"
             log.info("channel %d open (%d streams)", self.shard, len(self.webids))
             if not first:
                 self.reconnects += 1
             try:
+                self._set_cutoff(first)
                 if not first:
                     self._fill_gap()
                 self._snapshot_next = first and self.initial_values
@@ -260,22 +258,58 @@ class ChannelReceiver(threading.Thread):
                 self._snapshot_next = False
             self._take(cols)
 
+    def _set_cutoff(self, first: bool) -> None:
+        """Right after a channel opens, ask PI for each stream's current value: the channel sends
+        only what comes after it, so everything up to that timestamp is read from the archive
+        (by the planner's bridge after a start, by ``_fill_gap`` after a reconnect) and live values
+        up to it are dropped. PI's own timestamps, so the local clock never matters."""
+        now = now_micros()
+        ends: Dict[str, int] = {}
+        path = f"streamsets/{self.element}/end" if self.element else "streamsets/end"
+        params: Dict[str, Any] = {}
+        if not self.element:
+            params["webId"] = self.webids
+        doc = self.rest.get(path, params=params)
+        for item in doc.get("Items", []) if isinstance(doc, dict) else []:
+            if not isinstance(item, dict):
+                continue
+            # the spec answers Items[StreamValues] for the ad-hoc form, a single Value elsewhere
+            values = item.get("Items") if isinstance(item.get("Items"), list) else [item.get("Value")]
+            for value in values:
+                ts = value.get("Timestamp") if isinstance(value, dict) else None
+                try:
+                    t = parse_ts(ts) if isinstance(ts, str) else None
+                except ValueError:
+                    t = None
+                if t is not None and t > ends.get(item.get("WebId", ""), -1):
+                    ends[item.get("WebId", "")] = t
+        if len(ends) < len(self.webids):
+            log.warning("channel %d: PI gave no current value for %d of %d streams; using the newest "
+                        "timestamp of the others as their cutoff", self.shard, len(self.webids) - len(ends), len(self.webids))
+        default = max(ends.values()) if ends else now
+        cutoff = {w: ends.get(w, default) for w in self.webids}
+        if first:
+            self.since_by_tag = cutoff
+            self.connected_at = now
+            self.since = min(cutoff.values()) if cutoff else now
+        self.cutoff = cutoff
+
     def _take(self, cols: Columns) -> None:
-        """Buffer parsed rows, minus live rows the archive already supplies: those up to the run's
-        ``since`` (read by the bridge batch, see source.py) and those a gap fill just returned."""
+        """Buffer parsed rows, minus live rows the archive supplies: those at or before each
+        stream's cutoff (its current value when the channel opened)."""
         if not len(cols):
             return
-        live = cols.source[0] == "live"
-        handover = self._handover
-        if handover and max((t for t in cols.timestamp if t is not None), default=0) > self._handover_until:
-            self._handover = set()
-        if live and (handover or any(ts is not None and ts <= self.since for ts in cols.timestamp)):
+        cutoff = self.cutoff
+        if cols.source[0] == "live" and cutoff:
             keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
-                    if ts is None or (ts > self.since and (w, ts) not in handover)]
-            self.bridged += len(cols) - len(keep)
-            if not keep:
-                return
-            batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
+                    if ts is None or ts > cutoff.get(w, -1)]
+            if len(keep) != len(cols):
+                self.bridged += len(cols) - len(keep)
+                if not keep:
+                    return
+                batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
+            else:
+                batch = cols.to_arrow()
         else:
             batch = cols.to_arrow()
         self._note(batch)
@@ -288,24 +322,26 @@ class ChannelReceiver(threading.Thread):
                 hwm[w] = ts
 
     def _fill_gap(self) -> None:
-        """Values PI archived while the channel was down, from each tag's newest timestamp."""
+        """After a reconnect: values PI archived while the channel was down, per stream from its
+        newest value taken to its cutoff."""
         self.state = "gap-fill"
-        end = now_micros()
-        start = min((self.hwm.get(w, self.since) for w in self.webids), default=self.since)
+        lower = {w: self.hwm.get(w, self.since_by_tag.get(w, 0)) for w in self.webids}
+        upper = self.cutoff
+        start = min(lower.values(), default=0)
+        end = max(upper.values(), default=0)
         cols = Columns()
         stats = ParseStats()
         received = now_micros()
-        for streams in self.rest.recorded(self.webids, start, end, self.opts.recorded_page_size):
-            parse_streams(streams, cols, stats, "backfill", received, self.known)
+        if end > start:
+            for streams in self.rest.recorded(self.webids, start + 1, end, self.opts.recorded_page_size):
+                parse_streams(streams, cols, stats, "backfill", received, self.known)
         keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
-                if ts is not None and ts > self.hwm.get(w, self.since)]
+                if ts is not None and lower.get(w, 0) < ts <= upper.get(w, 0)]
         self.gap_fills += 1
         self.gap_values += len(keep)
         if keep:
             batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
-            keys = set(zip(batch.column(0).to_pylist(), batch.column(3).to_pylist()))
             self._note(batch)
             self.buffer.append(batch)
-            self._handover, self._handover_until = keys, end
-        log.info("channel %d: gap fill %s → %s gave %d values", self.shard, start, end, len(keep))
+        log.info("channel %d: gap fill %s → %s gave %d values", self.shard, format_ts(start), format_ts(end), len(keep))
         self.state = "open"

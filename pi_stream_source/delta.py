@@ -19,9 +19,10 @@ from .schema import CONTRACT_SCHEMA
 log = logging.getLogger(__name__)
 
 KEY = ("partition_date", "tag_webid", "timestamp")
+#: Small files are compacted by ``optimize`` (a scheduled job), not by auto-compaction inside the
+#: stream: it would lengthen every micro-batch. On Databricks, pass
+#: ``{"delta.autoOptimize.optimizeWrite": "true"}`` through ``properties`` if wanted.
 TABLE_PROPERTIES = {
-    "delta.autoOptimize.optimizeWrite": "true",
-    "delta.autoOptimize.autoCompact": "true",
     "delta.dataSkippingNumIndexedCols": "6",     # tag_webid … value: the columns queries filter on
 }
 
@@ -58,22 +59,44 @@ def _needs_merge() -> Any:
     return (F.col("source") != F.lit("live")) | F.coalesce(F.col("substituted"), F.lit(False))
 
 
-def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str) -> Dict[str, int]:
-    """Land one micro-batch: append plain live rows idempotently, merge the rest. Returns counts."""
+def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
+                staging: Optional[str] = None) -> Dict[str, int]:
+    """Land one micro-batch in one Delta commit: an idempotent append (``txnAppId``/``txnVersion``)
+    when every row is a plain live value, else one MERGE of the whole batch on the key, so a
+    reader never sees half a batch. Returns counts.
+
+    Rows to merge are first staged as Parquet under ``staging`` (default: beside the table), so
+    the MERGE reads a fixed source, never the stream again."""
     spark = batch.sparkSession
     batch = batch.persist()
     try:
         counts = {r["m"]: r["n"] for r in batch.groupBy(_needs_merge().alias("m")).agg(F.count("*").alias("n")).collect()}
-        appended, merged = counts.get(False, 0), counts.get(True, 0)
-        if appended:
-            rows = batch.filter(~_needs_merge())
-            writer = rows.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+        plain, special = counts.get(False, 0), counts.get(True, 0)
+        if special:
+            where = f"{staging or _default_staging(spark, table)}/batch-{batch_id}"
+            batch.write.mode("overwrite").parquet(where)
+            _merge(spark, spark.read.parquet(where), table)
+            _remove(spark, where)
+            return {"appended": 0, "merged": plain + special}
+        if plain:
+            writer = batch.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
             writer.save(table) if is_path(table) else writer.saveAsTable(table)
-        if merged:
-            _merge(spark, batch.filter(_needs_merge()), table)
-        return {"appended": appended, "merged": merged}
+        return {"appended": plain, "merged": 0}
     finally:
         batch.unpersist()
+
+
+def _default_staging(spark: SparkSession, table: str) -> str:
+    if is_path(table):
+        return table.rstrip("/") + "_pi_staging"
+    location = spark.sql(f"DESCRIBE DETAIL {table}").first().location
+    return location.rstrip("/") + "_pi_staging"
+
+
+def _remove(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
 
 
 def _merge(spark: SparkSession, rows: DataFrame, table: str) -> None:
@@ -119,8 +142,10 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
         return writer.start(table) if is_path(table) else writer.toTable(table)
     app_id = f"pi_stream_source:{checkpoint}"
 
+    staging = checkpoint.rstrip("/") + "/pi_merge_staging"
+
     def land(batch: DataFrame, batch_id: int) -> None:
-        counts = write_batch(batch, batch_id, table, app_id)
+        counts = write_batch(batch, batch_id, table, app_id, staging)
         log.info("batch %d → %s: %d appended, %d merged", batch_id, table, counts["appended"], counts["merged"])
 
     return writer.foreachBatch(land).start()

@@ -2,7 +2,7 @@
 
 An offset is a small JSON document (pure functions here, no I/O)::
 
-    {"v": 1, "tags": "<fingerprint of the stream list>",
+    {"v": 1, "tags": "<fingerprint of the stream list>", "start": <µs the query started reading from>,
      "shards": {"0": {"run": "<reader run id>", "seq": 1234, "since": <µs>, "hwm": <µs> | [<base µs>, "<b64>"]}}}
 
 Per shard: ``run`` names the reader whose buffer numbered the rows, ``seq`` is the end of the batch
@@ -57,6 +57,6 @@ def shard_state(run: str, seq: int, since: int, hwm: np.ndarray) -> Dict[str, An
 
 def initial(tags_fingerprint: str, shard_sizes: Sequence[int], start: int) -> Dict[str, Any]:
     """The offset before anything was read: every tag's high-water mark is ``start``."""
-    return {"v": VERSION, "tags": tags_fingerprint,
+    return {"v": VERSION, "tags": tags_fingerprint, "start": int(start),
             "shards": {str(i): {"run": INITIAL_RUN, "seq": 0, "since": int(start), "hwm": int(start)}
                        for i in range(len(shard_sizes))}}

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import ssl
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import orjson
@@ -44,8 +46,9 @@ def tls_error_message(url_host: str, exc: BaseException) -> str:
 
 class PIRestClient:
     def __init__(self, base_url: str, credentials: Credentials, ca_bundle: Optional[str] = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, retry_for: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retry_for = retry_for
         self.credentials = credentials
         self.verify: Any = ca_bundle or True
         self.timeout = timeout
@@ -86,6 +89,24 @@ class PIRestClient:
         return self._call("POST", path, body=body)
 
     def _call(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+        """One request, retried with backoff for up to ``retry_for`` seconds while the server is
+        unreachable or answers 5xx/429 (a PI Web API restart); 4xx and TLS errors fail at once."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.2
+        while True:
+            try:
+                return self._call_once(method, path, params, body)
+            except (PIConnectionError, PIWebAPIError) as exc:
+                status = getattr(exc, "status", None)
+                retriable = (isinstance(exc, PIConnectionError) and "TLS" not in str(exc)) or \
+                    (status is not None and (status >= 500 or status == 429))
+                if not retriable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                time.sleep(delay * random.uniform(0.75, 1.0))
+                delay = min(delay * 2, 10.0)
+
+    def _call_once(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
         url = f"{self.base_url}/{path.lstrip('/')}"
         what = f"{method} {path.split('?')[0]}"
         try:

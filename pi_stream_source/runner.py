@@ -101,19 +101,19 @@ def stop_gracefully(query, drain_timeout: float = 60.0, idle_wait: float = 5.0, 
     """Stop ``query`` right after a micro-batch commits, so the batch in flight is not interrupted.
 
     Spark has no "stop after this batch" call, so this waits (bounded by ``drain_timeout``) for the
-    next batch to complete and no trigger to be active, then stops at once: the next trigger is
-    then an interval away. A stream with nothing to process (no batch within ``idle_wait``) is
-    stopped as soon as no trigger is active. A batch planned in that short window but not yet
-    committed is re-run from the checkpoint on the next start (Spark's normal recovery)."""
+    batch in flight to report its progress (which Spark does after writing its commit) and then
+    stops at once. A stream with nothing to process (no trigger active for ``idle_wait``) is
+    stopped then. A batch that Spark planned in the instant before ``stop()`` but had not written is
+    re-run from the checkpoint on the next start (Spark's normal recovery)."""
     started = time.monotonic()
     first = _batch_id(query.lastProgress)
     while query.isActive and time.monotonic() - started < drain_timeout:
         try:
-            active = query.status.get("isTriggerActive", False)
             finished = _batch_id(query.lastProgress) != first
+            idle = not query.status.get("isTriggerActive", False)
         except Exception:  # the query ended between two calls
             break
-        if not active and (finished or time.monotonic() - started >= idle_wait):
+        if finished or (idle and time.monotonic() - started >= idle_wait):
             break
         time.sleep(poll)
     query.stop()

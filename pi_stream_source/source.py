@@ -247,28 +247,35 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     if pos is not None and ts is not None and ts > hwm[pos]:
                         hwm[pos] = ts
             if bridge:
-                self._check_gap(shard, O.decode_hwm(s0["hwm"], len(shard.meta)), rec.since)
-                np.maximum(hwm, rec.since, out=hwm)
+                since = self._since(shard)
+                self._check_gap(shard, O.decode_hwm(s0["hwm"], len(shard.meta)), since)
+                np.maximum(hwm, since, out=hwm)
             end_shards[key] = O.shard_state(self.run_id, stop, rec.since, hwm)
-        end = {"v": O.VERSION, "tags": start["tags"], "shards": end_shards}
+        end = {"v": O.VERSION, "tags": start["tags"], "start": start.get("start"), "shards": end_shards}
         return start if end == start else end
 
-    def _check_gap(self, shard: _Shard, hwm: np.ndarray, since: int) -> None:
+    def _since(self, shard: _Shard) -> np.ndarray:
+        """Per stream of the shard, its cutoff when this run's channel opened (PI time)."""
+        cut = self._receivers[shard.index].since_by_tag
+        return np.array([cut.get(w, 0) for w in shard.webids], dtype=np.int64)
+
+    def _check_gap(self, shard: _Shard, hwm: np.ndarray, since: np.ndarray) -> None:
         """A restart gap longer than ``maxBackfill`` is data loss: fail or report (failOnDataLoss)."""
         limit = since - int(self.opts.max_backfill * MICROS)
-        late = [i for i in range(len(hwm)) if hwm[i] < limit]
+        late = [i for i in range(len(hwm)) if hwm[i] < limit[i]]
         if not late:
             return
         names = ", ".join(shard.meta[i][1] or shard.meta[i][0] for i in late[:10])
         frm = format_ts(int(min(hwm[i] for i in late)))
+        to = format_ts(int(max(limit[i] for i in late)))
         msg = (f"pi_websocket: values of {len(late)} stream(s) ({names}{', …' if len(late) > 10 else ''}) from {frm} "
-               f"to {format_ts(limit)} are older than maxBackfill ({self.opts.max_backfill:.0f}s) and will not be "
+               f"to {to} are older than maxBackfill ({self.opts.max_backfill:.0f}s) and will not be "
                "read from the PI archive. Raise maxBackfill to fill the whole gap, or set failOnDataLoss=false "
                "to skip it.")
         if self.opts.fail_on_data_loss:
             raise PIDataLossError(msg)
         log.warning(msg)
-        self._lost.append({"shard": shard.index, "streams": len(late), "from": frm, "to": format_ts(limit)})
+        self._lost.append({"shard": shard.index, "streams": len(late), "from": frm, "to": to})
 
     # -- planning -------------------------------------------------------------------------------
     def partitions(self, start: Dict[str, Any], end: Dict[str, Any]) -> List[InputPartition]:
@@ -284,13 +291,13 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             lo = O.decode_hwm(s0["hwm"], len(shard.meta))
             if s0["run"] != O.INITIAL_RUN:
                 lo = lo - overlap                     # late data: re-read a little before the mark
-            else:
-                lo = lo.copy()
+            if start.get("start") is not None:        # …but never before where the query started
+                lo = np.maximum(lo, int(start["start"]))
             if s1["run"] == self.run_id:
                 self._ensure_started()
                 if s0["run"] != self.run_id:          # the gap before this run's channel opened
-                    floor_us = s1["since"] - int(self.opts.max_backfill * MICROS)
-                    hi = np.full(len(shard.meta), s1["since"], dtype=np.int64)
+                    hi = self._since(shard)
+                    floor_us = hi - int(self.opts.max_backfill * MICROS)
                     parts += self._archive_parts(shard, np.maximum(lo, floor_us), hi, "backfill")
                     begin = 0
                 else:

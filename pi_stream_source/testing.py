@@ -38,6 +38,8 @@ def checkpoint_start(checkpoint: str) -> int:
         doc = json.loads(line)
         if isinstance(doc, str):
             doc = json.loads(doc)
+        if isinstance(doc, dict) and doc.get("start") is not None:
+            return int(doc["start"])
         if isinstance(doc, dict) and "shards" in doc:
             shard = next(iter(doc["shards"].values()))
             return int(shard["since"]) if shard["run"] == "initial" else min(
@@ -90,3 +92,58 @@ def table_keys(spark: Any, table: str) -> List[Tuple[str, int, Any, str]]:
     df = spark.read.format("delta").load(table)
     return [(r.tag_webid, int(r.ts), r.value, r.source)
             for r in df.select("tag_webid", F.unix_micros("timestamp").alias("ts"), "value", "source").collect()]
+
+
+def landed_by_tag(spark: Any, table: str) -> Dict[str, List[Tuple[int, Any, str]]]:
+    """Per WebID, the (timestamp µs, value, source) rows of a Delta table, sorted by time."""
+    out: Dict[str, List[Tuple[int, Any, str]]] = {}
+    for w, ts, v, s in table_keys(spark, table):
+        out.setdefault(w, []).append((ts, v, s))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def assert_prefix_exact(spark: Any, table: str, sim: Any, start: int, allow_duplicates_from: Tuple[str, ...] = ()) -> Dict[str, int]:
+    """Each tag's rows are exactly PI's archive from ``start`` to the tag's newest landed value:
+    nothing lost, nothing doubled (but for duplicates whose extra copy has a source in
+    ``allow_duplicates_from``). Returns per tag the newest landed timestamp."""
+    by_tag = landed_by_tag(spark, table)
+    ends = {}
+    for tag in sim.tags:
+        rows = by_tag.get(tag.webid, [])
+        assert rows, f"no rows for {tag.name}"
+        end = rows[-1][0]
+        want = [(ts, float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                for ts, v in sim.archive(tag.webid, start, end)]
+        got: Dict[int, List[Tuple[Any, str]]] = {}
+        for ts, v, s in rows:
+            got.setdefault(ts, []).append((v, s))
+        extra = {ts: vs for ts, vs in got.items() if len(vs) > 1 and not all(
+            s in allow_duplicates_from for _, s in vs[1:]) and not (
+            len({x for x, _ in vs}) == 1 and sum(1 for _, s in vs if s not in allow_duplicates_from) <= 1)}
+        assert not extra, f"{tag.name}: duplicated timestamps {list(extra.items())[:3]}"
+        missing = [ts for ts, _ in want if ts not in got]
+        if missing:
+            around = [(ts, s) for ts, _, s in rows if missing[0] - 2_000_000 <= ts <= missing[-1] + 2_000_000]
+            raise AssertionError(f"{tag.name}: {len(missing)} archived values missing, first {missing[:3]}; "
+                                 f"landed around them: {around}")
+        unexpected = sorted(set(got) - {ts for ts, _ in want})
+        assert not unexpected, f"{tag.name}: values not in the archive at {unexpected[:3]}"
+        wrong = [(ts, v, got[ts]) for ts, v in want if v not in [x for x, _ in got[ts]]]
+        assert not wrong, f"{tag.name}: values differ from the archive {wrong[:3]}"
+        ends[tag.webid] = end
+    return ends
+
+
+def wait_landed(spark: Any, table: str, webids: Any, after: int, timeout: float = 120) -> None:
+    """Wait until every tag has a row newer than ``after`` (µs) in the Delta table."""
+    import os
+
+    def done() -> bool:
+        if not os.path.isdir(os.path.join(table, "_delta_log")):
+            return False
+        by_tag = landed_by_tag(spark, table)
+        return all(by_tag.get(w) and by_tag[w][-1][0] > after for w in webids)
+
+    wait_until(done, timeout, interval=1.0, what="rows past the fault in the table")

@@ -1,0 +1,160 @@
+"""Exactly-once into Delta across failures (issue 5): a fault matrix against real Spark and Delta.
+
+The oracle: per tag, the table holds exactly PI's archive from the query's start to the tag's
+newest landed value (``assert_prefix_exact``)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.errors import StreamingQueryException
+
+from pi_stream_source.pitime import now_micros
+from pi_stream_source.testing import (assert_prefix_exact, checkpoint_start, finish, landed_by_tag, start_stream,
+                                      wait_landed, wait_until)
+
+
+def values_flowed(sim, n, timeout=60):
+    base = sim.stats["values_sent"]
+    wait_until(lambda: sim.stats["values_sent"] >= base + n, timeout, what=f"{n} more values sent")
+
+
+@pytest.mark.parametrize("fault", ["server_restart", "stall", "reject_then_reconnect"])
+def test_faults_within_a_run_lose_nothing(spark, simulator, tmp_path, fault):
+    sim = simulator(tags=6, rate=5, seed=31)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True, stallTimeout="3s", heartbeatRate=1)
+    values_flowed(sim, 60)
+    if fault == "server_restart":
+        sim.restart(downtime=2)
+    elif fault == "stall":
+        sim.set_stalled(True)
+        time.sleep(5)                          # > stallTimeout: the reader gives up on the channel
+        sim.set_stalled(False)
+    else:
+        sim.reject_next_upgrades(2, status=503)
+        sim.drop_channels(abrupt=True)
+    values_flowed(sim, 60)
+    wait_landed(spark, table, [t.webid for t in sim.tags], now_micros() + 1_000_000)
+    q.stop()
+    assert q.exception() is None
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+
+
+def test_restart_an_hour_later_fills_the_gap_exactly(spark, simulator, tmp_path):
+    sim = simulator(tags=4, rate=1, seed=41, history_seconds=7200)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 12)
+    finish(q, sim)
+    first_end = max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    sim.jump_time(3600)                       # the query is down for an hour of PI time
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 12)
+    wait_until(lambda: min(rows[-1][0] for rows in landed_by_tag(spark, table).values()) > first_end + 3600e6,
+               120, what="the hour caught up")
+    finish(q, sim)
+    ends = assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+    assert min(ends.values()) > first_end + 3600_000_000
+    sources = {s for rows in landed_by_tag(spark, table).values() for _, _, s in rows}
+    assert {"live", "backfill"} <= sources
+
+
+def test_plain_delta_sink_duplicates_only_in_the_replayed_overlap(spark, simulator, tmp_path):
+    sim = simulator(tags=3, rate=5, seed=43)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck)           # plain writeStream.format("delta")
+    values_flowed(sim, 30)
+    finish(q, sim)
+    q = start_stream(spark, sim, table, ck)
+    values_flowed(sim, 30)
+    finish(q, sim)
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck), allow_duplicates_from=("backfill", "replay"))
+
+
+def test_gap_longer_than_max_backfill_fails_or_is_reported(spark, simulator, tmp_path):
+    sim = simulator(tags=2, rate=1, seed=47, history_seconds=7200)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True, maxBackfill="10m")
+    values_flowed(sim, 6)
+    finish(q, sim)
+    sim.jump_time(3600)
+    q = start_stream(spark, sim, table, ck, merge=True, maxBackfill="10m")
+    with pytest.raises(StreamingQueryException) as info:
+        q.awaitTermination(90)
+    text = str(info.value)
+    assert "maxBackfill" in text and "failOnDataLoss" in text and sim.tags[0].name in text
+    q = start_stream(spark, sim, table, ck, merge=True, maxBackfill="10m", failOnDataLoss="false")
+    values_flowed(sim, 6)
+    wait_until(lambda: q.lastProgress is not None and "dataLoss" in str(q.lastProgress["sources"][0]["latestOffset"]),
+               60, what="the loss reported in progress")
+    finish(q, sim)
+    landed = landed_by_tag(spark, table)
+    for tag in sim.tags:
+        ts = [t for t, _, _ in landed[tag.webid]]
+        gap = max(b - a for a, b in zip(ts, ts[1:]))
+        assert 3000e6 < gap < 3600e6               # 50 min lost, the last 10 min filled
+
+
+def test_edit_in_pi_replaces_the_row_and_late_values_are_picked_up(spark, simulator, tmp_path):
+    sim = simulator(tags=2, rate=2, seed=53)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 10)
+    ts, new_value = sim.edit_value(sim.tags[0].webid)          # sent again, flagged Substituted
+    values_flowed(sim, 6)
+    finish(q, sim)
+    late_ts = max(rows[-1][0] for rows in landed_by_tag(spark, table).values()) - 1_250_000
+    sim.add_late_value(sim.tags[1].webid, late_ts, 4242.0)     # archived late while the query is down
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 6)
+    finish(q, sim)
+    landed = landed_by_tag(spark, table)
+    at = [r for r in landed[sim.tags[0].webid] if r[0] == ts]
+    assert len(at) == 1 and at[0][1] == pytest.approx(new_value)
+    assert (late_ts, 4242.0) in [(t, v) for t, v, _ in landed[sim.tags[1].webid]]
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+
+
+def _child(sim, table, ck, seconds, slow=None):
+    args = [sys.executable, str(Path(__file__).with_name("stream_child.py")), sim.url,
+            ",".join(t.webid for t in sim.tags), table, ck, str(seconds)] + ([str(slow)] if slow is not None else [])
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+
+
+def test_driver_killed_mid_batch_then_restarted(spark, simulator, tmp_path):
+    """SIGKILL while batch 3 is planned (offset written) but not committed: the fresh reader
+    rebuilds that batch from the archive, then goes on."""
+    sim = simulator(tags=4, rate=5, seed=59)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    child = _child(sim, table, ck, 300, slow=3)
+    try:
+        deadline = time.time() + 180
+        line = ""
+        while time.time() < deadline:
+            line = child.stdout.readline()
+            if line.startswith("SLOW") or not line:
+                break
+        assert line.startswith("SLOW 3"), line
+        time.sleep(1.5)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert os.path.exists(os.path.join(ck, "offsets", "3")) and not os.path.exists(os.path.join(ck, "commits", "3"))
+    planned = json.loads(Path(ck, "offsets", "3").read_text().splitlines()[-1])
+    child = _child(sim, table, ck, 12)
+    out, _ = child.communicate(timeout=240)
+    assert child.returncode == 0, out
+    assert "BATCH 3" in out                          # the planned batch ran again, first
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+    rebuilt = [s for rows in landed_by_tag(spark, table).values() for _, _, s in rows if s == "replay"]
+    assert rebuilt and planned["shards"]["0"]["run"] != "initial"
