@@ -202,7 +202,8 @@ class UnityBatchLoader:
 
         api = self.client.statement_execution
         resp = api.execute_statement(warehouse_id=self.warehouse_id, statement=statement,
-                                     wait_timeout="10s" if wait else "0s",
+                                     wait_timeout=f"{min(10, int(self.statement_timeout))}s"
+                                     if wait and self.statement_timeout >= 5 else "0s",
                                      on_wait_timeout=ExecuteStatementRequestOnWaitTimeout.CONTINUE)
         if not wait:
             return resp.statement_id

@@ -16,7 +16,8 @@ It answers what the edge sink calls through databricks-sdk:
 Every request must carry ``Authorization: Bearer <token>``. Faults for tests: ``fail_uploads``
 (the next N uploads answer 500), ``fail_statements`` (the next N statements end FAILED without
 running), ``lose_statement_responses`` (the next N statements run, commit, and then the POST answers
-500, as when the response is lost).
+500, as when the response is lost), ``slow_statements`` (the next N statements sleep
+``statement_delay`` seconds before they run, and cannot be cancelled then).
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class _Statement:
         self.future: Optional[Future] = None
         self.submitted = time.time()
         self.finished: Optional[float] = None
+        self.delay = 0.0
 
     def as_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"statement_id": self.id, "status": {"state": self.state}}
@@ -104,6 +106,8 @@ class FakeWorkspace:
         self.fail_uploads = 0
         self.fail_statements = 0
         self.lose_statement_responses = 0
+        self.slow_statements = 0          # the next N statements wait statement_delay seconds before running
+        self.statement_delay = 0.0
         self.statements: Dict[str, _Statement] = {}
         self.history: List[_Statement] = []
         self.requests: List[Tuple[str, str, int]] = []   # (method, path, status) of every request
@@ -271,6 +275,10 @@ class FakeWorkspace:
             inject = self.fail_statements > 0
             if inject:
                 self.fail_statements -= 1
+            slow = self.slow_statements > 0
+            if slow:
+                self.slow_statements -= 1
+                st.delay = self.statement_delay
         if inject:
             st.state, st.error = "FAILED", ("INTERNAL_ERROR", "injected warehouse failure")
             st.finished = time.time()
@@ -282,6 +290,7 @@ class FakeWorkspace:
         if st.state == "CANCELED":
             return
         st.state = "RUNNING"
+        time.sleep(st.delay)
         try:
             st.columns, st.rows = self.run_sql(st.text)
             st.state = "SUCCEEDED"

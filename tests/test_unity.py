@@ -267,3 +267,16 @@ def test_seed_product_config_file_runs_into_unity(spark, simulator, workspace, t
     assert query.exception() is None
     _assert_table_is_archive(spark, workspace, sim.sent_values())
     assert any(s.text.startswith("OPTIMIZE") for s in workspace.history)
+
+
+def test_statement_timeout_cancels_and_the_retry_loads_once(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path, statement_timeout_seconds=2)
+    loader.ensure_table()
+    workspace.slow_statements, workspace.statement_delay = 1, 3.0   # the first COPY INTO outlives the timeout
+    batch = _rows(spark)
+    loader(batch, 9)
+    assert any(m == "POST" and p.endswith("/cancel") for m, p, _ in workspace.requests)
+    copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
+    assert len(copies) >= 2 and copies[0].state == "SUCCEEDED"    # too late to cancel: it committed
+    assert sum(int(s.rows[0][1]) for s in copies if s.state == "SUCCEEDED") == 12
+    assert _key_value(workspace.read_table(TABLE)) == _key_value(batch)
