@@ -17,7 +17,7 @@ table never holds half a batch. A failed upload or statement is retried with exp
 after ``max_load_attempts`` the batch raises :class:`UnityLoadError` and the query stops with it.
 
 Credentials come from databricks-sdk's own chain (``~/.databrickscfg`` profile, ``DATABRICKS_*``
-environment variables, OAuth M2M, …); nothing here reads, logs or repeats a token.
+environment variables, OAuth M2M, …); no token is logged or put into an error message.
 """
 from __future__ import annotations
 
