@@ -118,7 +118,8 @@ def test_command_line_overrides_the_file(tmp_path):
 def _has_data_files(table: str) -> bool:
     """Cheap (no Spark): a commit in the Delta log added a data file."""
     log = Path(table) / "_delta_log"
-    return log.is_dir() and any('"add"' in p.read_text() for p in log.glob("*.json"))
+    return log.is_dir() and any(line.startswith('{"add"') for p in log.glob("*.json")
+                                for line in p.read_text().splitlines())
 
 
 def test_sigterm_finishes_the_batch_and_exits_zero(spark, simulator, tmp_path):
