@@ -151,7 +151,7 @@ def test_driver_killed_mid_batch_then_restarted(spark, simulator, tmp_path):
             child.kill()
     assert os.path.exists(os.path.join(ck, "offsets", "3")) and not os.path.exists(os.path.join(ck, "commits", "3"))
     planned = json.loads(Path(ck, "offsets", "3").read_text().splitlines()[-1])
-    child = _child(sim, table, ck, 12)
+    child = _child(sim, table, ck, 40)
     out, _ = child.communicate(timeout=240)
     assert child.returncode == 0, out
     assert "BATCH 3" in out                          # the planned batch ran again, first
