@@ -16,47 +16,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     tags_per_channel=args.tags_per_channel)
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulator import PISimulator
+def _cmd_maintain(args: argparse.Namespace) -> int:
+    import json
 
-    kwargs = dict(tags=args.tags, rate=args.rate, port=args.port, host=args.host, auth=args.auth,
-                  kinds=args.kinds, seed=args.seed)
-    ca_path = None
-    if args.tls:
-        import tempfile
+    from .delta import optimize, table_stats, vacuum
+    from .local_spark import get_spark
 
-        import trustme
+    from pyspark.sql import SparkSession
 
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        tmp = tempfile.mkdtemp(prefix="pi-sim-tls-")
-        ca_path, chain, key = f"{tmp}/ca.pem", f"{tmp}/server.pem", f"{tmp}/server.key"
-        ca.cert_pem.write_to_path(ca_path)
-        cert.cert_chain_pems[0].write_to_path(chain)
-        for pem in cert.cert_chain_pems[1:]:
-            pem.write_to_path(chain, append=True)
-        cert.private_key_pem.write_to_path(key)
-        kwargs.update(certfile=chain, keyfile=key)
-    sim = PISimulator(**kwargs)
-    sim.start()
-    print(f"PI Web API simulator at {sim.url}")
-    if args.auth == "basic":
-        print(f"  auth: basic  username={sim.config.username}  password={sim.config.password}")
-    elif args.auth == "bearer":
-        print(f"  auth: bearer  token={sim.config.token}")
-    if ca_path:
-        print(f"  TLS CA bundle (option caBundle): {ca_path}")
-    print(f"  {len(sim.tags)} tags at {args.rate:g} Hz; first WebIDs:")
-    for tag in sim.tags[:5]:
-        print(f"    {tag.webid}   {tag.path}")
-    print("Ctrl-C to stop.", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
-    sim.stop()
+    spark = SparkSession.getActiveSession() or get_spark("pi-stream-maintain")
+    if args.optimize:
+        print("optimize:", json.dumps(optimize(spark, args.table, zorder_by=tuple(args.zorder_by.split(",")))))
+    if args.vacuum is not None:
+        vacuum(spark, args.table, retention_hours=args.vacuum)
+        print(f"vacuum: files older than {args.vacuum:g} h and no longer referenced were removed")
+    if args.stats or not (args.optimize or args.vacuum is not None):
+        print(json.dumps(table_stats(spark, args.table), indent=2, default=str))
     return 0
 
 
@@ -74,16 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output")
     demo.set_defaults(func=_cmd_demo)
 
+    from .simulator.cli import add_simulate_arguments, run_simulate
+
     sim = sub.add_parser("simulate", help="run the PI Web API simulator standalone")
-    sim.add_argument("--tags", type=int, default=100)
-    sim.add_argument("--rate", type=float, default=1.0)
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--auth", choices=["anonymous", "basic", "bearer"], default="anonymous")
-    sim.add_argument("--kinds", default="mixed")
-    sim.add_argument("--seed", type=int, default=42)
-    sim.add_argument("--tls", action="store_true", help="serve https/wss with a generated certificate")
-    sim.set_defaults(func=_cmd_simulate)
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=run_simulate)
+
+    from .runner import add_run_arguments, run_from_args
+
+    run = sub.add_parser("run", help="run a stream from a config file (a Databricks job, or an edge machine)")
+    add_run_arguments(run)
+    run.set_defaults(func=run_from_args)
+
+    maint = sub.add_parser("maintain", help="optimize / vacuum / stats of a Delta table")
+    maint.add_argument("--table", required=True, help="a path or a catalog table name")
+    maint.add_argument("--optimize", action="store_true", help="compact files and Z-order")
+    maint.add_argument("--zorder-by", default="tag_webid,timestamp")
+    maint.add_argument("--vacuum", type=float, metavar="HOURS", help="remove unreferenced files older than HOURS")
+    maint.add_argument("--stats", action="store_true", help="print rows, files, size, time range, rows per tag")
+    maint.set_defaults(func=_cmd_maintain)
     return parser
 
 
