@@ -1,0 +1,70 @@
+"""The streaming jobs of the bundle, generated from the bundle variables by databricks-bundles:
+``shard_count`` continuous jobs, job ``i`` streaming every ``shard_count``-th tag from tag ``i``
+(``pi-stream run --shard-index i --shard-count n``) into the same bronze table. One driver parses
+a few hundred thousand values per second; past that, raise ``shard_count`` instead of rewriting.
+
+Loaded by ``databricks bundle deploy`` through ``python.resources`` in databricks.yml; paths in
+Python resources are relative to the bundle root.
+"""
+from __future__ import annotations
+
+from databricks.bundles.core import Bundle, Resources
+from databricks.bundles.jobs import Job
+
+PACKAGE, ENTRY_POINT = "pi_stream_source", "pi-stream"
+WHEEL = "dist/*.whl"
+
+
+def _var(bundle: Bundle, name: str) -> str:
+    return str(bundle.variables.get(name, "") or "")
+
+
+def streaming_job(bundle: Bundle, shard_index: int, shard_count: int) -> Job:
+    """Continuous job of one shard: the wheel's ``pi-stream run`` on a single-user job cluster."""
+    table = f"{_var(bundle, 'catalog')}.{_var(bundle, 'schema')}.{_var(bundle, 'table')}"
+    checkpoint = (f"/Volumes/{_var(bundle, 'catalog')}/{_var(bundle, 'schema')}/{_var(bundle, 'checkpoint_volume')}"
+                  f"/{_var(bundle, 'table')}/shard_{shard_index}_of_{shard_count}")
+    parameters = [
+        "run", "--url", "${var.pi_web_api_url}", "--table", table, "--checkpoint", checkpoint,
+        "--auth-type", "${var.auth_type}", "--secret-scope", "${var.secret_scope}",
+        "--username-key", "${var.username_key}", "--password-key", "${var.password_key}",
+        "--token-key", "${var.token_key}",
+        "--tags", "${var.tags}", "--data-server", "${var.data_server}", "--name-filter", "${var.name_filter}",
+        "--tags-per-channel", "${var.tags_per_channel}", "--trigger", "${var.trigger_interval}",
+        "--shard-index", str(shard_index), "--shard-count", str(shard_count),
+    ]
+    suffix = f" shard {shard_index + 1} of {shard_count}" if shard_count > 1 else ""
+    return Job.from_dict({
+        "name": f"pi_stream_source stream{suffix} → {table}",
+        "description": "PI Web API channels → pi_websocket → bronze Delta table (exactly-once writer)",
+        # Continuous: one run always active; a failed run is retried with exponential backoff.
+        "continuous": {"pause_status": "UNPAUSED", "task_retry_mode": "ON_FAILURE"},
+        "max_concurrent_runs": 1,
+        "job_clusters": [{
+            "job_cluster_key": "stream",
+            "new_cluster": {
+                "spark_version": "${var.spark_version}",
+                "node_type_id": "${var.node_type_id}",
+                "num_workers": 1,
+                "data_security_mode": "SINGLE_USER",
+                "spark_conf": {"spark.sql.streaming.stopTimeout": "120s"},
+            },
+        }],
+        "tasks": [{
+            "task_key": "stream",
+            "job_cluster_key": "stream",
+            "python_wheel_task": {"package_name": PACKAGE, "entry_point": ENTRY_POINT, "parameters": parameters},
+            "libraries": [{"whl": WHEEL}],
+        }],
+        "tags": {"app": "pi_stream_source", "shard": f"{shard_index}/{shard_count}"},
+    })
+
+
+def load_resources(bundle: Bundle) -> Resources:
+    resources = Resources()
+    count = int(_var(bundle, "shard_count") or 1)
+    if count < 1:
+        raise ValueError(f"bundle variable shard_count must be >= 1, got {count}")
+    for i in range(count):
+        resources.add_resource(f"pi_stream_{i}" if count > 1 else "pi_stream", streaming_job(bundle, i, count))
+    return resources

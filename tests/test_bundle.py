@@ -1,0 +1,288 @@
+"""The Databricks Asset Bundle, checked offline: databricks.yml + resources/*.yml against the
+official bundle JSON schema (tests/data/bundle_jsonschema.json, a copy of the published one), a
+strict load of every job and pipeline with the `databricks-bundles` package (misspelt keys fail),
+the Python-generated streaming jobs, variable references, and every file the bundle names."""
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+jsonschema = pytest.importorskip("jsonschema")
+bundles_jobs = pytest.importorskip("databricks.bundles.jobs")
+bundles_pipelines = pytest.importorskip("databricks.bundles.pipelines")
+from databricks.bundles.core import Bundle  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = Path(__file__).with_name("data") / "bundle_jsonschema.json"
+NOTEBOOK_HEADER = "# Databricks notebook source"
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def load_bundle(root: Path = ROOT) -> Tuple[Dict[str, Any], Dict[str, Path]]:
+    """databricks.yml merged with its `include:` files, as the CLI does for resources, and where
+    each resource was defined (relative paths resolve against that file's directory)."""
+    config = yaml.safe_load((root / "databricks.yml").read_text())
+    origin: Dict[str, Path] = {}
+    for pattern in config.get("include", []):
+        files = sorted(glob.glob(str(root / pattern)))
+        assert files, f"include pattern {pattern!r} matches no file"
+        for name in files:
+            part = yaml.safe_load(Path(name).read_text()) or {}
+            for section, value in part.items():
+                if section == "resources":
+                    for kind, items in value.items():
+                        for key, body in items.items():
+                            config.setdefault("resources", {}).setdefault(kind, {})[key] = body
+                            origin[f"{kind}.{key}"] = Path(name).parent
+                else:
+                    config.setdefault(section, value)
+    return config, origin
+
+
+def python_resources(variables: Dict[str, Any], target: str = "dev"):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from resources.streaming_jobs import load_resources
+    finally:
+        sys.path.remove(str(ROOT))
+    return load_resources(Bundle(target=target, variables=variables))
+
+
+def variable_defaults(config: Dict[str, Any], target: str = "dev") -> Dict[str, Any]:
+    values = {k: v.get("default") for k, v in config["variables"].items()}
+    values.update((config["targets"][target].get("variables") or {}))
+    return values
+
+
+# ---- schema ---------------------------------------------------------------------------------------
+def _python_patterns(node: Any) -> Any:
+    """The schema's patterns use \\p{L}/\\p{N} (Go RE2); Python's re spells them as classes."""
+    if isinstance(node, dict):
+        return {k: (_to_python_re(v) if k == "pattern" else _python_patterns(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_python_patterns(v) for v in node]
+    return node
+
+
+def _to_python_re(pattern: str) -> str:
+    return pattern.replace(r"[\p{L}\p{N}]", r"[^\W_]").replace(r"\p{L}", r"[^\W\d_]").replace(r"\p{N}", r"\d")
+
+
+@pytest.fixture(scope="module")
+def schema() -> Dict[str, Any]:
+    return _python_patterns(json.loads(SCHEMA_PATH.read_text()))
+
+
+def validator_for(schema: Dict[str, Any], ref: str = None):
+    target = schema if ref is None else {"$ref": ref, "$defs": schema["$defs"]}
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(target)
+
+
+def _leaves(error) -> Iterator[Any]:
+    """A oneOf failure (object | ${var} string) hides the real cause in its context: dig it out."""
+    if not error.context:
+        yield error
+    for sub in error.context:
+        yield from _leaves(sub)
+
+
+def schema_errors(schema: Dict[str, Any], config: Dict[str, Any]) -> list:
+    errors = []
+    for e in validator_for(schema).iter_errors(config):
+        errors.append(f"{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}")
+        errors += [f"  {'/'.join(map(str, leaf.absolute_path))}: {leaf.message[:300]}"
+                   for leaf in _leaves(e) if leaf is not e]
+    # the schema's root allows any extra key: a misspelt top-level section must still fail
+    errors += [f"unknown top-level key {k!r}" for k in config if k not in schema["properties"]]
+    return errors
+
+
+def strict_errors(config: Dict[str, Any]) -> list:
+    """databricks-bundles' typed models reject a key they do not know ("Unexpected field")."""
+    errors = []
+    for key, body in config.get("resources", {}).get("jobs", {}).items():
+        try:
+            bundles_jobs.Job.from_dict(copy.deepcopy(body))
+        except (ValueError, TypeError) as exc:
+            errors.append(f"jobs.{key}: {exc}")
+    for key, body in config.get("resources", {}).get("pipelines", {}).items():
+        try:
+            bundles_pipelines.Pipeline.from_dict(copy.deepcopy(body))
+        except (ValueError, TypeError) as exc:
+            errors.append(f"pipelines.{key}: {exc}")
+    return errors
+
+
+JOB_REF = "#/$defs/github.com/databricks/cli/bundle/config.Resources"
+
+
+# ---- tests ----------------------------------------------------------------------------------------
+def test_schema_copy_matches_the_shared_one():
+    shared = ROOT.parent / "shared" / "databricks" / "bundle_jsonschema.json"
+    if not shared.is_file():
+        pytest.skip("shared/ not beside the repo")
+    assert json.loads(shared.read_text()) == json.loads(SCHEMA_PATH.read_text())
+
+
+def test_bundle_matches_the_official_schema(schema):
+    config, _ = load_bundle()
+    assert schema_errors(schema, config) == []
+
+
+def test_bundle_loads_strictly_with_databricks_bundles():
+    config, _ = load_bundle()
+    assert set(config["resources"]["jobs"]) == {"pi_maintenance"}
+    assert set(config["resources"]["pipelines"]) == {"pi_pipeline"}
+    assert strict_errors(config) == []
+
+
+@pytest.mark.parametrize("where,misspelt", [
+    (("resources", "jobs", "pi_maintenance"), "max_concurent_runs"),
+    (("resources", "jobs", "pi_maintenance", "tasks", 0, "notebook_task"), "notebok_path"),
+    (("resources", "pipelines", "pi_pipeline"), "continous"),
+])
+def test_a_misspelt_key_is_rejected(schema, where, misspelt):
+    config, _ = load_bundle()
+    node = config
+    for step in where:
+        node = node[step]
+    node[misspelt] = node.get(misspelt.replace("concurent", "concurrent"), 1)
+    assert any(misspelt in e for e in schema_errors(schema, config)), "the JSON schema accepted a misspelt key"
+    assert any(misspelt in e for e in strict_errors(config)), "databricks-bundles accepted a misspelt key"
+
+
+def test_a_misspelt_top_level_key_is_rejected(schema):
+    config, _ = load_bundle()
+    config["varaibles"] = config.pop("variables")
+    assert "unknown top-level key 'varaibles'" in schema_errors(schema, config)
+
+
+def test_targets_dev_default_and_prod_locked_down():
+    config, _ = load_bundle()
+    dev, prod = config["targets"]["dev"], config["targets"]["prod"]
+    assert dev["mode"] == "development" and dev["default"] is True
+    assert prod["mode"] == "production" and prod["run_as"] and prod["permissions"]
+    assert config["artifacts"]["pi_stream_source_wheel"]["type"] == "whl"
+    assert (ROOT / config["artifacts"]["pi_stream_source_wheel"]["path"] / "setup.py").is_file()
+
+
+def _var_refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _var_refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _var_refs(v)
+    elif isinstance(node, str):
+        yield from re.findall(r"\$\{var\.([A-Za-z0-9_]+)\}", node)
+
+
+def test_every_variable_reference_is_defined():
+    config, _ = load_bundle()
+    generated = python_resources(variable_defaults(config))
+    used = set(_var_refs(config)) | set(_var_refs([j.as_dict() for j in generated.jobs.values()]))
+    assert used - set(config["variables"]) == set()
+    for name in ("pi_web_api_url", "secret_scope", "catalog", "schema", "table", "tags", "name_filter",
+                 "shard_count", "trigger_interval"):
+        assert name in config["variables"], name
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_streaming_jobs_scale_with_a_variable(schema, shards):
+    config, _ = load_bundle()
+    variables = {**variable_defaults(config), "shard_count": shards, "tags": "A,B,C,D,E"}
+    jobs = python_resources(variables).jobs
+    assert len(jobs) == shards
+    resources_validator = validator_for(schema, JOB_REF)
+    parser = argparse.ArgumentParser()
+    from pi_stream_source.runner import add_run_arguments, config_from_args
+
+    add_run_arguments(parser)
+    slices = []
+    for key, job in jobs.items():
+        body = job.as_dict()
+        errors = [e.message[:200] for e in resources_validator.iter_errors({"jobs": {key: body}})]
+        assert errors == []
+        assert body["continuous"]["pause_status"] == "UNPAUSED" and body["max_concurrent_runs"] == 1
+        assert body["continuous"]["task_retry_mode"] == "ON_FAILURE"      # a failed stream restarts
+        task = body["tasks"][0]["python_wheel_task"]
+        assert task["package_name"] == "pi_stream_source" and task["entry_point"] == "pi-stream"
+        # the job's parameters, with the variables filled in, are a valid `pi-stream run`
+        params = [re.sub(r"\$\{var\.(\w+)\}", lambda m: str(variables[m.group(1)]), p) for p in task["parameters"]]
+        assert params[0] == "run"
+        cfg = config_from_args(parser.parse_args(params[1:]))
+        assert cfg.table == f"{variables['catalog']}.{variables['schema']}.{variables['table']}"
+        assert cfg.auth.secret_scope == variables["secret_scope"] and cfg.auth.password is None
+        assert cfg.checkpoint.startswith("/Volumes/")
+        slices.append(cfg.shard_tags())
+    assert sorted(sum(slices, [])) == ["A", "B", "C", "D", "E"]
+    assert len({j.as_dict()["tasks"][0]["python_wheel_task"]["parameters"][6] for j in jobs.values()}) == shards
+
+
+def test_entry_point_of_the_wheel_task_exists():
+    setup = (ROOT / "setup.py").read_text()
+    assert re.search(r"['\"]pi-stream\s*=\s*pi_stream_source\.cli:main['\"]", setup)
+
+
+def test_pipeline_configuration_keys_are_read_by_the_pipeline():
+    config, _ = load_bundle()
+    code = (ROOT / "pipelines" / "pi_pipeline.py").read_text()
+    conf = config["resources"]["pipelines"]["pi_pipeline"]["configuration"]
+    for key in conf:
+        assert key.startswith("pi.")
+        assert f'"{key[3:]}"' in code or key == "pi.tags", f"pipeline code ignores {key}"
+    pipeline = config["resources"]["pipelines"]["pi_pipeline"]
+    assert pipeline["continuous"] is True and (pipeline.get("serverless") or pipeline.get("clusters"))
+
+
+def _named_files(config: Dict[str, Any], origin: Dict[str, Path]) -> Iterator[Tuple[str, Path]]:
+    for key, job in config["resources"].get("jobs", {}).items():
+        base = origin[f"jobs.{key}"]
+        for task in job.get("tasks", []):
+            if "notebook_task" in task:
+                yield f"jobs.{key}", base / task["notebook_task"]["notebook_path"]
+            if "spark_python_task" in task:
+                yield f"jobs.{key}", base / task["spark_python_task"]["python_file"]
+    for key, pipe in config["resources"].get("pipelines", {}).items():
+        base = origin[f"pipelines.{key}"]
+        for lib in pipe.get("libraries", []):
+            for kind in ("file", "notebook"):
+                if kind in lib:
+                    yield f"pipelines.{key}", base / lib[kind]["path"]
+
+
+def test_every_file_the_bundle_names_exists():
+    config, origin = load_bundle()
+    named = list(_named_files(config, origin))
+    assert len(named) >= 2
+    for owner, path in named:
+        candidates = [path, path.with_suffix(".py")] if path.suffix == "" else [path]
+        assert any(p.is_file() for p in candidates), f"{owner} names {path}, which does not exist"
+    for entry in config["python"]["resources"]:
+        module, _, func = entry.partition(":")
+        assert (ROOT / (module.replace(".", "/") + ".py")).is_file() and func
+    # wheel globs point at the artifact's output directory (dist/ next to setup.py)
+    for key, job in config["resources"]["jobs"].items():
+        for env in job.get("environments", []):
+            for dep in env["spec"].get("dependencies", []):
+                assert (origin[f"jobs.{key}"] / dep).parent.resolve() == (ROOT / "dist").resolve()
+    for dep in config["resources"]["pipelines"]["pi_pipeline"]["environment"]["dependencies"]:
+        assert (origin["pipelines.pi_pipeline"] / dep).parent.resolve() == (ROOT / "dist").resolve()
+
+
+def test_every_notebook_has_the_databricks_source_header():
+    notebooks = sorted((ROOT / "notebooks").glob("*.py"))
+    assert {p.stem for p in notebooks} >= {"stream_to_delta", "explore", "maintenance"}
+    for path in notebooks:
+        assert path.read_text().splitlines()[0] == NOTEBOOK_HEADER, path.name
+        assert "# COMMAND ----------" in path.read_text(), path.name
