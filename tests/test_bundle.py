@@ -236,11 +236,13 @@ def test_entry_point_of_the_wheel_task_exists():
 
 def test_pipeline_configuration_keys_are_read_by_the_pipeline():
     config, _ = load_bundle()
+    from pi_stream_source.options import OPTIONS
+
     code = (ROOT / "pipelines" / "pi_pipeline.py").read_text()
+    assert "for name in OPTIONS" in code and '_conf("tags")' in code     # pi.<option> and pi.tags are read
     conf = config["resources"]["pipelines"]["pi_pipeline"]["configuration"]
     for key in conf:
-        assert key.startswith("pi.")
-        assert f'"{key[3:]}"' in code or key == "pi.tags", f"pipeline code ignores {key}"
+        assert key.startswith("pi.") and (key[3:] in OPTIONS or key == "pi.tags"), f"pipeline code ignores {key}"
     pipeline = config["resources"]["pipelines"]["pi_pipeline"]
     assert pipeline["continuous"] is True and (pipeline.get("serverless") or pipeline.get("clusters"))
 
