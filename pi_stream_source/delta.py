@@ -112,8 +112,18 @@ def _merge(spark: SparkSession, rows: DataFrame, table: str) -> None:
     lo, hi = bounds.lo.strftime("%Y-%m-%d %H:%M:%S.%f"), bounds.hi.strftime("%Y-%m-%d %H:%M:%S.%f")
     condition = (f"t.partition_date IN ({dates}) AND t.timestamp BETWEEN TIMESTAMP'{lo}' AND TIMESTAMP'{hi}' "
                  "AND t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.timestamp = s.timestamp")
-    (_delta_table(spark, table).alias("t").merge(rows.alias("s"), condition)
-     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    # The source is staged Parquet, fixed: Delta need not materialize it again.
+    key = "spark.databricks.delta.merge.materializeSource"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "none")
+    try:
+        (_delta_table(spark, table).alias("t").merge(rows.alias("s"), condition)
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
 
 
 def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str, Dict[str, Any], None] = "1 second",
