@@ -104,13 +104,16 @@ def landed_by_tag(spark: Any, table: str) -> Dict[str, List[Tuple[int, Any, str]
     return out
 
 
-def assert_prefix_exact(spark: Any, table: str, sim: Any, start: int, allow_duplicates_from: Tuple[str, ...] = ()) -> Dict[str, int]:
+def assert_prefix_exact(spark: Any, table: str, sim: Any, start: int, allow_duplicates_from: Tuple[str, ...] = (),
+                        webids: Any = None) -> Dict[str, int]:
     """Each tag's rows are exactly PI's archive from ``start`` to the tag's newest landed value:
     nothing lost, nothing doubled (but for duplicates whose extra copy has a source in
     ``allow_duplicates_from``). Returns per tag the newest landed timestamp."""
     by_tag = landed_by_tag(spark, table)
     ends = {}
-    for tag in sim.tags:
+    streams = [sim.stream(w) for w in webids] if webids is not None else sim.tags
+    assert set(by_tag) <= {s.webid for s in streams}, f"rows for streams not chosen: {set(by_tag) - {s.webid for s in streams}}"
+    for tag in streams:
         rows = by_tag.get(tag.webid, [])
         assert rows, f"no rows for {tag.name}"
         end = rows[-1][0]

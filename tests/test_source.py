@@ -168,3 +168,25 @@ def test_tls_with_private_ca_and_basic_auth(spark, simulator, tmp_path):
     with pytest.raises(StreamingQueryException) as info:
         q.awaitTermination(60)
     assert "caBundle" in str(info.value) and "certificate" in str(info.value).lower()
+
+
+@pytest.mark.parametrize("how", ["paths", "nameFilter", "elementPath"])
+def test_choose_streams_by_path_name_filter_and_element(spark, simulator, tmp_path, how):
+    from pi_stream_source.testing import assert_prefix_exact
+
+    sim = simulator(tags=12, rate=5, seed=13, attributes_per_element=4)
+    if how == "paths":
+        chosen = [t.webid for t in sim.tags[:3]]
+        options = {"paths": ",".join(t.path for t in sim.tags[:3])}
+    elif how == "nameFilter":
+        chosen = [t.webid for t in sim.tags if t.name <= "SIM.Tag000009"]
+        options = {"dataServer": sim.config.server_name, "nameFilter": "SIM.Tag00000*"}
+    else:
+        element = sim.elements[1]
+        chosen = [a.webid for a in element.attributes]
+        options = {"elementPath": element.path}
+    q, table, ck = run(spark, sim, tmp_path, seconds_of_values=2, **options)
+    finish(q, sim)
+    assert q.exception() is None
+    ends = assert_prefix_exact(spark, table, sim, checkpoint_start(ck), webids=chosen)
+    assert sorted(ends) == sorted(chosen)
