@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test install jars clean
+.PHONY: demo test bench install jars clean
 
 $(STAMP): setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/stream_bench.py $(ARGS)
+	$(PY) bench/exactly_once_bench.py
 
 clean:
 	rm -rf $(VENV) demo_output build dist *.egg-info .pytest_cache
