@@ -6,7 +6,7 @@ import random
 import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -138,7 +138,6 @@ class ChannelReceiver(threading.Thread):
         self.bridged = 0
         self.since_by_tag: Dict[str, int] = {}
         self.cutoff: Dict[str, int] = {}
-        self._handover_until = 0
 
     # -- metrics -----------------------------------------------------------------------------
     def metrics(self) -> Dict[str, Any]:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from typing import List, Optional
 
 

@@ -31,7 +31,7 @@ def run_demo(seconds: float = 30, tags: int = 100, rate: float = 1.0, out: str =
     out = os.path.abspath(out)
     table, checkpoint = os.path.join(out, "pi_streaming_timeseries"), os.path.join(out, "checkpoint")
     shutil.rmtree(out, ignore_errors=True)
-    print(f"starting local Spark with Delta Lake …", flush=True)
+    print("starting local Spark with Delta Lake …", flush=True)
     spark = get_spark("pi_stream_source-demo")
     register(spark)
     sim = PISimulator(tags=tags, rate=rate, kinds="sine", history_seconds=600)
