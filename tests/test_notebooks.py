@@ -101,7 +101,7 @@ def test_notebooks_stream_explore_maintain(spark, simulator, tmp_path):
         "run_seconds": "30"}, secrets)
     assert not ns["query"].isActive and ns["query"].exception() is None
     assert set(ns["__dbutils__"].secrets.reads) == set(secrets)
-    assert sim.config.password not in json.dumps(ns["query"].recentProgress)
+    assert sim.config.password not in json.dumps(ns["query"].recentProgress, default=str)
     landed = spark.read.format("delta").load(table)
     rows = landed.count()
     assert rows > 0
