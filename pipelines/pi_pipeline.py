@@ -18,6 +18,9 @@ try:                                    # Databricks runtimes with the pyspark.p
 except ImportError:                     # older Databricks runtimes
     import dlt as dp                    # type: ignore[no-redef]
 
+# `dlt` before the pyspark.pipelines API had no materialized_view: there @table over a batch query is one.
+materialized_view = getattr(dp, "materialized_view", dp.table)
+
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -81,7 +84,7 @@ def pi_bronze():
     return spark.readStream.format("pi_websocket").options(**source_options()).load()
 
 
-@dp.materialized_view(name="pi_silver", comment="One row per (tag_webid, timestamp); the latest receipt wins")
+@materialized_view(name="pi_silver", comment="One row per (tag_webid, timestamp); the latest receipt wins")
 @expectations(DROP_IF, WARN_IF)
 def pi_silver():
     # Columns are spelled out: SDP analyses a flow when it is registered, and star expansions over a
@@ -93,7 +96,7 @@ def pi_silver():
             .select("tag_webid", "timestamp", *[F.col(f"r.{c}").alias(c) for c in others]))
 
 
-@dp.materialized_view(name="pi_gold_minute", comment="Per-minute aggregates per tag")
+@materialized_view(name="pi_gold_minute", comment="Per-minute aggregates per tag")
 def pi_gold_minute():
     return (spark.read.table("pi_silver")
             .groupBy("tag_webid", "tag_name", F.window("timestamp", "1 minute").alias("w"))
