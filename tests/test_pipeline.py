@@ -57,6 +57,8 @@ def test_pipeline_bronze_silver_gold_with_spark_pipelines(spark, simulator, tmp_
     completed = re.search(r"Run is COMPLETED|run .*completed|COMPLETED", out)
     failed = re.search(r"Flow .* has FAILED|Run is FAILED|Run has FAILED", out)
     assert completed and not failed, f"exit {result.returncode} after {took:.0f}s:\n{out[-6000:]}"
+    # a non-zero exit is tolerated only as the known post-run bug, never as a masked failure
+    assert result.returncode == 0 or "UNKNOWN_RESPONSE" in out, out[-6000:]
 
     warehouse = tmp_path / "pipeline" / "spark-warehouse"
     tables = {name: spark.read.parquet(str(warehouse / name))

@@ -115,6 +115,16 @@ def test_command_line_overrides_the_file(tmp_path):
     assert cfg.source_options()["heartbeatRate"] == "3"
 
 
+def test_a_bad_config_exits_2_with_the_reason(capsys, tmp_path):
+    from pi_stream_source.runner import main
+
+    assert main(["run", "--url", "http://127.0.0.1:9/piwebapi", "--table", str(tmp_path / "t")]) == 2
+    assert "selects no streams" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"pi_web_api_url": "http://x", "tagz": ["a"]}')
+    assert main(["--config", str(tmp_path / "bad.json")]) == 2
+    assert "unknown config key 'tagz'" in capsys.readouterr().err
+
+
 def _has_data_files(table: str) -> bool:
     """Cheap (no Spark): a commit in the Delta log added a data file."""
     log = Path(table) / "_delta_log"
