@@ -25,7 +25,7 @@ setup(
         "kerberos": ["pyspnego[kerberos]>=0.10"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
                 "jsonschema>=4.20", "trustme>=1.1", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
-                "databricks-bundles>=1.22,<2", "build>=1.0"],
+                "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["pi-stream=pi_stream_source.cli:main"]},
 )
