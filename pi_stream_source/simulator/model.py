@@ -13,8 +13,18 @@ from .generators import NUMERIC_KINDS, Generator, kinds_for, tag_seed
 WEBID_TYPES = ("Full", "IDOnly", "PathOnly")
 
 
+class WebIdForms:
+    """The WebID of an object in the form a request asks for (``webIdType``)."""
+    webid: str
+    path_webid: str
+    id_webid: str
+
+    def webid_for(self, webid_type: str) -> str:
+        return {"PathOnly": self.path_webid, "IDOnly": self.id_webid}.get(webid_type, self.webid)
+
+
 @dataclass(eq=False)
-class SimTag:
+class SimTag(WebIdForms):
     """A PI point. ``every``: the point gets a value on every ``every``-th tick (rate / every)."""
     index: int
     name: str
@@ -36,12 +46,10 @@ class SimTag:
     def point_id(self) -> int:
         return self.index + 1
 
-    def webid_for(self, webid_type: str) -> str:
-        return {"PathOnly": self.path_webid, "IDOnly": self.id_webid}.get(webid_type, self.webid)
 
 
 @dataclass(eq=False)
-class SimAttribute:
+class SimAttribute(WebIdForms):
     """An AF attribute whose data reference is a PI point: same values, its own WebID/name/path."""
     name: str
     path: str
@@ -57,12 +65,10 @@ class SimAttribute:
     def uom(self) -> str:
         return self.tag.uom
 
-    def webid_for(self, webid_type: str) -> str:
-        return {"PathOnly": self.path_webid, "IDOnly": self.id_webid}.get(webid_type, self.webid)
 
 
 @dataclass(eq=False)
-class SimElement:
+class SimElement(WebIdForms):
     name: str
     path: str
     webid: str
@@ -71,8 +77,6 @@ class SimElement:
     guid: uuid.UUID
     attributes: List[SimAttribute] = field(default_factory=list)
 
-    def webid_for(self, webid_type: str) -> str:
-        return {"PathOnly": self.path_webid, "IDOnly": self.id_webid}.get(webid_type, self.webid)
 
 
 ATTRIBUTE_NAMES = ("Temperature", "Pressure", "Flow", "Level", "Speed", "State", "Batch", "Running",
