@@ -16,7 +16,7 @@ from .errors import PIConnectionError, PIStreamError
 from .options import SourceOptions
 from .parse import Columns, ParseStats, parse_message, parse_streams
 from .pitime import format_ts, now_micros, parse_ts
-from .rest import PIRestClient, error_from_status, tls_error_message
+from .rest import PIRestClient, error_from_status, page_for_span, tls_error_message
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,8 @@ class ChannelReceiver(threading.Thread):
         stats = ParseStats()
         received = now_micros()
         if end > start:
-            for streams in self.rest.recorded(self.webids, start + 1, end, self.opts.recorded_page_size):
+            page = page_for_span(end - start, self.opts.recorded_page_size)
+            for streams in self.rest.recorded(self.webids, start + 1, end, page, self.opts.max_url_length):
                 parse_streams(streams, cols, stats, "backfill", received, self.known)
         keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
                 if ts is not None and lower.get(w, 0) < ts <= upper.get(w, 0)]

@@ -48,6 +48,7 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "bridgeMargin": ("2s", "after a (re)start the archive is read up to channel-open time plus this margin"),
     "replayTagsPerPartition": ("200", "streams per partition when a batch is rebuilt from the archive"),
     "replayChunk": ("1h", "time span per partition when a batch is rebuilt from the archive"),
+    "rowsPerPartition": ("200000", "buffered live rows are packed into Spark partitions (tasks) of up to this many rows"),
 }
 _BY_LOWER = {k.lower(): k for k in OPTIONS}
 
@@ -99,6 +100,7 @@ class SourceOptions:
     bridge_margin: float = 2.0
     replay_tags_per_partition: int = 200
     replay_chunk: float = 3600.0
+    rows_per_partition: int = 200_000
     start_time: Optional[int] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
@@ -227,5 +229,6 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         bridge_margin=_duration(opts, "bridgeMargin"),
         replay_tags_per_partition=_int(opts, "replayTagsPerPartition", 1),
         replay_chunk=_duration(opts, "replayChunk"),
+        rows_per_partition=_int(opts, "rowsPerPartition", 1000),
         start_time=start_time,
     )

@@ -131,17 +131,23 @@ class PIRestClient:
             raise error_from_status(what, int(doc["WebException"].get("StatusCode", 500)), resp.content)
         return doc
 
-    def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000) -> Iterator[List[Dict[str, Any]]]:
+    def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000,
+                 max_url_length: int = 4096) -> Iterator[List[Dict[str, Any]]]:
         """Pages of ``streamsets/recorded`` for ``webids`` over [start, end] (epoch micros), each a
         list of stream objects. A stream that filled its page is asked again from its last
-        timestamp; values already returned at that timestamp are skipped (PI has no cursor)."""
+        timestamp; values already returned at that timestamp are skipped (PI has no cursor).
+
+        Streams are asked in groups small enough that streams × ``page_size`` stays within PI's
+        ``MaxReturnedItemsPerCall`` (150,000 by default) and the URL within ``max_url_length``."""
         pending: Dict[str, Tuple[int, int]] = {w: (start, 0) for w in webids}   # webid → (from, skip at from)
         while pending:
             groups: Dict[Tuple[int, int], List[str]] = {}
             for w, key in pending.items():
                 groups.setdefault(key, []).append(w)
             pending = {}
-            for (frm, skip), ws in groups.items():
+            calls = [(key, part) for key, ws in groups.items()
+                     for part in split_for_call(ws, page_size, max_url_length, len(self.base_url) + 200)]
+            for (frm, skip), ws in calls:
                 doc = self.get("streamsets/recorded", params={
                     "webId": ws, "startTime": format_ts(frm), "endTime": format_ts(end),
                     "maxCount": page_size, "boundaryType": "Inside"})
@@ -160,6 +166,34 @@ class PIRestClient:
                         same = sum(1 for it in items if it.get("Timestamp") and parse_ts(it["Timestamp"]) == last)
                         pending[stream.get("WebId", "")] = (last, same + (skip if last == frm else 0))
                 yield streams
+
+
+MAX_RETURNED_ITEMS = 150_000   # PI Web API's MaxReturnedItemsPerCall default (REFERENCE §2)
+
+
+def split_for_call(webids: Sequence[str], page_size: int, max_url_length: int, base: int = 300) -> List[List[str]]:
+    """Groups of WebIDs for one ``streamsets/…`` call each: at most MAX_RETURNED_ITEMS // page_size
+    streams, and a query string that keeps the URL under ``max_url_length``."""
+    per_call = max(1, MAX_RETURNED_ITEMS // max(1, page_size))
+    out: List[List[str]] = []
+    cur: List[str] = []
+    length = base
+    for w in webids:
+        add = len(w) + 7          # "&webId="
+        if cur and (len(cur) >= per_call or length + add > max_url_length):
+            out.append(cur)
+            cur, length = [], base
+        cur.append(w)
+        length += add
+    if cur:
+        out.append(cur)
+    return out
+
+
+def page_for_span(span_us: int, configured: int) -> int:
+    """``maxCount`` for a recorded read over ``span_us``: enough for 10 values/s (busier streams
+    page), never above ``recordedPageSize``. Short spans thus ask many streams per call."""
+    return int(max(100, min(configured, span_us / 1e6 * 10 + 10)))
 
 
 # ---- discovery: which streams to read ------------------------------------------------------------

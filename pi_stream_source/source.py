@@ -20,7 +20,7 @@ from .errors import PIDataLossError
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
 from .pitime import MICROS, format_ts, now_micros
-from .rest import PIRestClient, StreamMeta, describe_webids, element_attributes, points_by_filter, resolve_paths
+from .rest import PIRestClient, StreamMeta, page_for_span, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,43 @@ def _ipc(batches: List[pa.RecordBatch]) -> bytes:
 
 @dataclass
 class PIInputPartition(InputPartition):
-    """Live rows of one shard for one micro-batch, as Arrow IPC bytes (read on an executor)."""
-    shard: int
+    """Buffered live rows of one or more shards for one micro-batch, as Arrow IPC bytes (read on an
+    executor). Shards are packed up to ``rowsPerPartition`` rows: one task per batch at 10k tags."""
+    shards: List[int]
     rows: int
     payload: bytes
 
     def __repr__(self) -> str:
-        return f"PIInputPartition(shard={self.shard}, rows={self.rows})"
+        return f"PIInputPartition(shards={self.shards}, rows={self.rows})"
+
+
+def _pack(slices: List[Tuple[int, List[pa.RecordBatch]]], per_partition: int) -> List[PIInputPartition]:
+    """Live row slices (shard, batches) → partitions of about ``per_partition`` rows each."""
+    parts: List[PIInputPartition] = []
+    cur: List[pa.RecordBatch] = []
+    shards: List[int] = []
+    rows = 0
+
+    def flush() -> None:
+        nonlocal cur, shards, rows
+        if rows:
+            parts.append(PIInputPartition(shards, rows, _ipc(cur)))
+        cur, shards, rows = [], [], 0
+
+    for shard, batches in slices:
+        for batch in batches:
+            offset = 0
+            while offset < batch.num_rows:
+                take = min(batch.num_rows - offset, per_partition - rows)
+                cur.append(batch.slice(offset, take))
+                if not shards or shards[-1] != shard:
+                    shards.append(shard)
+                rows += take
+                offset += take
+                if rows >= per_partition:
+                    flush()
+    flush()
+    return parts
 
 
 @dataclass
@@ -227,6 +257,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if isinstance(limit, ReadMaxRows):
             pending = _fair_share(pending, limit.max_rows)
         end_shards: Dict[str, Any] = {}
+        merge = False            # will the batch hold rows the table may already have?
         for shard in shards:
             key = str(shard.index)
             s0 = start["shards"][key]
@@ -242,17 +273,22 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             begin = begins[key]
             stop = begin + pending[key]
             for batch in self._buffers[shard.index].slice(begin, stop):
+                merge = merge or _needs_merge(batch)
                 for w, ts in zip(*max_timestamp_per_tag(batch)):
                     pos = shard.position.get(w)
                     if pos is not None and ts is not None and ts > hwm[pos]:
                         hwm[pos] = ts
             if bridge:
+                merge = True                          # archive rows: may overlap what was written
                 since = self._since(shard)
                 self._check_gap(shard, O.decode_hwm(s0["hwm"], len(shard.meta)), since)
                 np.maximum(hwm, since, out=hwm)
             end_shards[key] = O.shard_state(self.run_id, stop, rec.since, hwm)
         end = {"v": O.VERSION, "tags": start["tags"], "start": start.get("start"), "shards": end_shards}
-        return start if end == start else end
+        if end["shards"] == start["shards"]:
+            return start
+        end["merge"] = merge
+        return end
 
     def _since(self, shard: _Shard) -> np.ndarray:
         """Per stream of the shard, its cutoff when this run's channel opened (PI time)."""
@@ -283,6 +319,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         overlap = int(self.opts.late_data_overlap * MICROS)
         floor_us = None
         parts: List[InputPartition] = []
+        live: List[Tuple[int, List[pa.RecordBatch]]] = []
         for shard in self.shards():
             key = str(shard.index)
             s0, s1 = start["shards"][key], end["shards"][key]
@@ -303,13 +340,15 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 else:
                     begin = s0["seq"]
                 if s1["seq"] > begin:
-                    batches = self._buffers[shard.index].slice(begin, s1["seq"])
-                    parts.append(PIInputPartition(shard.index, sum(b.num_rows for b in batches), _ipc(batches)))
+                    live.append((shard.index, self._buffers[shard.index].slice(begin, s1["seq"])))
             else:                                     # planned by an earlier run: rebuild from the archive
                 hi = O.decode_hwm(s1["hwm"], len(shard.meta))
                 floor_us = s1["since"] - int(self.opts.max_backfill * MICROS)
                 parts += self._archive_parts(shard, np.maximum(lo, floor_us), hi, "replay")
-        return parts
+        packed = _pack(live, self.opts.rows_per_partition)
+        log.debug("planned %d live rows in %d partitions and %d archive partitions",
+                  sum(p.rows for p in packed), len(packed), len(parts))
+        return parts + packed
 
     def _archive_parts(self, shard: _Shard, lo: np.ndarray, hi: np.ndarray, source: str) -> List[PIArchivePartition]:
         """Group streams sharing a range, then split by ``replayTagsPerPartition`` and ``replayChunk``."""
@@ -318,9 +357,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if hi[i] >= lo[i]:
                 groups.setdefault((int(lo[i]), int(hi[i])), []).append(meta)
         chunk_us = max(1, int(self.opts.replay_chunk * MICROS))
-        per = self.opts.replay_tags_per_partition
         parts = []
         for (a, b), metas in sorted(groups.items()):
+            # replayTagsPerPartition streams per replayChunk of time: a short span (a few seconds
+            # bridged at start-up) puts proportionally more streams in one partition
+            per = self.opts.replay_tags_per_partition * max(1, chunk_us // max(1, b - a))
             for j in range(0, len(metas), per):
                 t = a
                 while t <= b:
@@ -375,21 +416,27 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         known = {w: (n, p) for w, n, p in part.meta}
         webids = [w for w, _, _ in part.meta]
         stats = ParseStats()
-        # keep each call's answer bounded: page size × streams per call ≈ 100k values
-        per_call = max(1, 100_000 // self.opts.recorded_page_size)
-        for i in range(0, len(webids), per_call):
-            for streams in self.rest.recorded(webids[i:i + per_call], part.lo, part.hi, self.opts.recorded_page_size):
-                cols = Columns()
-                parse_streams(streams, cols, stats, part.source, ingested, known)
-                if not len(cols):
-                    continue
-                batch = cols.to_arrow()
-                ts = batch.column(3)
-                keep = pc.and_(pc.greater_equal(ts, part.lo),
-                               pc.less_equal(ts, part.hi) if part.last_chunk else pc.less(ts, part.hi))
-                batch = batch.filter(pc.fill_null(keep, False))
-                if batch.num_rows:
-                    yield to_contract(batch, ingested)
+        # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
+        page = page_for_span(part.hi - part.lo, self.opts.recorded_page_size)
+        log.debug("reading %r from the archive", part)
+        for streams in self.rest.recorded(webids, part.lo, part.hi, page, self.opts.max_url_length):
+            cols = Columns()
+            parse_streams(streams, cols, stats, part.source, ingested, known)
+            if not len(cols):
+                continue
+            batch = cols.to_arrow()
+            ts = batch.column(3)
+            keep = pc.and_(pc.greater_equal(ts, part.lo),
+                           pc.less_equal(ts, part.hi) if part.last_chunk else pc.less(ts, part.hi))
+            batch = batch.filter(pc.fill_null(keep, False))
+            if batch.num_rows:
+                yield to_contract(batch, ingested)
+
+
+def _needs_merge(batch: pa.RecordBatch) -> bool:
+    """Rows other than plain live values (snapshot, gap fill, PI edits) must be merged on the key."""
+    source, substituted = batch.column("source"), batch.column("substituted")
+    return bool(pc.any(pc.not_equal(source, "live")).as_py()) or bool(pc.any(substituted).as_py())
 
 
 def _fair_share(pending: Dict[str, int], budget: int) -> Dict[str, int]:

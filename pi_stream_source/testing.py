@@ -74,14 +74,32 @@ def start_stream(spark: Any, sim: Any, table: str, checkpoint: str, *, webids: A
             .partitionBy("partition_date").trigger(processingTime=trigger).start(table))
 
 
-def finish(query: Any, sim: Any) -> None:
-    """Freeze the simulator, let the query take everything buffered, stop it."""
+def finish(query: Any, sim: Any, spark: Any = None, table: Any = None, timeout: float = 180) -> None:
+    """Freeze the simulator, let the query take everything buffered, stop it.
+
+    With ``spark`` and ``table``, also wait until every value the simulator sent has landed (a
+    frame can still be in flight to the reader when ``processAllAvailable`` finds nothing new)."""
+    import os
+
     sim.set_stalled(True)
     try:
-        if query.exception() is None:
+        deadline = time.monotonic() + timeout
+        while query.exception() is None:
             query.processAllAvailable()
+            if spark is None or table is None or time.monotonic() > deadline:
+                break
+            last = {w: v[-1][0] for w, v in sim.sent_values().items() if v}
+            if os.path.isdir(os.path.join(str(table), "_delta_log")):
+                landed = landed_by_tag(spark, str(table))
+                if all(landed.get(w) and landed[w][-1][0] >= ts for w, ts in last.items()):
+                    break
+            time.sleep(0.5)
     finally:
         query.stop()
+    # the backlog is sent when a stall ends: first let the server see the channels close
+    deadline = time.monotonic() + 30
+    while sim.channel_count() and time.monotonic() < deadline:
+        time.sleep(0.1)
     sim.set_stalled(False)
 
 
