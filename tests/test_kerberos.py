@@ -329,3 +329,20 @@ def test_keytab_and_password_together_are_refused(realm):
     with pytest.raises(PIOptionError, match="got options keytab and password"):
         parse_options({"url": "http://127.0.0.1:1/piwebapi", "webIds": "F1DPabc", "authType": "kerberos",
                        "keytab": realm.alice_keytab, "username": realm.alice, "password": "pw-123456"})
+
+
+def test_run_config_kerberos_keys_become_options(realm):
+    from pi_stream_source.config import parse_config
+
+    cfg = parse_config({"url": "http://127.0.0.1:1/piwebapi", "tags": ["F1DPabc"], "table": "/tmp/t",
+                        "auth": {"type": "kerberos", "keytab": realm.alice_keytab, "kerberos_principal": realm.alice,
+                                 "krb5_config": realm.conf, "service_principal": "HTTP/pi.example.com"}})
+    o = cfg.source_options()
+    assert {k: o[k] for k in ("authType", "keytab", "kerberosPrincipal", "krb5Config", "servicePrincipal")} == {
+        "authType": "kerberos", "keytab": realm.alice_keytab, "kerberosPrincipal": realm.alice,
+        "krb5Config": realm.conf, "servicePrincipal": "HTTP/pi.example.com"}
+    creds = parse_options(o).credentials
+    assert (creds.username, creds.keytab, creds.kerberos_mode) == (realm.alice, realm.alice_keytab, "keytab")
+    with pytest.raises(PIOptionError, match="config 'auth': keytab apply only to type kerberos"):
+        parse_config({"url": "http://h/piwebapi", "tags": ["F1DPabc"], "table": "/tmp/t",
+                      "auth": {"type": "basic", "username": "u", "password": "p", "keytab": realm.alice_keytab}})
