@@ -87,7 +87,7 @@ _SET_FOR = "set option 'keytab' (with 'kerberosPrincipal'), 'username' and 'pass
 
 def kerberos_available() -> bool:
     try:
-        import gssapi  # noqa: F401
+        import gssapi  # noqa: F401  (python-gssapi, MIT krb5)
     except ImportError:
         return False
     return True

@@ -9,8 +9,6 @@ carries it)."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import os
 import pickle
