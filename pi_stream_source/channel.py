@@ -191,7 +191,8 @@ class ChannelReceiver(threading.Thread):
             except PIStreamError as exc:
                 status = getattr(exc, "status", None)
                 attempts += 1
-                if status in (400, 401, 403, 404) or isinstance(exc, PIAuthError) or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
+                give_up = self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts
+                if status in (400, 401, 403, 404) or isinstance(exc, PIAuthError) or give_up:
                     self.failure = exc
                     self.state = "failed"
                     log.error("channel %d failed: %s", self.shard, exc)
