@@ -9,6 +9,9 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 $(STAMP): setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
 	@java -version >/dev/null 2>&1 || { echo "Java 17 is needed (java not found)"; exit 1; }
+	@command -v krb5-config >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libkrb5-dev gcc >/dev/null; } || \
+	  { echo "MIT Kerberos headers are needed to build python-gssapi: apt-get install libkrb5-dev"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[spark,simulator,dev]"

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import websocket
 
-from .errors import PIConnectionError, PIStreamError
+from .errors import PIAuthError, PIConnectionError, PIStreamError
 from .options import SourceOptions
 from .parse import Columns, ParseStats, parse_message, parse_streams
 from .pitime import format_ts, now_micros, parse_ts
@@ -165,13 +165,15 @@ class ChannelReceiver(threading.Thread):
         if self.opts.ca_bundle:
             sslopt["ca_certs"] = self.opts.ca_bundle
         url = channel_url(self.opts, self.webids, initial, self.element)
-        headers = [f"{k}: {v}" for k, v in self.opts.credentials.headers().items()]
         host = url.split("/")[2]
+        headers = [f"{k}: {v}" for k, v in self.opts.credentials.headers(host).items()]
         try:
             ws = websocket.create_connection(url, header=headers, sslopt=sslopt, timeout=self.opts.connect_timeout,
                                              enable_multithread=True, skip_utf8_validation=True)
         except websocket.WebSocketBadStatusException as exc:
-            raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"") from None
+            challenge = (exc.resp_headers or {}).get("www-authenticate")
+            raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"",
+                                    self.opts.credentials.auth_type, challenge) from None
         except ssl.SSLError as exc:
             raise PIConnectionError(tls_error_message(host, exc)) from None
         except (OSError, websocket.WebSocketException) as exc:
@@ -189,7 +191,8 @@ class ChannelReceiver(threading.Thread):
             except PIStreamError as exc:
                 status = getattr(exc, "status", None)
                 attempts += 1
-                if status in (400, 401, 403, 404) or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
+                give_up = self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts
+                if status in (400, 401, 403, 404) or isinstance(exc, PIAuthError) or give_up:
                     self.failure = exc
                     self.state = "failed"
                     log.error("channel %d failed: %s", self.shard, exc)
@@ -211,7 +214,7 @@ class ChannelReceiver(threading.Thread):
                 self._receive(ws)
             except PIStreamError as exc:
                 attempts += 1
-                if getattr(exc, "status", None) in (401, 403):
+                if getattr(exc, "status", None) in (401, 403) or isinstance(exc, PIAuthError):
                     self.failure, self.state = exc, "failed"
                     log.error("channel %d failed: %s", self.shard, exc)
                     return

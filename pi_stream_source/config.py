@@ -7,7 +7,9 @@ It accepts the field names users of the seed product already have (``pi_web_api_
 
     url: https://pi.example.com/piwebapi        # or pi_web_api_url
     auth:
-      type: basic                               # anonymous | basic | bearer
+      type: basic                               # anonymous | basic | bearer | kerberos
+      # kerberos: keytab (+ kerberos_principal), or username/password, or ticket_cache; krb5_config,
+      # service_principal (default HTTP/<url host>)
       secret_scope: pi                          # Databricks secret scope (resolved on the driver)
       username_key: pi-user
       password_key: pi-password
@@ -65,7 +67,11 @@ _ALIASES = {
     "token_key": "token_key",
 }
 _AUTH_KEYS = {"type", "username", "password", "token", "secret_scope", "username_key", "password_key",
-              "token_key", "ca_bundle"}
+              "token_key", "ca_bundle", "keytab", "kerberos_principal", "ticket_cache", "krb5_config",
+              "service_principal"}
+#: kerberos keys of ``auth`` → pi_websocket options
+_KERBEROS_KEYS = {"keytab": "keytab", "kerberos_principal": "kerberosPrincipal", "ticket_cache": "ticketCache",
+                  "krb5_config": "krb5Config", "service_principal": "servicePrincipal"}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -80,9 +86,10 @@ class AuthConfig:
     password_key: Optional[str] = None
     token_key: Optional[str] = None
     ca_bundle: Optional[str] = None
+    kerberos: Dict[str, str] = field(default_factory=dict)   # option name → value (keytab path, …)
 
     def __repr__(self) -> str:
-        return (f"AuthConfig(type={self.type!r}, username={self.username!r}, "
+        return (f"AuthConfig(type={self.type!r}, username={self.username!r}, kerberos={self.kerberos!r}, "
                 f"secret_scope={self.secret_scope!r}, password={'***' if self.password else None}, "
                 f"token={'***' if self.token else None})")
 
@@ -144,6 +151,7 @@ class RunConfig:
         opts["authType"] = a.type
         if a.ca_bundle:
             opts["caBundle"] = a.ca_bundle
+        opts.update(a.kerberos)
         if a.secret_scope:
             opts["secretScope"] = a.secret_scope
             for opt, value in (("usernameKey", a.username_key), ("passwordKey", a.password_key),
@@ -251,12 +259,16 @@ def _auth(raw: Any, top: Mapping[str, Any]) -> AuthConfig:
         token=Secret(_str(merged["token"])) if merged.get("token") else None,
         secret_scope=merged.get("secret_scope"), username_key=merged.get("username_key"),
         password_key=merged.get("password_key"), token_key=merged.get("token_key"),
-        ca_bundle=merged.get("ca_bundle"))
+        ca_bundle=merged.get("ca_bundle"),
+        kerberos={opt: _str(merged[key]) for key, opt in _KERBEROS_KEYS.items() if merged.get(key)})
     keys = (auth.username_key, auth.password_key, auth.token_key)
     if any(keys) and not auth.secret_scope:
         raise PIOptionError("config 'auth': username_key/password_key/token_key need a secret_scope")
     if kind == "basic" and not ((auth.username or auth.username_key) and (auth.password or auth.password_key)):
         raise PIOptionError("config 'auth': type basic needs username (or username_key) and password (or password_key)")
+    if auth.kerberos and kind != "kerberos":
+        raise PIOptionError(f"config 'auth': {', '.join(k for k in _KERBEROS_KEYS if merged.get(k))} "
+                            "apply only to type kerberos")
     if kind == "bearer" and not (auth.token or auth.token_key):
         raise PIOptionError("config 'auth': type bearer needs token (or token_key)")
     return auth

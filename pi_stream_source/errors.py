@@ -29,6 +29,14 @@ class PIAuthError(PIWebAPIError):
     """401/403: the credentials were refused or lack permission."""
 
 
+class PIKerberosError(PIAuthError):
+    """Kerberos could not give a ticket for PI Web API (unknown principal, wrong password, expired
+    or missing ticket, unknown service principal…). The message names what to set."""
+
+    def __init__(self, message: str):
+        super().__init__(message, None, ())
+
+
 class PINotFoundError(PIWebAPIError):
     """A WebID, path or element that PI Web API does not know."""
 

@@ -3,6 +3,7 @@ connection is made. Option keys are case-insensitive (Spark lower-cases them).""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -26,9 +27,17 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "passwordKey": (None, "key of the password in secretScope"),
     "tokenKey": (None, "key of the bearer token in secretScope"),
     "authType": ("anonymous", "anonymous | basic | bearer | kerberos"),
-    "username": (None, "user for basic auth"),
-    "password": (None, "password for basic auth"),
+    "username": (None, "user for basic auth; for kerberos the client principal (user@REALM)"),
+    "password": (None, "password for basic auth; for kerberos the principal's password (a ticket is got with it)"),
     "token": (None, "token for bearer auth"),
+    "kerberosPrincipal": (None, "kerberos: client principal (user@REALM) of the keytab or password; "
+                                "default: username, else the keytab's first principal"),
+    "keytab": (None, "kerberos: path of the client principal's keytab (readable on the driver and every executor)"),
+    "ticketCache": (None, "kerberos: credential cache filled by kinit, used as is (e.g. FILE:/tmp/krb5cc_1000); "
+                          "default: KRB5CCNAME or the default cache, when neither keytab nor password is set"),
+    "krb5Config": (None, "kerberos: krb5.conf to use (sets KRB5_CONFIG in the Spark Python processes); "
+                         "default: KRB5_CONFIG or /etc/krb5.conf"),
+    "servicePrincipal": (None, "kerberos: PI Web API's service principal (SPN); default HTTP/<host of url>"),
     "caBundle": (None, "PEM file of the CA(s) that signed the server's certificate"),
     "tagsPerChannel": ("500", "most streams in one channel (one channel and one partition per shard)"),
     "maxUrlLength": ("4096", "a channel URL is kept under this many characters (shards split further)"),
@@ -70,6 +79,55 @@ def _duration(opts: Mapping[str, str], name: str) -> float:
         return parse_duration(opts[name]) / 1e6
     except ValueError as exc:
         raise PIOptionError(f"option '{name}': {exc}") from None
+
+
+KERBEROS_OPTIONS = ("kerberosPrincipal", "keytab", "ticketCache", "krb5Config", "servicePrincipal")
+
+
+def _kerberos_options(opts: Mapping[str, str], auth: str, username: Optional[str],
+                      password: Optional[str]) -> Dict[str, Optional[str]]:
+    """Check the Kerberos options (only with authType kerberos; one way to get a ticket) and
+    return them as ``Credentials`` fields (``principal`` is the client principal)."""
+    given = {k: opts.get(k, "").strip() for k in KERBEROS_OPTIONS}
+    if auth != "kerberos":
+        extra = [k for k, v in given.items() if v]
+        if extra:
+            raise PIOptionError(f"option '{extra[0]}' applies only to authType 'kerberos' (authType is {auth!r})")
+        return {}
+    from .auth import kerberos_available, keytab_principals, principal_in_keytab
+
+    if not kerberos_available():
+        raise PIOptionError("authType 'kerberos' needs python-gssapi (MIT krb5): pip install 'pi_stream_source[kerberos]'")
+    principal = given["kerberosPrincipal"] or None
+    if principal and username and principal != username:
+        raise PIOptionError("options 'kerberosPrincipal' and 'username' name different principals; set only one")
+    principal = principal or username
+    keytab, cache = given["keytab"] or None, given["ticketCache"] or None
+    ways = [name for name, v in (("keytab", keytab), ("password", password), ("ticketCache", cache)) if v]
+    if len(ways) > 1:
+        raise PIOptionError(f"authType 'kerberos' takes one way to get a ticket, got options {' and '.join(ways)}: "
+                            "set 'keytab', 'password' (or secretScope with passwordKey) or 'ticketCache'")
+    if password and not principal:
+        raise PIOptionError("authType 'kerberos' with a password needs option 'kerberosPrincipal' (or 'username'), "
+                            "e.g. user@REALM")
+    if keytab:
+        if not os.path.isfile(keytab) or not os.access(keytab, os.R_OK):
+            raise PIOptionError(f"option 'keytab' must name a readable keytab file, got {keytab!r}")
+        try:
+            held = keytab_principals(keytab)
+        except (OSError, ValueError) as exc:
+            raise PIOptionError(f"option 'keytab' {keytab!r}: {exc}") from None
+        if principal and not principal_in_keytab(principal, held):
+            raise PIOptionError(f"option 'keytab' {keytab!r} holds no key for principal {principal!r} (it holds "
+                                f"{', '.join(held[:5])}); set option 'kerberosPrincipal' to one of them")
+    conf = given["krb5Config"] or None
+    if conf and not os.path.isfile(conf):
+        raise PIOptionError(f"option 'krb5Config' must name a readable krb5.conf file, got {conf!r}")
+    spn = given["servicePrincipal"] or None
+    if spn and not re.fullmatch(r"[^/@\s]+/[^/@\s]+(@[^@\s]+)?", spn):
+        raise PIOptionError(f"option 'servicePrincipal' must look like HTTP/host or HTTP/host@REALM, got {spn!r}")
+    return {"principal": principal, "keytab": keytab, "ticket_cache": cache, "krb5_config": conf,
+            "service_principal": spn}
 
 
 @dataclass
@@ -178,12 +236,12 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
                             "usernameKey and passwordKey)")
     if auth == "bearer" and not token:
         raise PIOptionError("authType 'bearer' needs option 'token' (or secretScope with tokenKey)")
-    if auth == "kerberos":
-        from .auth import kerberos_available
-
-        if not kerberos_available():
-            raise PIOptionError("authType 'kerberos' needs the kerberos extra: pip install 'pi_stream_source[kerberos]'")
-    creds = Credentials(auth, username, Secret(password) if password else None, Secret(token) if token else None)
+    krb = _kerberos_options(opts, auth, username, password)
+    principal = krb.pop("principal", None)
+    if principal:
+        username = principal
+    creds = Credentials(auth, username, Secret(password) if password else None, Secret(token) if token else None,
+                        **krb)
 
     ca = opts.get("caBundle") or None
     if ca and not os.path.isfile(ca):

@@ -17,8 +17,10 @@ from .pitime import format_ts, parse_ts
 log = logging.getLogger(__name__)
 
 
-def error_from_status(what: str, status: int, body: bytes) -> PIWebAPIError:
-    """The exception for an HTTP error status, with PI's ``Errors`` text (never request headers)."""
+def error_from_status(what: str, status: int, body: bytes, auth_type: Optional[str] = None,
+                      challenge: Optional[str] = None) -> PIWebAPIError:
+    """The exception for an HTTP error status, with PI's ``Errors`` text (never request headers).
+    ``auth_type``/``challenge`` (the 401's WWW-Authenticate) make a refused login's hint precise."""
     errors: List[str] = []
     try:
         doc = orjson.loads(body) if body else {}
@@ -28,6 +30,16 @@ def error_from_status(what: str, status: int, body: bytes) -> PIWebAPIError:
     except orjson.JSONDecodeError:
         text = body[:200].decode("utf-8", "replace").strip()
         errors = [text] if text else []
+    if status == 401 and auth_type == "kerberos":
+        offered = (challenge or "").strip()
+        if offered and "negotiate" not in offered.lower():
+            hint = (f"the server does not offer Kerberos (it asks for {offered.split(' ')[0]}); "
+                    "set authType to what PI Web API is configured for")
+        else:
+            hint = ("the server refused the Kerberos ticket; check that PI Web API's service principal "
+                    "(option 'servicePrincipal', default HTTP/<url host>) is the SPN of its service account "
+                    "and that its keytab is current, and that the user may use PI Web API")
+        return PIAuthError(f"{what}: {hint}", status, errors)
     if status in (401, 403):
         hint = "credentials refused" if status == 401 else "permission denied"
         return PIAuthError(f"{what}: {hint}; check authType/username/password/token", status, errors)
@@ -123,7 +135,8 @@ class PIRestClient:
         except requests.exceptions.Timeout:
             raise PIConnectionError(f"{what}: no answer from {self.base_url.split('/')[2]} within {self.timeout}s") from None
         if resp.status_code >= 400:
-            raise error_from_status(what, resp.status_code, resp.content)
+            raise error_from_status(what, resp.status_code, resp.content, self.credentials.auth_type,
+                                    resp.headers.get("WWW-Authenticate"))
         if method == "POST" and resp.status_code == 207:
             return orjson.loads(resp.content)
         doc = orjson.loads(resp.content) if resp.content else {}

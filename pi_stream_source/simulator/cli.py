@@ -35,7 +35,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--rate", type=float, default=1.0, help="values per second per tag")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--auth", choices=["anonymous", "basic", "bearer"], default="anonymous")
+    p.add_argument("--auth", choices=["anonymous", "basic", "bearer", "kerberos"], default="anonymous")
+    p.add_argument("--keytab", default=None, help="kerberos: keytab of the service principal HTTP/<host> "
+                                                  "(default: KRB5_KTNAME)")
     p.add_argument("--username", default="piuser")
     p.add_argument("--password", default="pi-secret")
     p.add_argument("--token", default=None, help="bearer token to accept (one is issued when omitted)")
@@ -64,7 +66,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(tags=args.tags, rate=args.rate, port=args.port, host=args.host, auth=args.auth,
-                username=args.username, password=args.password, token=args.token, kinds=args.kinds, seed=args.seed,
+                username=args.username, password=args.password, token=args.token, keytab=args.keytab, kinds=args.kinds, seed=args.seed,
                 tls=args.tls and not args.certfile, certfile=args.certfile, keyfile=args.keyfile,
                 history_seconds=args.history, message_shape=args.message_shape, bool_strings=args.bool_strings,
                 repeat_values=args.repeat_values, out_of_order=args.out_of_order, accept_delay=args.accept_delay,
@@ -80,6 +82,8 @@ def describe(sim: Any, out: TextIO = sys.stdout) -> None:
         print(f"  auth: basic  username={cfg.username}  password={cfg.password}", file=out)
     elif cfg.auth == "bearer":
         print(f"  auth: bearer  token={cfg.token}", file=out)
+    elif cfg.auth == "kerberos":
+        print(f"  auth: kerberos (Negotiate)  service keytab={cfg.keytab or '$KRB5_KTNAME'}", file=out)
     else:
         print("  auth: anonymous", file=out)
     if sim.ca_file:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PISimulator", "SimConfig", "SimTag"]
 
+_NEGOTIATE_REPLY = web.RequestKey("negotiate_reply", str) if hasattr(web, "RequestKey") else "negotiate_reply"
+
 
 @dataclass
 class SimConfig:
@@ -38,7 +40,8 @@ class SimConfig:
     base_path: str = "/piwebapi"
     host: str = "127.0.0.1"
     port: int = 0
-    auth: str = "anonymous"              # anonymous | basic | bearer
+    auth: str = "anonymous"              # anonymous | basic | bearer | kerberos
+    keytab: Optional[str] = None         # kerberos: the service keytab (HTTP/host); default KRB5_KTNAME
     username: str = "piuser"
     password: str = "pi-secret"
     token: Optional[str] = None          # bearer: the token clients must send (issued when None)
@@ -86,8 +89,8 @@ class PISimulator(FaultsMixin):
                 raise TypeError(f"unknown simulator setting {key!r}")
             setattr(self.config, key, value)
         cfg = self.config
-        if cfg.auth not in ("anonymous", "basic", "bearer"):
-            raise ValueError(f"auth must be anonymous, basic or bearer, not {cfg.auth!r}")
+        if cfg.auth not in ("anonymous", "basic", "bearer", "kerberos"):
+            raise ValueError(f"auth must be anonymous, basic, bearer or kerberos, not {cfg.auth!r}")
         if cfg.message_shape not in ("items", "value", "spec"):
             raise ValueError(f"message_shape must be items, value or spec, not {cfg.message_shape!r}")
         if cfg.auth == "bearer" and not cfg.token:
@@ -114,6 +117,10 @@ class PISimulator(FaultsMixin):
         self.stalled = False
         self.forbidden: Set[str] = set()
         self.tokens: Set[str] = {cfg.token} if cfg.token else set()
+        self.kerberos_principals: Dict[str, int] = {}   # client principal → requests it authenticated
+        self.kerberos_refused = 0
+        self._acceptor: Any = None
+        self._krb_tmpdir: Optional[tempfile.TemporaryDirectory] = None
         self.ca_file: Optional[str] = None
         self._reject_upgrades: List[int] = []           # statuses for the next channel upgrades
         self._fail_requests: List[Tuple[int, Optional[str]]] = []
@@ -217,12 +224,42 @@ class PISimulator(FaultsMixin):
                 ok = False
         elif cfg.auth == "bearer" and header.startswith("Bearer "):
             ok = header[7:].strip() in self.tokens
+        elif cfg.auth == "kerberos" and header[:10].lower() == "negotiate ":
+            principal, reply = self._accept_negotiate(header[10:].strip())
+            if principal is not None:
+                self.kerberos_principals[principal] = self.kerberos_principals.get(principal, 0) + 1
+                if reply:
+                    request[_NEGOTIATE_REPLY] = reply
+                return None
+            self.kerberos_refused += 1
         if ok:
             return None
         return self._unauthorized()
 
+    def _accept_negotiate(self, token: str) -> Tuple[Optional[str], Optional[str]]:
+        """Accept a SPNEGO/Kerberos token with the service keytab (as IIS does for PI Web API):
+        (client principal, base64 reply token for mutual auth) or (None, None) when refused."""
+        import gssapi
+        from gssapi.exceptions import GSSError
+
+        try:
+            if self._acceptor is None:
+                self._krb_tmpdir = tempfile.TemporaryDirectory(prefix="pi-sim-krb-")
+                store = {b"rcache": f"file2:{self._krb_tmpdir.name}/rcache".encode()}
+                if self.config.keytab:
+                    store[b"keytab"] = self.config.keytab.encode()
+                self._acceptor = gssapi.Credentials(usage="accept", store=store)
+            ctx = gssapi.SecurityContext(creds=self._acceptor, usage="accept")
+            out = ctx.step(base64.b64decode(token, validate=True))
+            if not ctx.complete:
+                return None, None
+            return str(ctx.initiator_name), base64.b64encode(out).decode("ascii") if out else None
+        except (GSSError, ValueError) as exc:
+            log.info("simulator: Negotiate token refused: %s", exc)
+            return None, None
+
     def _unauthorized(self) -> web.Response:
-        challenge = 'Basic realm="PI Web API"' if self.config.auth == "basic" else "Bearer"
+        challenge = {"basic": 'Basic realm="PI Web API"', "kerberos": "Negotiate"}.get(self.config.auth, "Bearer")
         return self._web(error_resp(401, "Authorization has been denied for this request."),
                          {"WWW-Authenticate": challenge})
 
@@ -240,6 +277,15 @@ class PISimulator(FaultsMixin):
         denied = self._check_auth(request)
         if denied is not None:
             return denied
+        if self.config.auth == "kerberos":
+            response = await self._guarded(request, handler)
+            reply = request.get(_NEGOTIATE_REPLY)
+            if reply and not response.prepared:
+                response.headers["WWW-Authenticate"] = f"Negotiate {reply}"
+            return response
+        return await self._guarded(request, handler)
+
+    async def _guarded(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         if (self.config.csrf and request.method in ("POST", "PUT", "PATCH", "DELETE")
                 and "X-Requested-With" not in request.headers):
             return self._web(error_resp(400, "The request is missing the X-Requested-With header (CSRF defense)."))
@@ -428,6 +474,9 @@ class PISimulator(FaultsMixin):
             if self._tmpdir is not None:
                 self._tmpdir.cleanup()
                 self._tmpdir = None
+            if self._krb_tmpdir is not None:
+                self._krb_tmpdir.cleanup()
+                self._krb_tmpdir = None
 
     def __enter__(self) -> "PISimulator":
         self.start()
