@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 
 class Secret:
@@ -38,6 +38,18 @@ class Credentials:
     username: Optional[str] = None
     password: Optional[Secret] = None
     token: Optional[Secret] = None
+    token_provider: Optional[Any] = None     # tokens.TokenProvider: bearer tokens that expire (renewed)
+
+    @property
+    def renewable(self) -> bool:
+        """A refused bearer token can be replaced by a new one (retry once after a 401)."""
+        return self.auth_type == "bearer" and self.token_provider is not None
+
+    def token_refused(self, headers: Dict[str, str]) -> None:
+        """PI answered 401 to a request sent with ``headers``: drop that token (renewed next time)."""
+        if self.renewable:
+            sent = str(headers.get("Authorization", ""))
+            self.token_provider.invalidate(sent[7:] if sent.startswith("Bearer ") else None)
 
     def headers(self, host: Optional[str] = None) -> Dict[str, str]:
         """HTTP headers for one request or WebSocket upgrade to ``host`` (Kerberos tokens are per host)."""
@@ -47,6 +59,8 @@ class Credentials:
         if self.auth_type == "basic":
             raw = f"{self.username}:{self.password.reveal() if self.password else ''}".encode("utf-8")
             return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+        if self.auth_type == "bearer" and self.token_provider is not None:
+            return {"Authorization": "Bearer " + self.token_provider.token()}
         if self.auth_type == "bearer":
             return {"Authorization": "Bearer " + (self.token.reveal() if self.token else "")}
         return {}
