@@ -61,7 +61,7 @@ class TokenProvider:
                     entry = (Secret(value), now + lifetime, now + lifetime - renew_margin(lifetime))
                 _CACHE[key] = entry
                 log.info("bearer token from %s obtained%s", self.describe(),
-                         f" (expires in {lifetime:.0f}s)" if lifetime is not None else "")
+                         f" (expires in {lifetime:g}s)" if lifetime is not None else "")
             return entry[0].reveal()
 
     def invalidate(self, failed: Optional[str] = None) -> None:

@@ -117,7 +117,7 @@ class PISimulator(FaultsMixin):
                                       "rest_requests": 0, "heartbeats_sent": 0, "bytes_sent": 0,
                                       "faults_injected": 0, "upgrades_refused": 0, "tokens_issued": 0,
                                       "expired_tokens_refused": 0, "channels_closed_token_expired": 0,
-                                      "token_requests_refused": 0}
+                                      "token_requests_refused": 0, "auth_refused": 0}
         self.stalled = False
         self.forbidden: Set[str] = set()
         self.tokens: Dict[str, float] = {cfg.token: float("inf")} if cfg.token else {}   # token → expiry (monotonic)
@@ -236,10 +236,12 @@ class PISimulator(FaultsMixin):
             expiry = self.tokens.get(header[7:].strip())
             if expiry is not None and expiry <= time.monotonic():
                 self.stats["expired_tokens_refused"] += 1
+                self.stats["auth_refused"] += 1
                 return self._unauthorized('Bearer error="invalid_token", error_description="The access token expired"')
             ok = expiry is not None
         if ok:
             return None
+        self.stats["auth_refused"] += 1
         return self._unauthorized()
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -350,7 +352,7 @@ class PISimulator(FaultsMixin):
         expire = None
         if self.config.close_on_token_expiry and expiry is not None and expiry != float("inf"):
             async def expired() -> None:
-                if not ch.closed:
+                if not ch.closed and self.config.close_on_token_expiry:
                     self.stats["channels_closed_token_expired"] += 1
                     await self.hub.drop(False, ch.id, code=1008)
             expire = asyncio.get_running_loop().call_later(max(0.0, expiry - time.monotonic()),
