@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import websocket
 
-from .errors import PIAuthError, PIConnectionError, PIStreamError
+from .errors import PIAuthError, PIConnectionError, PIStreamError, PITLSError
 from .options import SourceOptions
 from .parse import Columns, ParseStats, parse_message, parse_streams
 from .pitime import format_ts, now_micros, parse_ts
@@ -190,7 +190,7 @@ class ChannelReceiver(threading.Thread):
             raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} through proxy {proxy} "
                                     f"({str(exc)[:200]})") from None
         except ssl.SSLError as exc:
-            raise PIConnectionError(tls_error_message(host, exc)) from None
+            raise PITLSError(tls_error_message(host, exc)) from None
         except (OSError, websocket.WebSocketException) as exc:
             raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {exc})") from None
         ws.settimeout(self.opts.stall_timeout)
@@ -206,7 +206,8 @@ class ChannelReceiver(threading.Thread):
             except PIStreamError as exc:
                 status = getattr(exc, "status", None)
                 attempts += 1
-                if status in (400, 401, 403, 404, 407) or isinstance(exc, PIAuthError) or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
+                fatal = status in (400, 401, 403, 404, 407) or isinstance(exc, (PIAuthError, PITLSError))
+                if fatal or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
                     self.failure = exc
                     self.state = "failed"
                     log.error("channel %d failed: %s", self.shard, exc)

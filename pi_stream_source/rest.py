@@ -11,7 +11,7 @@ import orjson
 import requests
 
 from .auth import Credentials
-from .errors import PIAuthError, PIConnectionError, PINotFoundError, PIWebAPIError
+from .errors import PIAuthError, PIConnectionError, PINotFoundError, PITLSError, PIWebAPIError
 from .pitime import format_ts, parse_ts
 from .transport import ProxyConfig, Transport, tls_error_message
 
@@ -102,7 +102,8 @@ class PIRestClient:
                 return self._call_once(method, path, params, body)
             except (PIConnectionError, PIWebAPIError) as exc:
                 status = getattr(exc, "status", None)
-                retriable = (isinstance(exc, PIConnectionError) and "TLS" not in str(exc)) or \
+                retriable = (isinstance(exc, PIConnectionError) and not isinstance(exc, PITLSError)
+                             and "TLS" not in str(exc)) or \
                     (status is not None and (status >= 500 or status == 429))
                 if not retriable or time.monotonic() + delay > deadline:
                     raise
@@ -120,7 +121,7 @@ class PIRestClient:
             return self.session.post(url, data=orjson.dumps(body), **kw,
                                      headers={"Content-Type": "application/json", "X-Requested-With": "XMLHttpRequest"})
         except requests.exceptions.SSLError as exc:
-            raise PIConnectionError(tls_error_message(host, exc)) from None
+            raise PITLSError(tls_error_message(host, exc)) from None
         except requests.exceptions.ProxyError as exc:
             from .tokens import proxy_error
 

@@ -18,7 +18,7 @@ import orjson
 import requests
 
 from .auth import Secret
-from .errors import PIAuthError, PIConnectionError, PIOptionError
+from .errors import PIAuthError, PIConnectionError, PIOptionError, PITLSError
 from .transport import Transport, tls_error_message
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ClientCredentialsToken(TokenProvider):
                 resp = s.post(self.token_url, data=data, headers={"Accept": "application/json"},
                               **self.transport.request_kwargs())
         except requests.exceptions.SSLError as exc:
-            raise PIConnectionError("token endpoint: " + tls_error_message(host, exc)) from None
+            raise PITLSError("token endpoint: " + tls_error_message(host, exc)) from None
         except requests.exceptions.ProxyError as exc:
             raise proxy_error(self.transport, exc, "token endpoint") from None
         except requests.exceptions.RequestException as exc:

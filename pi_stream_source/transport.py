@@ -6,6 +6,7 @@ The proxy URL never carries credentials: they are kept apart (``Secret``) and se
 from __future__ import annotations
 
 import base64
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -126,13 +127,15 @@ class Transport:
 
 def tls_error_message(url_host: str, exc: BaseException) -> str:
     """A TLS failure in words: which check failed (hostname, expiry, trust) and what to do."""
-    reason = str(getattr(exc, "reason", "") or exc)
-    low = reason.lower()
+    text = str(exc)
+    found = re.search(r"certificate verify failed: (.+?)\s*(?:\(_ssl\.c:\d+\))", text)
+    detail = getattr(exc, "verify_message", None) or (found.group(1) if found else text)
+    detail = str(detail)[:200]
+    low = (detail + " " + text).lower()
     verify = ("certificate_verify_failed" in low or "certificate verify failed" in low
               or isinstance(exc, ssl.SSLCertVerificationError))
     if not verify:
-        return f"TLS handshake with {url_host} failed: {reason[:200]}"
-    detail = reason[:200]
+        return f"TLS handshake with {url_host} failed: {text[:200]}"
     if "mismatch" in low or "doesn't match" in low or "not valid for" in low:
         return (f"TLS certificate of {url_host} is for another host name (hostname mismatch: {detail}); "
                 "use the host name the certificate was issued for in option 'url', or have the "
