@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 

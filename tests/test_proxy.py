@@ -1,7 +1,8 @@
 """The ``proxy`` option (issue 8): REST and channels through a real HTTP proxy on 127.0.0.1
 (tests/http_proxy.py): CONNECT for https/wss, absolute-form forwarding for plain http, Basic proxy
 authentication (407 when wrong). Proxy credentials never show in logs, errors, plans, progress,
-checkpoints or reprs."""
+checkpoints or reprs. Streaming into Delta through an authenticating proxy with TLS (and expiring
+tokens) is tests/test_tokens.py::test_tokens_expire_mid_stream_through_a_tls_proxy_and_nothing_is_lost."""
 from __future__ import annotations
 
 import secrets
@@ -14,7 +15,7 @@ from pi_stream_source.channel import ChannelReceiver, ShardBuffer
 from pi_stream_source.errors import PIAuthError
 from pi_stream_source.options import parse_options
 from pi_stream_source.rest import PIRestClient
-from pi_stream_source.testing import assert_prefix_exact, checkpoint_start, finish, start_stream, wait_until
+from pi_stream_source.testing import start_stream, wait_until
 from secret_scan import assert_no_secrets
 
 
@@ -31,40 +32,6 @@ def proxy():
     yield make
     for p in started:
         p.stop()
-
-
-def test_stream_through_an_authenticating_proxy_with_tls(spark, simulator, proxy, tmp_path, capsys, pi_log_file):
-    proxy_password = "pp-" + secrets.token_urlsafe(12)
-    client_secret = "cs-" + secrets.token_urlsafe(12)
-    px = proxy("proxyuser", proxy_password)
-    sim = simulator(tags=4, rate=5, seed=17, tls=True, auth="bearer", token_ttl=60, client_secret=client_secret)
-    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    q = start_stream(spark, sim, table, ck, caBundle=sim.ca_file, proxy=px.url, proxyUsername="proxyuser",
-                     proxyPassword=proxy_password, tokenUrl=sim.token_url, clientId=sim.config.client_id,
-                     clientSecret=client_secret, tagsPerChannel=2)
-    sent = sim.stats["values_sent"]
-    wait_until(lambda: sim.stats["values_sent"] > sent + 40 or q.exception() is not None, 90, what="values")
-    sim.drop_channels(abrupt=True)              # reconnects and the gap fill go through the proxy too
-    sent = sim.stats["values_sent"]
-    wait_until(lambda: (sim.channel_count() == 2 and sim.stats["values_sent"] > sent + 40)
-               or q.exception() is not None, 60, what="channels back through the proxy")
-    tokens = list(sim.tokens)
-    finish(q, sim)
-    assert q.exception() is None
-    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
-    # the proxy carried it all: CONNECT to PI Web API for REST, channels (2 + 2 reconnects) and tokens
-    target = sim.url.split("/")[2]
-    assert px.connects().count(target) >= 5 and px.bytes_relayed > 10_000
-    assert all(ok for _, _, ok in px.log)
-    q.explain(True)
-    explain = capsys.readouterr().out
-    opts = parse_options({"url": sim.url, "webIds": "x", "proxy": px.url, "proxyUsername": "proxyuser",
-                          "proxyPassword": proxy_password, "tokenUrl": sim.token_url, "clientId": "c",
-                          "clientSecret": client_secret})
-    assert_no_secrets([proxy_password, client_secret] + tokens, username="proxyuser",
-                      texts=[explain, str(q.lastProgress), str(q.recentProgress), repr(opts), str(opts),
-                             repr(opts.transport), repr(opts.credentials)],
-                      files=[pi_log_file], dirs=[ck, table])
 
 
 def test_wrong_proxy_password_is_a_clear_407_error(spark, simulator, proxy, tmp_path, pi_log_file):

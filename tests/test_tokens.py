@@ -8,7 +8,6 @@ import base64
 import json
 import secrets
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +19,7 @@ from pi_stream_source.errors import PIAuthError, PIOptionError
 from pi_stream_source.options import parse_options
 from pi_stream_source.rest import PIRestClient
 from pi_stream_source.testing import assert_prefix_exact, checkpoint_start, finish, start_stream, wait_until
+from http_proxy import HTTPProxy
 from secret_scan import assert_no_secrets
 
 #: tokenProvider="test_tokens:provide_token" (this module is importable in the test process)
@@ -36,32 +36,42 @@ def metrics_of(q):
     return json.loads(progress) if isinstance(progress, str) else progress
 
 
-def test_tokens_expire_mid_stream_and_nothing_is_lost(spark, simulator, tmp_path, capsys, pi_log_file):
+def test_tokens_expire_mid_stream_through_a_tls_proxy_and_nothing_is_lost(spark, simulator, tmp_path, capsys,
+                                                                          pi_log_file):
+    """One stream exercises the whole transport: OAuth2 tokens with a 2 s lifetime, revoked tokens,
+    TLS with a private CA, and an authenticating HTTP proxy (CONNECT) carrying REST, channels and
+    token requests. One Spark stream instead of three keeps the suite fast."""
     client_secret = "cs-" + secrets.token_urlsafe(16)
+    proxy_password = "pp-" + secrets.token_urlsafe(12)
     sim = simulator(tags=6, rate=5, seed=31, auth="bearer", token_ttl=2, client_secret=client_secret,
-                    history_seconds=300)
-    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    # startingPosition in the past: the backfill partitions are read on executors, with tokens too
-    q = start_stream(spark, sim, table, ck, tokenUrl=sim.token_url, clientId=sim.config.client_id,
-                     clientSecret=client_secret, tagsPerChannel=3, startingPosition="*-20s")
-    # 2 channels, each closed by the server when its token expires (every 2 s): several times each
-    wait_until(lambda: sim.stats["channels_closed_token_expired"] >= 5 or q.exception() is not None, 60,
-               what="channels closed on token expiry")
-    assert q.exception() is None
-    # a fresh token is revoked at once: the source still holds it as valid, so its next REST call
-    # and upgrade get 401; it must get a new token and retry
-    issued = sim.stats["tokens_issued"]
-    wait_until(lambda: sim.stats["tokens_issued"] > issued, 10, interval=0.02, what="a new token")
-    issued = sim.stats["tokens_issued"]
-    refused = sim.stats["auth_refused"]
-    old_tokens = list(sim.tokens)
-    sim.revoke_tokens(close_channels=True)
-    sent = sim.stats["values_sent"]
-    wait_until(lambda: (sim.channel_count() == 2 and sim.stats["values_sent"] > sent + 60)
-               or q.exception() is not None, 60, what="channels back after the tokens were revoked")
-    tokens = old_tokens + list(sim.tokens)
-    sim.config.close_on_token_expiry = False        # let finish() drain a quiet stream
-    finish(q, sim)
+                    history_seconds=300, tls=True)
+    px = HTTPProxy("proxyuser", proxy_password).start()
+    try:
+        table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+        # startingPosition in the past: the backfill partitions are read on executors, with tokens too
+        q = start_stream(spark, sim, table, ck, tokenUrl=sim.token_url, clientId=sim.config.client_id,
+                         clientSecret=client_secret, tagsPerChannel=3, startingPosition="*-20s",
+                         caBundle=sim.ca_file, proxy=px.url, proxyUsername="proxyuser", proxyPassword=proxy_password)
+        # 2 channels, each closed by the server when its token expires (every 2 s): several times each
+        wait_until(lambda: sim.stats["channels_closed_token_expired"] >= 5 or q.exception() is not None, 120,
+                   what="channels closed on token expiry")
+        assert q.exception() is None
+        # a fresh token is revoked at once: the source still holds it as valid, so its next REST call
+        # and upgrade get 401; it must get a new token and retry
+        issued = sim.stats["tokens_issued"]
+        wait_until(lambda: sim.stats["tokens_issued"] > issued, 10, interval=0.02, what="a new token")
+        issued = sim.stats["tokens_issued"]
+        refused = sim.stats["auth_refused"]
+        old_tokens = list(sim.tokens)
+        sim.revoke_tokens(close_channels=True)
+        sent = sim.stats["values_sent"]
+        wait_until(lambda: (sim.channel_count() == 2 and sim.stats["values_sent"] > sent + 60)
+                   or q.exception() is not None, 60, what="channels back after the tokens were revoked")
+        tokens = old_tokens + list(sim.tokens)
+        sim.config.close_on_token_expiry = False        # let finish() drain a quiet stream
+        finish(q, sim)
+    finally:
+        px.stop()
     assert q.exception() is None
     assert sim.stats["auth_refused"] > refused                 # PI really refused the revoked token
     assert sim.stats["tokens_issued"] > issued and issued >= 3
@@ -70,15 +80,23 @@ def test_tokens_expire_mid_stream_and_nothing_is_lost(spark, simulator, tmp_path
     assert metrics["totals"]["reconnects"] >= 6 and metrics["totals"]["gapFills"] >= 6
     rows = spark.read.format("delta").load(table)
     assert rows.filter("source = 'backfill'").count() >= 6 * 5 * 15      # read on executors, with a token
-    # neither the client secret nor any token shows anywhere
+    # the proxy carried it all: CONNECT to PI Web API (REST, token endpoint, channels and reconnects)
+    target = sim.url.split("/")[2]
+    assert px.connects().count(target) >= 8 and px.bytes_relayed > 10_000
+    assert all(ok for _, _, ok in px.log)
+    # Spark's Python processes logged to the scanned file (renewals after the 401s included)
+    log_text = open(pi_log_file, encoding="utf-8", errors="replace").read()
+    assert "bearer token from token endpoint" in log_text and "refused or expired" in log_text
+    # neither the client secret, nor any token, nor the proxy password shows anywhere
     q.explain(True)
     explain = capsys.readouterr().out
-    assert "PIStreamReader" in explain or "pi_websocket" in explain.lower() or explain
-    assert_no_secrets([client_secret] + tokens, texts=[explain, str(q.lastProgress), str(q.recentProgress),
-                                                       repr(parse_options({"url": sim.url, "webIds": "x",
-                                                                           "tokenUrl": sim.token_url,
-                                                                           "clientId": "c",
-                                                                           "clientSecret": client_secret}))],
+    assert explain.strip()
+    opts = parse_options({"url": sim.url, "webIds": "x", "proxy": px.url, "proxyUsername": "proxyuser",
+                          "proxyPassword": proxy_password, "tokenUrl": sim.token_url, "clientId": "c",
+                          "clientSecret": client_secret})
+    assert_no_secrets([client_secret, proxy_password] + tokens, username="proxyuser",
+                      texts=[explain, str(q.lastProgress), str(q.recentProgress), repr(opts), str(opts),
+                             repr(opts.transport), repr(opts.credentials), repr(opts.credentials.token_provider)],
                       files=[pi_log_file], dirs=[ck, table])
 
 
