@@ -175,8 +175,8 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
     token_url = opts.get("tokenUrl", "").strip()
     provider_spec = opts.get("tokenProvider", "").strip()
     auth = opts["authType"].strip().lower()
-    if (token_url or provider_spec) and not any(str(k).lower() == "authtype" for k in raw):
-        auth = "bearer"                       # tokenUrl/tokenProvider imply bearer tokens
+    if (token_url or provider_spec) and auth == "anonymous":
+        auth = "bearer"                       # tokenUrl/tokenProvider imply bearer tokens (anonymous is the default)
     if auth not in AUTH_TYPES:
         raise PIOptionError(f"option 'authType' must be one of {', '.join(AUTH_TYPES)}, got {opts['authType']!r}")
     username, password, token = opts.get("username") or None, opts.get("password"), opts.get("token")

@@ -286,3 +286,20 @@ def test_bad_token_and_proxy_options_name_the_option(options, fragment):
         parse_options({"url": "https://pi.example.com/piwebapi", "webIds": "x", **options})
     assert fragment in str(info.value)
     assert "pw-123" not in str(info.value)
+
+
+def test_run_config_passes_token_and_proxy_options_through():
+    """``pi-stream run`` configs (auth.type defaults to anonymous) reach OAuth2 and the proxy
+    through ``options``; the client secret and proxy password come from the secret scope."""
+    from pi_stream_source.config import parse_config
+
+    cfg = parse_config({"url": "https://pi.example.com/piwebapi", "tags": ["F1DPabc"], "table": "/tmp/t",
+                        "checkpoint": "/tmp/ck",
+                        "options": {"tokenUrl": "https://login.example.com/oauth2/token", "clientId": "pi-app",
+                                    "proxy": "http://proxy.example.com:3128", "proxyUsername": "svc"}})
+    opts = cfg.source_options()
+    opts["clientSecret"], opts["proxyPassword"] = "cs-123456", "pp-123456"
+    parsed = parse_options(opts)
+    assert parsed.credentials.auth_type == "bearer" and parsed.credentials.renewable
+    assert parsed.proxy.host == "proxy.example.com" and parsed.proxy.port == 3128 and parsed.proxy.username == "svc"
+    assert "cs-123456" not in repr(parsed) and "pp-123456" not in repr(parsed)
