@@ -24,7 +24,7 @@ setup(
         "simulator": ["aiohttp>=3.9,<4"],
         "kerberos": ["pyspnego[kerberos]>=0.10"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
-                "jsonschema>=4.20", "trustme>=1.1", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
+                "jsonschema>=4.20", "trustme>=1.2", "cryptography>=41", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
                 "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["pi-stream=pi_stream_source.cli:main"]},
