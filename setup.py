@@ -25,7 +25,7 @@ setup(
         # python-gssapi builds against MIT krb5: apt-get install libkrb5-dev (gcc) first
         "kerberos": ["gssapi>=1.8"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
-                "jsonschema>=4.20", "trustme>=1.1", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
+                "jsonschema>=4.20", "trustme>=1.2", "cryptography>=41", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
                 "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8",
                 "gssapi>=1.8"],      # tests/test_kerberos.py (a real MIT KDC; see .ci/run)
     },

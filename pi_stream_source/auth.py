@@ -48,6 +48,18 @@ class Credentials:
     ticket_cache: Optional[str] = None       # kerberos: an existing credential cache, used as is
     krb5_config: Optional[str] = None        # kerberos: krb5.conf path (KRB5_CONFIG of the process)
     service_principal: Optional[str] = None  # kerberos: PI Web API's SPN (default HTTP/<url host>)
+    token_provider: Optional[Any] = None     # tokens.TokenProvider: bearer tokens that expire (renewed)
+
+    @property
+    def renewable(self) -> bool:
+        """A refused bearer token can be replaced by a new one (retry once after a 401)."""
+        return self.auth_type == "bearer" and self.token_provider is not None
+
+    def token_refused(self, headers: Dict[str, str]) -> None:
+        """PI answered 401 to a request sent with ``headers``: drop that token (renewed next time)."""
+        if self.renewable:
+            sent = str(headers.get("Authorization", ""))
+            self.token_provider.invalidate(sent[7:] if sent.startswith("Bearer ") else None)
 
     def headers(self, host: Optional[str] = None) -> Dict[str, str]:
         """HTTP headers for one request or WebSocket upgrade to ``host`` (Kerberos tokens are per host)."""
@@ -56,6 +68,8 @@ class Credentials:
         if self.auth_type == "basic":
             raw = f"{self.username}:{self.password.reveal() if self.password else ''}".encode("utf-8")
             return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+        if self.auth_type == "bearer" and self.token_provider is not None:
+            return {"Authorization": "Bearer " + self.token_provider.token()}
         if self.auth_type == "bearer":
             return {"Authorization": "Bearer " + (self.token.reveal() if self.token else "")}
         return {}

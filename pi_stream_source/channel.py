@@ -12,11 +12,12 @@ from urllib.parse import quote
 import pyarrow as pa
 import websocket
 
-from .errors import PIAuthError, PIConnectionError, PIStreamError
+from .errors import PIAuthError, PIConnectionError, PIStreamError, PITLSError
 from .options import SourceOptions
 from .parse import Columns, ParseStats, parse_message, parse_streams
 from .pitime import format_ts, now_micros, parse_ts
-from .rest import PIRestClient, error_from_status, page_for_span, tls_error_message
+from .rest import PIRestClient, error_from_status, page_for_span
+from .transport import tls_error_message
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class ChannelReceiver(threading.Thread):
         self.failure: Optional[BaseException] = None
         self._stopping = threading.Event()
         self._ws: Optional[websocket.WebSocket] = None
+        self._sent_headers: Dict[str, str] = {}
         self._snapshot_next = False
         self.bridged = 0
         self.since_by_tag: Dict[str, int] = {}
@@ -161,21 +163,36 @@ class ChannelReceiver(threading.Thread):
                 pass
 
     def _connect(self, initial: bool) -> websocket.WebSocket:
-        sslopt: Dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
-        if self.opts.ca_bundle:
-            sslopt["ca_certs"] = self.opts.ca_bundle
         url = channel_url(self.opts, self.webids, initial, self.element)
-        host = url.split("/")[2]
-        headers = [f"{k}: {v}" for k, v in self.opts.credentials.headers(host).items()]
         try:
-            ws = websocket.create_connection(url, header=headers, sslopt=sslopt, timeout=self.opts.connect_timeout,
-                                             enable_multithread=True, skip_utf8_validation=True)
+            return self._upgrade(url)
+        except PIAuthError as exc:
+            if exc.status != 401 or not self.opts.credentials.renewable:
+                raise
+            # the bearer token expired or was revoked: the upgrade is tried once more with a new one
+            self.opts.credentials.token_refused(self._sent_headers)
+            return self._upgrade(url)
+
+    def _upgrade(self, url: str) -> websocket.WebSocket:
+        host = url.split("/")[2]
+        kw = self.opts.transport.websocket_kwargs()
+        self._sent_headers = self.opts.credentials.headers(host)
+        headers = [f"{k}: {v}" for k, v in self._sent_headers.items()]
+        try:
+            ws = websocket.create_connection(url, header=headers, enable_multithread=True, skip_utf8_validation=True, **kw)
         except websocket.WebSocketBadStatusException as exc:
             challenge = (exc.resp_headers or {}).get("www-authenticate")
             raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"",
                                     self.opts.credentials.auth_type, challenge) from None
+        except websocket.WebSocketProxyException as exc:
+            proxy = self.opts.proxy.url if self.opts.proxy else "the proxy"
+            if "407" in str(exc):
+                raise PIAuthError(f"channel {self.shard}: proxy {proxy} refused the proxy credentials (407 Proxy "
+                                  "Authentication Required); check options proxyUsername and proxyPassword", 407) from None
+            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} through proxy {proxy} "
+                                    f"({str(exc)[:200]})") from None
         except ssl.SSLError as exc:
-            raise PIConnectionError(tls_error_message(host, exc)) from None
+            raise PITLSError(tls_error_message(host, exc)) from None
         except (OSError, websocket.WebSocketException) as exc:
             raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {exc})") from None
         ws.settimeout(self.opts.stall_timeout)
@@ -191,8 +208,8 @@ class ChannelReceiver(threading.Thread):
             except PIStreamError as exc:
                 status = getattr(exc, "status", None)
                 attempts += 1
-                give_up = self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts
-                if status in (400, 401, 403, 404) or isinstance(exc, PIAuthError) or give_up:
+                fatal = status in (400, 401, 403, 404, 407) or isinstance(exc, (PIAuthError, PITLSError))
+                if fatal or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
                     self.failure = exc
                     self.state = "failed"
                     log.error("channel %d failed: %s", self.shard, exc)

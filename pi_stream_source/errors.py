@@ -45,5 +45,10 @@ class PIConnectionError(PIStreamError):
     """The host could not be reached, the TLS handshake failed or the channel kept failing."""
 
 
+class PITLSError(PIConnectionError):
+    """The server's TLS certificate was refused (untrusted, expired, for another host name): retrying
+    cannot help, so the query fails at once with the cause and what to do."""
+
+
 class PIDataLossError(PIStreamError):
     """Values could not be recovered from the archive (gap longer than ``maxBackfill``)."""

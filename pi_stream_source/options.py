@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .auth import Credentials, Secret
+from .transport import ProxyConfig, Transport, parse_proxy_url
 from .errors import PIOptionError
 from .pitime import parse_duration, parse_pi_time
 
@@ -38,7 +39,21 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "krb5Config": (None, "kerberos: krb5.conf to use (sets KRB5_CONFIG in the Spark Python processes); "
                          "default: KRB5_CONFIG or /etc/krb5.conf"),
     "servicePrincipal": (None, "kerberos: PI Web API's service principal (SPN); default HTTP/<host of url>"),
+    "tokenUrl": (None, "OAuth2 token endpoint (client credentials grant): bearer tokens fetched, cached and "
+                 "renewed before they expire and after a 401"),
+    "clientId": (None, "OAuth2 client id for tokenUrl"),
+    "clientSecret": (None, "OAuth2 client secret for tokenUrl"),
+    "clientSecretKey": (None, "key of the OAuth2 client secret in secretScope"),
+    "tokenScope": (None, "OAuth2 scope asked of tokenUrl, e.g. api://pi-web-api/.default"),
+    "tokenProvider": (None, "module:function returning a bearer token (or (token, expires_in)); called at "
+                      "start, before expiry and after a 401; importable on driver and executors"),
     "caBundle": (None, "PEM file of the CA(s) that signed the server's certificate"),
+    "proxy": (None, "HTTP proxy http://host:port for REST and channels (CONNECT for https/wss); "
+              "no credentials in it"),
+    "proxyUsername": (None, "user for the proxy (Basic Proxy-Authorization)"),
+    "proxyPassword": (None, "password for the proxy"),
+    "proxyUsernameKey": (None, "key of the proxy user in secretScope"),
+    "proxyPasswordKey": (None, "key of the proxy password in secretScope"),
     "tagsPerChannel": ("500", "most streams in one channel (one channel and one partition per shard)"),
     "maxUrlLength": ("4096", "a channel URL is kept under this many characters (shards split further)"),
     "heartbeatRate": ("2", "server sends an empty message after this many idle polling intervals"),
@@ -160,7 +175,12 @@ class SourceOptions:
     replay_chunk: float = 3600.0
     rows_per_partition: int = 200_000
     start_time: Optional[int] = None
+    proxy: Optional[ProxyConfig] = None
     extra: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> Transport:
+        return Transport(self.ca_bundle, self.proxy, self.connect_timeout)
 
     @property
     def ws_url(self) -> str:
@@ -169,7 +189,7 @@ class SourceOptions:
 
     def __repr__(self) -> str:
         return (f"SourceOptions(url={self.url!r}, webIds={len(self.webids)}, paths={len(self.paths)}, "
-                f"credentials={self.credentials!r}, startingPosition={self.starting_position!r})")
+                f"credentials={self.credentials!r}, proxy={self.proxy!r}, startingPosition={self.starting_position!r})")
 
 
 def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
@@ -212,17 +232,24 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
     if element_path and (webids or paths or name_filter):
         raise PIOptionError("option 'elementPath' cannot be combined with 'webIds', 'paths' or 'nameFilter'")
 
+    token_url = opts.get("tokenUrl", "").strip()
+    provider_spec = opts.get("tokenProvider", "").strip()
     auth = opts["authType"].strip().lower()
+    if (token_url or provider_spec) and auth == "anonymous":
+        auth = "bearer"                       # tokenUrl/tokenProvider imply bearer tokens (anonymous is the default)
     if auth not in AUTH_TYPES:
         raise PIOptionError(f"option 'authType' must be one of {', '.join(AUTH_TYPES)}, got {opts['authType']!r}")
     username, password, token = opts.get("username") or None, opts.get("password"), opts.get("token")
+    client_secret = opts.get("clientSecret") or None
+    proxy_user, proxy_password = opts.get("proxyUsername") or None, opts.get("proxyPassword") or None
     scope = opts.get("secretScope", "").strip()
-    keys = {k: opts.get(k, "").strip() for k in ("usernameKey", "passwordKey", "tokenKey")}
+    keys = {k: opts.get(k, "").strip() for k in ("usernameKey", "passwordKey", "tokenKey", "clientSecretKey",
+                                                 "proxyUsernameKey", "proxyPasswordKey")}
     if any(keys.values()) and not scope:
-        raise PIOptionError("options usernameKey/passwordKey/tokenKey need option 'secretScope'")
+        raise PIOptionError("options " + "/".join(k for k, v in keys.items() if v) + " need option 'secretScope'")
     if scope:
         if not any(keys.values()):
-            raise PIOptionError("option 'secretScope' needs at least one of usernameKey, passwordKey, tokenKey")
+            raise PIOptionError("option 'secretScope' needs at least one of " + ", ".join(keys))
         from .secrets import resolve_secret
 
         if keys["usernameKey"]:
@@ -231,21 +258,42 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
             password = resolve_secret(scope, keys["passwordKey"])
         if keys["tokenKey"]:
             token = resolve_secret(scope, keys["tokenKey"])
+        if keys["clientSecretKey"]:
+            client_secret = resolve_secret(scope, keys["clientSecretKey"])
+        if keys["proxyUsernameKey"]:
+            proxy_user = resolve_secret(scope, keys["proxyUsernameKey"])
+        if keys["proxyPasswordKey"]:
+            proxy_password = resolve_secret(scope, keys["proxyPasswordKey"])
     if auth == "basic" and (not username or not password):
         raise PIOptionError("authType 'basic' needs options 'username' and 'password' (or secretScope with "
                             "usernameKey and passwordKey)")
-    if auth == "bearer" and not token:
-        raise PIOptionError("authType 'bearer' needs option 'token' (or secretScope with tokenKey)")
     krb = _kerberos_options(opts, auth, username, password)
     principal = krb.pop("principal", None)
     if principal:
         username = principal
-    creds = Credentials(auth, username, Secret(password) if password else None, Secret(token) if token else None,
-                        **krb)
 
     ca = opts.get("caBundle") or None
     if ca and not os.path.isfile(ca):
         raise PIOptionError(f"option 'caBundle' must name a readable PEM file, got {ca!r}")
+    proxy = None
+    if opts.get("proxy", "").strip():
+        try:
+            proxy = parse_proxy_url(opts["proxy"])
+        except ValueError as exc:
+            raise PIOptionError(f"option 'proxy' {exc}") from None
+        if proxy_password and not proxy_user:
+            raise PIOptionError("option 'proxyPassword' needs option 'proxyUsername' (or proxyUsernameKey)")
+        proxy = ProxyConfig(proxy.host, proxy.port, proxy_user, Secret(proxy_password) if proxy_password else None)
+    elif proxy_user or proxy_password:
+        raise PIOptionError("options proxyUsername/proxyPassword need option 'proxy' (http://host:port)")
+
+    provider = _token_provider(opts, auth, token_url, provider_spec, client_secret, token, scope, keys["tokenKey"],
+                               Transport(ca, proxy, _duration(opts, "connectTimeout")))
+    if auth == "bearer" and not token and provider is None:
+        raise PIOptionError("authType 'bearer' needs option 'token', 'tokenUrl' (with clientId and clientSecret), "
+                            "'tokenProvider', or secretScope with tokenKey")
+    creds = Credentials(auth, username, Secret(password) if password else None, Secret(token) if token else None,
+                        token_provider=provider, **krb)
 
     start = opts["startingPosition"].strip()
     start_time = None
@@ -288,5 +336,46 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         replay_tags_per_partition=_int(opts, "replayTagsPerPartition", 1),
         replay_chunk=_duration(opts, "replayChunk"),
         rows_per_partition=_int(opts, "rowsPerPartition", 1000),
-        start_time=start_time,
+        start_time=start_time, proxy=proxy,
     )
+
+
+def _token_provider(opts: Mapping[str, str], auth: str, token_url: str, spec: str, client_secret: Optional[str],
+                    token: Optional[str], scope: str, token_key: str, transport: Transport) -> Any:
+    """The source of renewable bearer tokens, or None for a fixed token (or no bearer auth)."""
+    client_id = opts.get("clientId", "").strip()
+    if auth != "bearer":
+        if token_url or spec:
+            raise PIOptionError(f"options tokenUrl/tokenProvider need authType 'bearer', got {auth!r}")
+        return None
+    if token_url and spec:
+        raise PIOptionError("options 'tokenUrl' and 'tokenProvider' exclude each other: choose one source of tokens")
+    if (client_id or client_secret) and not token_url:
+        raise PIOptionError("options clientId/clientSecret need option 'tokenUrl' (the OAuth2 token endpoint)")
+    if token_url:
+        parts = urlsplit(token_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PIOptionError(f"option 'tokenUrl' must be an http(s) URL such as "
+                                f"https://login.example.com/oauth2/token, got {token_url!r}")
+        if parts.username or parts.password:
+            raise PIOptionError("option 'tokenUrl' must not carry credentials; use clientId and clientSecret")
+        if not client_id or not client_secret:
+            raise PIOptionError("option 'tokenUrl' needs options 'clientId' and 'clientSecret' (or secretScope "
+                                "with clientSecretKey)")
+        if token:
+            raise PIOptionError("option 'tokenUrl' cannot be combined with a fixed 'token' or tokenKey")
+        from .tokens import ClientCredentialsToken
+
+        return ClientCredentialsToken(token_url, client_id, Secret(client_secret),
+                                      opts.get("tokenScope", "").strip() or None, transport)
+    if spec:
+        if token:
+            raise PIOptionError("option 'tokenProvider' cannot be combined with a fixed 'token' or tokenKey")
+        from .tokens import CallableToken
+
+        return CallableToken(spec)
+    if scope and token_key:
+        from .tokens import SecretScopeToken
+
+        return SecretScopeToken(scope, token_key, Secret(token) if token else None)
+    return None

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -11,8 +10,9 @@ import orjson
 import requests
 
 from .auth import Credentials
-from .errors import PIAuthError, PIConnectionError, PINotFoundError, PIWebAPIError
+from .errors import PIAuthError, PIConnectionError, PINotFoundError, PITLSError, PIWebAPIError
 from .pitime import format_ts, parse_ts
+from .transport import ProxyConfig, Transport, tls_error_message
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ def error_from_status(what: str, status: int, body: bytes, auth_type: Optional[s
                     "(option 'servicePrincipal', default HTTP/<url host>) is the SPN of its service account "
                     "and that its keytab is current, and that the user may use PI Web API")
         return PIAuthError(f"{what}: {hint}", status, errors)
+    if status == 407:
+        return PIAuthError(f"{what}: the proxy refused the proxy credentials (407 Proxy Authentication Required); "
+                           "check options proxyUsername and proxyPassword", status, [])
     if status in (401, 403):
         hint = "credentials refused" if status == 401 else "permission denied"
         return PIAuthError(f"{what}: {hint}; check authType/username/password/token", status, errors)
@@ -48,20 +51,13 @@ def error_from_status(what: str, status: int, body: bytes, auth_type: Optional[s
     return PIWebAPIError(f"{what} failed", status, errors)
 
 
-def tls_error_message(url_host: str, exc: BaseException) -> str:
-    reason = str(getattr(exc, "reason", "") or exc)
-    if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason or isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"TLS certificate of {url_host} could not be verified ({reason[:200]}); "
-                "if PI Web API uses a private CA, set option 'caBundle' to its PEM file")
-    return f"TLS handshake with {url_host} failed: {reason[:200]}"
-
-
 class PIRestClient:
     def __init__(self, base_url: str, credentials: Credentials, ca_bundle: Optional[str] = None,
-                 timeout: float = 30.0, retry_for: float = 120.0) -> None:
+                 timeout: float = 30.0, retry_for: float = 120.0, proxy: Optional[ProxyConfig] = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_for = retry_for
         self.credentials = credentials
+        self.transport = Transport(ca_bundle, proxy, timeout)
         self.verify: Any = ca_bundle or True
         self.timeout = timeout
         self._session: Optional[requests.Session] = None
@@ -72,8 +68,16 @@ class PIRestClient:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
-            s = requests.Session()
-            if self.credentials.auth_type == "kerberos":
+            s = self.transport.session()
+            if self.credentials.renewable:
+                creds = self.credentials
+
+                def bearer(request: requests.PreparedRequest) -> requests.PreparedRequest:
+                    request.headers.update(creds.headers())      # the current token, renewed when due
+                    return request
+
+                s.auth = bearer
+            elif self.credentials.auth_type == "kerberos":
                 host = self.base_url.split("/")[2]
                 creds = self.credentials
 
@@ -85,7 +89,6 @@ class PIRestClient:
             else:
                 s.headers.update(self.credentials.headers())
             s.headers["Accept"] = "application/json"
-            s.verify = self.verify
             self._session = s
         return self._session
 
@@ -110,7 +113,8 @@ class PIRestClient:
                 return self._call_once(method, path, params, body)
             except (PIConnectionError, PIWebAPIError) as exc:
                 status = getattr(exc, "status", None)
-                retriable = (isinstance(exc, PIConnectionError) and "TLS" not in str(exc)) or \
+                retriable = (isinstance(exc, PIConnectionError) and not isinstance(exc, PITLSError)
+                             and "TLS" not in str(exc)) or \
                     (status is not None and (status >= 500 or status == 429))
                 if not retriable or time.monotonic() + delay > deadline:
                     raise
@@ -118,22 +122,33 @@ class PIRestClient:
                 time.sleep(delay * random.uniform(0.75, 1.0))
                 delay = min(delay * 2, 10.0)
 
-    def _call_once(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+    def _send(self, method: str, path: str, params: Any, body: Any, what: str) -> requests.Response:
         url = f"{self.base_url}/{path.lstrip('/')}"
-        what = f"{method} {path.split('?')[0]}"
+        host = self.base_url.split('/')[2]
+        kw = self.transport.request_kwargs()
         try:
             if method == "GET":
-                # verify= on each call: requests lets REQUESTS_CA_BUNDLE override Session.verify
-                resp = self.session.get(url, params=params, timeout=self.timeout, verify=self.verify)
-            else:
-                resp = self.session.post(url, data=orjson.dumps(body), timeout=self.timeout, verify=self.verify,
-                                         headers={"Content-Type": "application/json", "X-Requested-With": "XMLHttpRequest"})
+                return self.session.get(url, params=params, **kw)
+            return self.session.post(url, data=orjson.dumps(body), **kw,
+                                     headers={"Content-Type": "application/json", "X-Requested-With": "XMLHttpRequest"})
         except requests.exceptions.SSLError as exc:
-            raise PIConnectionError(tls_error_message(self.base_url.split('/')[2], exc)) from None
+            raise PITLSError(tls_error_message(host, exc)) from None
+        except requests.exceptions.ProxyError as exc:
+            from .tokens import proxy_error
+
+            raise proxy_error(self.transport, exc, what) from None
         except requests.exceptions.ConnectionError as exc:
-            raise PIConnectionError(f"{what}: cannot reach {self.base_url.split('/')[2]} ({type(exc).__name__})") from None
+            raise PIConnectionError(f"{what}: cannot reach {host} ({type(exc).__name__})") from None
         except requests.exceptions.Timeout:
-            raise PIConnectionError(f"{what}: no answer from {self.base_url.split('/')[2]} within {self.timeout}s") from None
+            raise PIConnectionError(f"{what}: no answer from {host} within {self.timeout}s") from None
+
+    def _call_once(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+        what = f"{method} {path.split('?')[0]}"
+        resp = self._send(method, path, params, body, what)
+        if resp.status_code == 401 and self.credentials.renewable:
+            # an expired or revoked bearer token: get a new one and try once more
+            self.credentials.token_refused(resp.request.headers)
+            resp = self._send(method, path, params, body, what)
         if resp.status_code >= 400:
             raise error_from_status(what, resp.status_code, resp.content, self.credentials.auth_type,
                                     resp.headers.get("WWW-Authenticate"))

@@ -155,7 +155,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     @property
     def rest(self) -> PIRestClient:
         if self._rest is None:
-            self._rest = PIRestClient(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout)
+            self._rest = PIRestClient(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout,
+                                      proxy=self.opts.proxy)
         return self._rest
 
     def shards(self) -> List[_Shard]:

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# every process of the run (this one, Spark's Python workers) logs pi_stream_source to one file,
+# so tests can search the log for secrets (set before Spark starts: workers inherit it)
+if not os.environ.get("PI_STREAM_LOG_FILE"):
+    os.environ["PI_STREAM_LOG_FILE"] = os.path.join(tempfile.mkdtemp(prefix="pi-stream-log-"), "pi_stream_source.log")
+    os.environ.setdefault("PI_STREAM_LOG_LEVEL", "DEBUG")    # the secret scans read everything
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +45,9 @@ def simulator():
     yield make
     for sim in started:
         sim.stop()
+
+
+@pytest.fixture(scope="session")
+def pi_log_file():
+    """The log file every process of this test run writes pi_stream_source's log to."""
+    return os.environ["PI_STREAM_LOG_FILE"]

@@ -41,6 +41,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--username", default="piuser")
     p.add_argument("--password", default="pi-secret")
     p.add_argument("--token", default=None, help="bearer token to accept (one is issued when omitted)")
+    p.add_argument("--token-ttl", type=float, default=0.0,
+                   help="bearer: seconds a token from POST /token (or issue_token) is valid; 0: forever")
+    p.add_argument("--client-id", default="pi-stream-client", help="client id accepted by POST /token")
+    p.add_argument("--client-secret", default="pi-client-secret", help="client secret accepted by POST /token")
     p.add_argument("--kinds", default="mixed", help="sine, ramp, step, walk, int, digital, string, bool, "
                                                    "system, edge, a comma list, or mixed")
     p.add_argument("--seed", type=int, default=42)
@@ -67,6 +71,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def config_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(tags=args.tags, rate=args.rate, port=args.port, host=args.host, auth=args.auth,
                 username=args.username, password=args.password, token=args.token, keytab=args.keytab, kinds=args.kinds, seed=args.seed,
+                token_ttl=args.token_ttl, client_id=args.client_id, client_secret=args.client_secret,
                 tls=args.tls and not args.certfile, certfile=args.certfile, keyfile=args.keyfile,
                 history_seconds=args.history, message_shape=args.message_shape, bool_strings=args.bool_strings,
                 repeat_values=args.repeat_values, out_of_order=args.out_of_order, accept_delay=args.accept_delay,
@@ -82,6 +87,9 @@ def describe(sim: Any, out: TextIO = sys.stdout) -> None:
         print(f"  auth: basic  username={cfg.username}  password={cfg.password}", file=out)
     elif cfg.auth == "bearer":
         print(f"  auth: bearer  token={cfg.token}", file=out)
+        ttl = f"{cfg.token_ttl:g}s" if cfg.token_ttl > 0 else "no expiry"
+        print(f"  tokens (client credentials, {ttl}): POST {sim.token_url}  client_id={cfg.client_id}  "
+              f"client_secret={cfg.client_secret}", file=out)
     elif cfg.auth == "kerberos":
         print(f"  auth: kerberos (Negotiate)  service keytab={cfg.keytab or '$KRB5_KTNAME'}", file=out)
     else:

@@ -9,6 +9,7 @@ import secrets
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -45,6 +46,10 @@ class SimConfig:
     username: str = "piuser"
     password: str = "pi-secret"
     token: Optional[str] = None          # bearer: the token clients must send (issued when None)
+    token_ttl: float = 0.0               # bearer: seconds an issued token is valid (0: forever); expired → 401
+    client_id: str = "pi-stream-client"  # POST /token: OAuth2 client credentials grant (an identity provider)
+    client_secret: str = "pi-client-secret"
+    close_on_token_expiry: bool = True   # a channel is closed (1008) when the token it was opened with expires
     certfile: Optional[str] = None
     keyfile: Optional[str] = None
     tls: bool = False                    # serve https/wss with a certificate from a generated CA (ca_file)
@@ -113,10 +118,12 @@ class PISimulator(FaultsMixin):
         self.rest = RestAPI(self)
         self.stats: Dict[str, int] = {"channels_opened": 0, "messages_sent": 0, "values_sent": 0,
                                       "rest_requests": 0, "heartbeats_sent": 0, "bytes_sent": 0,
-                                      "faults_injected": 0, "upgrades_refused": 0}
+                                      "faults_injected": 0, "upgrades_refused": 0, "tokens_issued": 0,
+                                      "expired_tokens_refused": 0, "channels_closed_token_expired": 0,
+                                      "token_requests_refused": 0, "auth_refused": 0}
         self.stalled = False
         self.forbidden: Set[str] = set()
-        self.tokens: Set[str] = {cfg.token} if cfg.token else set()
+        self.tokens: Dict[str, float] = {cfg.token: float("inf")} if cfg.token else {}   # token → expiry (monotonic)
         self.kerberos_principals: Dict[str, int] = {}   # client principal → requests it authenticated
         self.kerberos_refused = 0
         self._acceptor: Any = None
@@ -201,14 +208,24 @@ class PISimulator(FaultsMixin):
         cert.private_key_pem.write_to_path(key)
         self.config.certfile, self.config.keyfile = chain, key
 
-    def issue_token(self) -> str:
-        """A new bearer token the server accepts (as an identity provider would issue one)."""
+    def issue_token(self, ttl: Optional[float] = None) -> str:
+        """A new bearer token the server accepts (as an identity provider would issue one), valid
+        for ``ttl`` seconds (default ``token_ttl``; 0: forever)."""
         token = secrets.token_urlsafe(24)
-        self.tokens.add(token)
+        ttl = self.config.token_ttl if ttl is None else ttl
+        self.tokens[token] = time.monotonic() + ttl if ttl and ttl > 0 else float("inf")
+        self.stats["tokens_issued"] += 1
         return token
 
-    def revoke_tokens(self) -> None:
+    def revoke_tokens(self, close_channels: bool = False) -> None:
+        """Every token is refused from now on; with ``close_channels`` the open channels are closed."""
         self.tokens.clear()
+        if close_channels:
+            self._call(self.hub.drop(False, None, code=1008))
+
+    def _bearer(self, request: web.Request) -> Optional[str]:
+        header = request.headers.get("Authorization", "")
+        return header[7:].strip() if header.startswith("Bearer ") else None
 
     def _check_auth(self, request: web.Request) -> Optional[web.Response]:
         cfg = self.config
@@ -223,7 +240,12 @@ class PISimulator(FaultsMixin):
             except (ValueError, UnicodeDecodeError):
                 ok = False
         elif cfg.auth == "bearer" and header.startswith("Bearer "):
-            ok = header[7:].strip() in self.tokens
+            expiry = self.tokens.get(header[7:].strip())
+            if expiry is not None and expiry <= time.monotonic():
+                self.stats["expired_tokens_refused"] += 1
+                self.stats["auth_refused"] += 1
+                return self._unauthorized('Bearer error="invalid_token", error_description="The access token expired"')
+            ok = expiry is not None
         elif cfg.auth == "kerberos" and header[:10].lower() == "negotiate ":
             principal, reply = self._accept_negotiate(header[10:].strip())
             if principal is not None:
@@ -234,6 +256,7 @@ class PISimulator(FaultsMixin):
             self.kerberos_refused += 1
         if ok:
             return None
+        self.stats["auth_refused"] += 1
         return self._unauthorized()
 
     def _accept_negotiate(self, token: str) -> Tuple[Optional[str], Optional[str]]:
@@ -258,8 +281,34 @@ class PISimulator(FaultsMixin):
             log.info("simulator: Negotiate token refused: %s", exc)
             return None, None
 
-    def _unauthorized(self) -> web.Response:
-        challenge = {"basic": 'Basic realm="PI Web API"', "kerberos": "Negotiate"}.get(self.config.auth, "Bearer")
+    async def _token(self, request: web.Request) -> web.Response:
+        """``POST /token`` (form): the OAuth2 client credentials grant, client authentication in the
+        body (client_secret_post) or a Basic header (client_secret_basic)."""
+        form = await request.post()
+        cid, secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                cid, _, secret = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                cid, secret = "", ""
+
+        def oauth_error(status: int, error: str, text: str) -> web.Response:
+            self.stats["token_requests_refused"] += 1
+            return web.json_response({"error": error, "error_description": text}, status=status,
+                                     headers={"Cache-Control": "no-store"})
+        if form.get("grant_type") != "client_credentials":
+            return oauth_error(400, "unsupported_grant_type", "Only the client_credentials grant is supported.")
+        if not (secrets.compare_digest(cid, self.config.client_id)
+                and secrets.compare_digest(secret.encode(), self.config.client_secret.encode())):
+            return oauth_error(401, "invalid_client", "Client authentication failed.")
+        ttl = self.config.token_ttl if self.config.token_ttl > 0 else 3600.0
+        token = self._run(lambda: self.issue_token(ttl))
+        return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl},
+                                 headers={"Cache-Control": "no-store"})
+
+    def _unauthorized(self, challenge: Optional[str] = None) -> web.Response:
+        challenge = challenge or {"basic": 'Basic realm="PI Web API"', "kerberos": "Negotiate"}.get(self.config.auth, "Bearer")
         return self._web(error_resp(401, "Authorization has been denied for this request."),
                          {"WWW-Authenticate": challenge})
 
@@ -271,6 +320,8 @@ class PISimulator(FaultsMixin):
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         self.stats["rest_requests"] += 1
+        if request.path == "/token":                 # the identity provider: its own client authentication
+            return await handler(request)
         limit = self.config.max_url_length
         if limit > 0 and len(request.raw_path) > limit:
             return self._web(error_resp(414, f"The request URL is longer than {limit} characters."))
@@ -343,11 +394,22 @@ class PISimulator(FaultsMixin):
         ch = self.hub.open(str(request.rel_url), ws, transport, streams, webid_type, heartbeat, initial)
         self.stats["channels_opened"] += 1
         sender = asyncio.ensure_future(self.hub.run(ch))
+        expiry = self.tokens.get(self._bearer(request) or "") if self.config.auth == "bearer" else None
+        expire = None
+        if self.config.close_on_token_expiry and expiry is not None and expiry != float("inf"):
+            async def expired() -> None:
+                if not ch.closed and self.config.close_on_token_expiry:
+                    self.stats["channels_closed_token_expired"] += 1
+                    await self.hub.drop(False, ch.id, code=1008)
+            expire = asyncio.get_running_loop().call_later(max(0.0, expiry - time.monotonic()),
+                                                           lambda: asyncio.ensure_future(expired()))
         try:
             async for msg in ws:                     # clients only close; drain until they do
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
+            if expire is not None:
+                expire.cancel()
             self.hub.close(ch)
             sender.cancel()
         return ws
@@ -377,6 +439,7 @@ class PISimulator(FaultsMixin):
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         b = self.config.base_path.rstrip("/")
+        app.router.add_post("/token", self._token)
         app.router.add_get(b + "/streamsets/channel", self._channel)
         app.router.add_get(b + "/streams/{webId}/channel", self._channel)
         app.router.add_get(b + "/streamsets/{webId}/channel", self._channel)
@@ -433,6 +496,12 @@ class PISimulator(FaultsMixin):
     def url(self) -> str:
         scheme = "https" if self.config.certfile else "http"
         return f"{scheme}://{self.config.host}:{self.config.port}{self.config.base_path}"
+
+    @property
+    def token_url(self) -> str:
+        """The identity provider's token endpoint (OAuth2 client credentials grant)."""
+        scheme = "https" if self.config.certfile else "http"
+        return f"{scheme}://{self.config.host}:{self.config.port}/token"
 
     @property
     def ws_url(self) -> str:
