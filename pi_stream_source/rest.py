@@ -152,19 +152,28 @@ class PIRestClient:
                     "webId": ws, "startTime": format_ts(frm), "endTime": format_ts(end),
                     "maxCount": page_size, "boundaryType": "Inside"})
                 streams = doc.get("Items", []) if isinstance(doc, dict) else []
-                for stream in streams:
-                    items = stream.get("Items") or []
+                # odd entries are left for parse_streams to count and report; here only paging
+                for stream in streams if isinstance(streams, list) else []:
+                    items = stream.get("Items") if isinstance(stream, dict) else None
+                    if not isinstance(items, list) or not items:
+                        continue
                     full = len(items) >= page_size
                     if skip:
                         dropped = 0
-                        while items and dropped < skip and items[0].get("Timestamp") and parse_ts(items[0]["Timestamp"]) == frm:
+                        while items and dropped < skip and _ts_of(items[0]) == frm:
                             items = items[1:]
                             dropped += 1
                         stream["Items"] = items
-                    if full and items:
-                        last = parse_ts(items[-1]["Timestamp"])
-                        same = sum(1 for it in items if it.get("Timestamp") and parse_ts(it["Timestamp"]) == last)
-                        pending[stream.get("WebId", "")] = (last, same + (skip if last == frm else 0))
+                    webid = stream.get("WebId")
+                    if full and items and isinstance(webid, str):
+                        stamps = [_ts_of(it) for it in items]
+                        last = max((t for t in stamps if t is not None), default=None)
+                        if last is None:
+                            log.warning("streamsets/recorded: a full page for %s without one valid Timestamp; "
+                                        "not asking for more", webid[:60])
+                            continue
+                        same = sum(1 for t in stamps if t == last)
+                        pending[webid] = (last, same + (skip if last == frm else 0))
                 yield streams
 
 
@@ -194,6 +203,17 @@ def page_for_span(span_us: int, configured: int) -> int:
     """``maxCount`` for a recorded read over ``span_us``: enough for 10 values/s (busier streams
     page), never above ``recordedPageSize``. Short spans thus ask many streams per call."""
     return int(max(100, min(configured, span_us / 1e6 * 10 + 10)))
+
+
+def _ts_of(item: Any) -> Optional[int]:
+    """The timestamp (µs) of a value object, or None when it has none that parses."""
+    ts = item.get("Timestamp") if isinstance(item, dict) else None
+    if not isinstance(ts, str):
+        return None
+    try:
+        return parse_ts(ts)
+    except ValueError:
+        return None
 
 
 # ---- discovery: which streams to read ------------------------------------------------------------

@@ -431,6 +431,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             batch = batch.filter(pc.fill_null(keep, False))
             if batch.num_rows:
                 yield to_contract(batch, ingested)
+        if stats.malformed_frames or stats.value_errors or stats.unknown_webids:
+            # executor side: rows with a problem carry it in ``error``; the rest is logged here
+            log.warning("%s read of shard %d: %d malformed answers, %d values with errors, %d unknown WebIDs; "
+                        "last: %s", part.source, part.shard, stats.malformed_frames, stats.value_errors,
+                        stats.unknown_webids, stats.last_error)
 
 
 def _needs_merge(batch: pa.RecordBatch) -> bool:
