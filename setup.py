@@ -23,6 +23,8 @@ setup(
         "spark": ["pyspark[connect]==4.2.0", "delta-spark==4.4.1", "pandas>=2.0,<3"],
         "simulator": ["aiohttp>=3.9,<4"],
         "kerberos": ["pyspnego[kerberos]>=0.10"],
+        # coverage-guided fuzzing of the parser (bench/fuzz_parse.py); prebuilt wheels, no compiler needed
+        "fuzz": ["atheris>=2.3"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
                 "jsonschema>=4.20", "trustme>=1.1", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
                 "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8"],

@@ -23,7 +23,8 @@ from pi_stream_source import webid
 from pi_stream_source.errors import PIOptionError
 from pi_stream_source.options import OPTIONS, parse_options
 from pi_stream_source.parse import Columns, ParseStats, parse_message, parse_streams
-from pi_stream_source.pitime import (MICROS, format_ts, parse_duration, parse_pi_time, parse_ts)
+from pi_stream_source.pitime import (MAX_MICROS, MICROS, MIN_MICROS, format_ts, parse_duration, parse_pi_time,
+                                     parse_ts)
 from pi_stream_source.source import to_contract
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "pi_samples"
@@ -163,6 +164,7 @@ def test_arbitrary_bytes_never_raise(data):
 @example({"Items": [{"WebId": 5, "Items": [{"Timestamp": "2024-01-01T00:00:00Z", "Value": 1}]}]})
 @example({"Items": [{"WebId": ["x"], "Value": {"Timestamp": "2024-01-01T00:00:00Z", "Value": 1}}]})
 @example({"Items": [{"WebId": "W", "Name": 7, "Path": [], "Value": {"Timestamp": "2024-01-01T00:00:00Z"}}]})
+@example({"Items": [{"WebId": "W", "Items": [{"Timestamp": "0844-07-22T14:00:00Z", "Value": 2.3}]}]})  # atheris
 @example({"WebException": "boom"})
 @example({"WebException": ["x"], "Items": []})
 @example({"Items": [{"WebId": "W", "Items": [{"Timestamp": "2024-01-01T00:00:00Z",
@@ -189,7 +191,7 @@ def test_byte_mutated_real_payloads_never_raise(data):
     parse_checked(data.decode("utf-8", "replace"))
 
 
-timestamps = st.integers(0, 4_102_444_800 * MICROS)         # 1970 … 2100
+timestamps = st.integers(MIN_MICROS, MAX_MICROS)             # years 1 … 9999
 good_values = st.fixed_dictionaries({
     "Timestamp": timestamps.map(format_ts),
     "Value": st.floats(allow_nan=False, allow_infinity=False, width=64) | st.integers(-2 ** 53, 2 ** 53),
