@@ -22,6 +22,7 @@ written by libFuzzer as ``crash-<sha1>``; replay it with ``python bench/fuzz_par
 """
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -129,6 +130,9 @@ def TestOneInput(data: bytes) -> None:   # noqa: N802 (atheris' name)
 
 
 def main() -> None:
+    # the parser logs every reject (as it should); at fuzzing speed that would be the whole run
+    logging.getLogger("pi_stream_source").addHandler(logging.NullHandler())
+    logging.getLogger("pi_stream_source").propagate = False
     args = list(sys.argv)
     if not any(not a.startswith("-") for a in args[1:]):          # no corpus dir or crash file given
         corpus = Path(tempfile.gettempdir()) / "pi_fuzz_corpus"
