@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from typing import Dict, Optional
+from urllib.parse import quote
 
 
 class Secret:
@@ -53,6 +54,22 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(auth_type={self.auth_type!r}, username={self.username!r})"
+
+    def redact(self, text: str) -> str:
+        """``text`` with the password and token (raw, URL-quoted, Base64, and as a Basic header's
+        ``user:password``) replaced by ``***``: for texts from elsewhere that end up in exceptions
+        or logs, such as an error body from a proxy that echoes the request headers."""
+        forms = set()
+        for secret in (self.password, self.token):
+            if secret:
+                value = secret.reveal()
+                forms |= {value, quote(value, safe=""), base64.b64encode(value.encode("utf-8")).decode("ascii")}
+        if self.password:
+            pair = f"{self.username or ''}:{self.password.reveal()}".encode("utf-8")
+            forms.add(base64.b64encode(pair).decode("ascii"))
+        for form in sorted((f for f in forms if len(f) >= 3), key=len, reverse=True):
+            text = text.replace(form, "***")
+        return text
 
 
 def kerberos_available() -> bool:

@@ -172,11 +172,13 @@ class ChannelReceiver(threading.Thread):
             ws = websocket.create_connection(url, header=headers, sslopt=sslopt, timeout=self.opts.connect_timeout,
                                              enable_multithread=True, skip_utf8_validation=True)
         except websocket.WebSocketBadStatusException as exc:
-            raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"") from None
+            raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"",
+                                    self.opts.credentials) from None
         except ssl.SSLError as exc:
             raise PIConnectionError(tls_error_message(host, exc)) from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {exc})") from None
+            reason = self.opts.credentials.redact(str(exc))[:300]
+            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {reason})") from None
         ws.settimeout(self.opts.stall_timeout)
         return ws
 

@@ -17,17 +17,21 @@ from .pitime import format_ts, parse_ts
 log = logging.getLogger(__name__)
 
 
-def error_from_status(what: str, status: int, body: bytes) -> PIWebAPIError:
-    """The exception for an HTTP error status, with PI's ``Errors`` text (never request headers)."""
+def error_from_status(what: str, status: int, body: bytes, credentials: Optional[Credentials] = None) -> PIWebAPIError:
+    """The exception for an HTTP error status, with PI's ``Errors`` text (never request headers;
+    with ``credentials``, a body that echoes them has them replaced by ``***``)."""
     errors: List[str] = []
     try:
         doc = orjson.loads(body) if body else {}
         if isinstance(doc, dict):
-            errs = doc.get("Errors") or (doc.get("WebException") or {}).get("Errors") or doc.get("Message")
-            errors = [str(e) for e in (errs if isinstance(errs, list) else [errs])] if errs else []
+            web_exc = doc.get("WebException")
+            errs = doc.get("Errors") or (web_exc.get("Errors") if isinstance(web_exc, dict) else web_exc) or doc.get("Message")
+            errors = [str(e)[:500] for e in (errs if isinstance(errs, list) else [errs])] if errs else []
     except orjson.JSONDecodeError:
         text = body[:200].decode("utf-8", "replace").strip()
         errors = [text] if text else []
+    if credentials is not None:
+        errors = [credentials.redact(e) for e in errors]
     if status in (401, 403):
         hint = "credentials refused" if status == 401 else "permission denied"
         return PIAuthError(f"{what}: {hint}; check authType/username/password/token", status, errors)
@@ -123,12 +127,15 @@ class PIRestClient:
         except requests.exceptions.Timeout:
             raise PIConnectionError(f"{what}: no answer from {self.base_url.split('/')[2]} within {self.timeout}s") from None
         if resp.status_code >= 400:
-            raise error_from_status(what, resp.status_code, resp.content)
+            raise error_from_status(what, resp.status_code, resp.content, self.credentials)
         if method == "POST" and resp.status_code == 207:
             return orjson.loads(resp.content)
         doc = orjson.loads(resp.content) if resp.content else {}
         if isinstance(doc, dict) and doc.get("WebException"):
-            raise error_from_status(what, int(doc["WebException"].get("StatusCode", 500)), resp.content)
+            web_exc = doc["WebException"]
+            status = web_exc.get("StatusCode") if isinstance(web_exc, dict) else None
+            raise error_from_status(what, status if isinstance(status, int) and not isinstance(status, bool) else 500,
+                                    resp.content, self.credentials)
         return doc
 
     def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000,

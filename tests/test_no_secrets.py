@@ -9,19 +9,24 @@ The runs happen in a child process (tests/secret_child.py) so that PI_STREAM_LOG
 Python workers its JVM starts; the secrets go to it on stdin."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
 import secrets
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from pyspark.sql.streaming.datasource import ReadAllAvailable
 
 from pi_stream_source.auth import Credentials, Secret
-from pi_stream_source.errors import PIAuthError
+from pi_stream_source.channel import ChannelReceiver, ShardBuffer
+from pi_stream_source.errors import PIAuthError, PIWebAPIError
 from pi_stream_source.options import parse_options
 from pi_stream_source.rest import PIRestClient
 from pi_stream_source.source import PIArchivePartition, PIInputPartition, PIStreamReader, PIWebSocketDataSource
@@ -137,3 +142,48 @@ def test_the_scan_would_see_a_leak(secret_values):
     header = "Authorization: Basic " + base64.b64encode(f"{USER}:{pw}".encode()).decode()
     for text in (f"boom {pw}", quote(pw, safe=""), header, base64.b64encode(pw.encode()).decode()):
         assert find_secrets([pw], username=USER, texts=[text])
+
+
+class _EchoHeaders(BaseHTTPRequestHandler):
+    """A misbehaving proxy on 127.0.0.1: every request is answered with an error whose body echoes
+    the request headers (Authorization included) and the decoded Basic password."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        auth = self.headers.get("Authorization", "")
+        decoded = base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else auth[7:]
+        status = 401 if "channel" in self.path else 400
+        body = json.dumps({"Errors": [f"bad request; you sent {dict(self.headers)}", f"decoded: {decoded}",
+                                      f"quoted: {quote(decoded, safe='')}"]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("auth", ["basic", "bearer"])
+def test_error_bodies_echoing_credentials_are_scrubbed(auth, secret_values):
+    s = secret_values
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHeaders)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/piwebapi"
+    raw = {"url": url, "webIds": "F1DPx", "authType": auth, "username": USER, "password": s["password"], "token": s["token"]}
+    try:
+        opts = parse_options(raw)
+        client = PIRestClient(url, opts.credentials, timeout=5, retry_for=0)
+        with pytest.raises(PIWebAPIError) as rest_err:
+            client.get("dataservers")
+        client.close()
+        rec = ChannelReceiver(0, ["F1DPx"], opts, ShardBuffer(), client)
+        with pytest.raises(PIAuthError) as ws_err:
+            rec._connect(initial=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    texts = [str(rest_err.value), repr(rest_err.value), str(ws_err.value), repr(ws_err.value)]
+    assert "you sent" in texts[0] and "***" in texts[0]         # the body is kept, the secret is not
+    assert "401" in texts[2] and "***" in texts[2]
+    assert_no_secrets([s["password"], s["token"]], username=USER, texts=texts)
