@@ -223,8 +223,9 @@ def parse_streams(streams: Any, cols: Columns, stats: ParseStats, source: str, r
             values = [stream["Value"]]
         else:
             values = []
+        stream_problems = tuple(problems)
         for item in values:
-            _append_value(cols, item, webid, name, path, uom, source, received, stats, last_seen, tuple(problems))
+            _append_value(cols, item, webid, name, path, uom, source, received, stats, last_seen, stream_problems)
 
 
 def parse_message(data: Any, cols: Columns, stats: ParseStats, source: str, received: int,
