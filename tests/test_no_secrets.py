@@ -70,6 +70,7 @@ def test_streaming_runs_leave_no_secret_behind(simulator, secret_values, tmp_pat
            "PYTHONPATH": os.pathsep.join([str(HERE.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     proc = subprocess.run([sys.executable, str(HERE / "secret_child.py")], input=json.dumps({"out": str(out), "runs": runs}),
                           capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
+    print(proc.stdout)                                   # per-run timings (pytest -s)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = {r["name"]: json.loads((out / f"{r['name']}.json").read_text()) for r in runs}
 
