@@ -24,10 +24,11 @@ setup(
         "simulator": ["aiohttp>=3.9,<4"],
         # python-gssapi builds against MIT krb5: apt-get install libkrb5-dev (gcc) first
         "kerberos": ["gssapi>=1.8"],
+        # coverage-guided fuzzing of the parser (bench/fuzz_parse.py); prebuilt wheels, no compiler needed
+        "fuzz": ["atheris>=2.3"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
                 "jsonschema>=4.20", "trustme>=1.2", "cryptography>=41", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
-                "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8",
-                "gssapi>=1.8"],      # tests/test_kerberos.py (a real MIT KDC; see .ci/run)
+                "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["pi-stream=pi_stream_source.cli:main"]},
 )

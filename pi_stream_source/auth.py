@@ -8,6 +8,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import quote
 
 from .errors import PIConnectionError, PIKerberosError
 
@@ -73,6 +74,26 @@ class Credentials:
         if self.auth_type == "bearer":
             return {"Authorization": "Bearer " + (self.token.reveal() if self.token else "")}
         return {}
+
+    def redact(self, text: str) -> str:
+        """``text`` with the password and token (raw, URL-quoted, Base64, and as a Basic header's
+        ``user:password``) replaced by ``***``: for texts from elsewhere that end up in exceptions
+        or logs, such as an error body from a proxy that echoes the request headers."""
+        forms = set()
+        current = None
+        if self.token_provider is not None:       # the renewed bearer token in use, if any
+            entry = self.token_provider._snapshot()
+            current = entry[0] if entry else None
+        for secret in (self.password, self.token, current):
+            if secret:
+                value = secret.reveal()
+                forms |= {value, quote(value, safe=""), base64.b64encode(value.encode("utf-8")).decode("ascii")}
+        if self.password:
+            pair = f"{self.username or ''}:{self.password.reveal()}".encode("utf-8")
+            forms.add(base64.b64encode(pair).decode("ascii"))
+        for form in sorted((f for f in forms if len(f) >= 3), key=len, reverse=True):
+            text = text.replace(form, "***")
+        return text
 
     @property
     def kerberos_mode(self) -> str:

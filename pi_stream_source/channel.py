@@ -150,7 +150,8 @@ class ChannelReceiver(threading.Thread):
                 "buffered": self.buffer.rows, "reconnects": self.reconnects, "gapFills": self.gap_fills,
                 "gapValues": self.gap_values, "malformedFrames": self.stats.malformed_frames,
                 "valueErrors": self.stats.value_errors, "repeatsDropped": self.stats.repeats_dropped,
-                "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag}
+                "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag,
+                "lastError": (self.stats.last_error or "")[:300] or None}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -183,7 +184,7 @@ class ChannelReceiver(threading.Thread):
         except websocket.WebSocketBadStatusException as exc:
             challenge = (exc.resp_headers or {}).get("www-authenticate")
             raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"",
-                                    self.opts.credentials.auth_type, challenge) from None
+                                    self.opts.credentials.auth_type, challenge, self.opts.credentials) from None
         except websocket.WebSocketProxyException as exc:
             proxy = self.opts.proxy.url if self.opts.proxy else "the proxy"
             if "407" in str(exc):
@@ -194,7 +195,8 @@ class ChannelReceiver(threading.Thread):
         except ssl.SSLError as exc:
             raise PITLSError(tls_error_message(host, exc)) from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {exc})") from None
+            reason = self.opts.credentials.redact(str(exc))[:300]
+            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {reason})") from None
         ws.settimeout(self.opts.stall_timeout)
         return ws
 
@@ -357,6 +359,17 @@ class ChannelReceiver(threading.Thread):
                 parse_streams(streams, cols, stats, "backfill", received, self.known)
         keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
                 if ts is not None and lower.get(w, 0) < ts <= upper.get(w, 0)]
+        # rejects in the archive's answer count like the channel's (values without a timestamp
+        # cannot be placed in the gap: they are counted in valueErrors, with lastError)
+        untimed = sum(1 for ts in cols.timestamp if ts is None)
+        self.stats.malformed_frames += stats.malformed_frames
+        self.stats.value_errors += stats.value_errors
+        self.stats.unknown_webids += stats.unknown_webids
+        if stats.last_error:
+            self.stats.last_error = f"gap fill: {stats.last_error}"[:500]
+        if untimed:
+            log.warning("channel %d: gap fill dropped %d archive values without a valid Timestamp (last error: %s)",
+                        self.shard, untimed, stats.last_error)
         self.gap_fills += 1
         self.gap_values += len(keep)
         if keep:

@@ -210,11 +210,16 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
     url = opts.get("url", "").strip().rstrip("/")
     if not url:
         raise PIOptionError("option 'url' is required: the PI Web API base URL, e.g. https://pi.example.com/piwebapi")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PIOptionError(f"option 'url' must be an http(s) URL such as https://pi.example.com/piwebapi, got {url!r}")
-    if parts.username or parts.password:
+    shown = url if "@" not in url else "***@" + url.rsplit("@", 1)[1]     # never echo user:password@
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError as exc:
+        raise PIOptionError(f"option 'url' is not a valid URL ({exc}), got {shown!r}") from None
+    if parts.username or parts.password or "@" in parts.netloc:
         raise PIOptionError("option 'url' must not carry credentials; use authType with username/password")
+    if parts.scheme not in ("http", "https") or not host:
+        raise PIOptionError(f"option 'url' must be an http(s) URL such as https://pi.example.com/piwebapi, got {shown!r}")
 
     webids = [w.strip() for w in opts.get("webIds", "").split(",") if w.strip()]
     webids = list(dict.fromkeys(webids))

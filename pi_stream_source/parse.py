@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 _COLUMNS = BUFFER_SCHEMA.names
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
                    "INF": math.inf, "-INF": -math.inf}
+_INT32 = (-(2 ** 31), 2 ** 31 - 1)          # digital_state_code is an int32 column
+
+
+def _json_text(raw: Any, limit: int = 200) -> str:
+    """A short JSON rendering of an odd value, for the ``error`` column and ``last_error``."""
+    try:
+        return orjson.dumps(raw).decode("utf-8", "replace")[:limit]
+    except TypeError:
+        return repr(raw)[:limit]
 
 
 @dataclass
@@ -88,8 +97,8 @@ def _errors_text(errors: Any) -> str:
 
 def _append_value(cols: Columns, item: Any, webid: str, name: Optional[str], path: Optional[str],
                   stream_uom: Optional[str], source: str, received: int, stats: ParseStats,
-                  last_seen: Optional[Dict[str, Tuple]]) -> None:
-    problems: List[str] = []
+                  last_seen: Optional[Dict[str, Tuple]], stream_problems: Tuple[str, ...] = ()) -> None:
+    problems: List[str] = list(stream_problems)
     if not isinstance(item, dict):
         item = {"Value": item}
         problems.append("value entry is not an object")
@@ -121,13 +130,13 @@ def _append_value(cols: Columns, item: Any, webid: str, name: Optional[str], pat
     elif isinstance(raw, dict) and "Name" in raw:
         vstr = str(raw.get("Name"))
         state = raw.get("Value")
-        if isinstance(state, int) and not isinstance(state, bool):
+        if isinstance(state, int) and not isinstance(state, bool) and _INT32[0] <= state <= _INT32[1]:
             code = state
         elif state is not None:
-            problems.append(f"digital state Value is not an integer: {state!r:.40}")
+            problems.append(f"digital state Value is not a 32-bit integer: {state!r:.40}")
         is_sys = _flag(raw.get("IsSystem", False), "IsSystem", problems)
     else:
-        vstr = orjson.dumps(raw).decode("utf-8", "replace")[:1000]
+        vstr = _json_text(raw, 1000)
         problems.append("unsupported Value type")
     good = _flag(item.get("Good"), "Good", problems)
     questionable = _flag(item.get("Questionable"), "Questionable", problems)
@@ -135,7 +144,7 @@ def _append_value(cols: Columns, item: Any, webid: str, name: Optional[str], pat
     annotated = _flag(item.get("Annotated"), "Annotated", problems)
     errors = item.get("Errors")
     if errors:
-        problems.insert(0, _errors_text(errors))
+        problems.insert(len(stream_problems), _errors_text(errors) or f"Errors: {_json_text(errors, 100)}")
     if last_seen is not None and ts is not None:
         key = (ts, value, vstr, code, good, questionable, substituted, annotated)
         if last_seen.get(webid) == key:
@@ -183,8 +192,20 @@ def parse_streams(streams: Any, cols: Columns, stats: ParseStats, source: str, r
             stats.value_errors += 1
             stats.last_error = f"stream entry is not an object: {stream!r:.80}"
             continue
-        webid = stream.get("WebId") or ""
+        problems: List[str] = []
+        webid = stream.get("WebId")
+        if webid is None:
+            webid = ""
+        elif not isinstance(webid, str):
+            problems.append(f"WebId is not a string: {_json_text(webid, 60)}")
+            webid = _json_text(webid)
         name, path = stream.get("Name"), stream.get("Path")
+        if name is not None and not isinstance(name, str):
+            problems.append(f"Name is not a string: {_json_text(name, 60)}")
+            name = None
+        if path is not None and not isinstance(path, str):
+            problems.append(f"Path is not a string: {_json_text(path, 60)}")
+            path = None
         if known is not None:
             meta = known.get(webid)
             if meta is None:
@@ -202,8 +223,9 @@ def parse_streams(streams: Any, cols: Columns, stats: ParseStats, source: str, r
             values = [stream["Value"]]
         else:
             values = []
+        stream_problems = tuple(problems)
         for item in values:
-            _append_value(cols, item, webid, name, path, uom, source, received, stats, last_seen)
+            _append_value(cols, item, webid, name, path, uom, source, received, stats, last_seen, stream_problems)
 
 
 def parse_message(data: Any, cols: Columns, stats: ParseStats, source: str, received: int,
@@ -229,9 +251,10 @@ def parse_message(data: Any, cols: Columns, stats: ParseStats, source: str, rece
         stats.last_error = f"frame is not a JSON object: {data[:120]!r}"
         log.warning("channel frame is not a JSON object: %r", data[:120])
         return
-    if "WebException" in doc and doc["WebException"]:
+    if doc.get("WebException"):
+        web_exc = doc["WebException"]
         stats.malformed_frames += 1
-        stats.last_error = "WebException: " + _errors_text(doc["WebException"].get("Errors", []))
+        stats.last_error = "WebException: " + _errors_text(web_exc.get("Errors", []) if isinstance(web_exc, dict) else web_exc)
         log.warning("channel message carries %s", stats.last_error)
     if doc.get("Errors"):
         stats.malformed_frames += 1
@@ -241,8 +264,8 @@ def parse_message(data: Any, cols: Columns, stats: ParseStats, source: str, rece
     if "WebId" in doc:
         streams = [doc]
     else:
-        streams = doc.get("Items", [])
-    if not streams:
+        streams = doc.get("Items")
+    if streams is None or streams == []:
         stats.heartbeats += 1
         return
     parse_streams(streams, cols, stats, source, received, known, last_seen)

@@ -6,6 +6,7 @@ seconds part of a timestamp is looked up in a small cache and only the fraction 
 from __future__ import annotations
 
 import calendar
+import math
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -13,6 +14,11 @@ from typing import Dict, Optional
 
 MICROS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: the range a timestamp can take (years 1 to 9999, as ``datetime`` and Spark's TIMESTAMP)
+MIN_MICROS = -62_135_596_800 * MICROS
+MAX_MICROS = 253_402_300_800 * MICROS - 1
+#: the longest duration accepted (100 years): longer ones overflow timeouts and time arithmetic
+MAX_DURATION = 100 * 366 * 86400 * MICROS
 _SECOND_CACHE: Dict[str, int] = {}
 _CACHE_LIMIT = 1 << 16
 
@@ -24,6 +30,9 @@ def now_micros() -> int:
 def _seconds_of(prefix: str) -> int:
     secs = _SECOND_CACHE.get(prefix)
     if secs is None:
+        digits = prefix[0:4] + prefix[5:7] + prefix[8:10] + prefix[11:13] + prefix[14:16] + prefix[17:19]
+        if not (digits.isascii() and digits.isdigit()):      # int() would take " 1", "+1", "1_0", "١"
+            raise ValueError(f"not an ISO 8601 timestamp: {prefix!r}")
         y, mo, d = int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10])
         h, mi, s = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:19])
         if prefix[4] != "-" or prefix[7] != "-" or prefix[10] not in "Tt " or prefix[13] != ":" or prefix[16] != ":":
@@ -47,7 +56,7 @@ def parse_ts(text: str) -> int:
     micros = 0
     if rest.startswith("."):
         i = 1
-        while i < len(rest) and rest[i].isdigit():
+        while i < len(rest) and rest[i] in "0123456789":
             i += 1
         frac = rest[1:i]
         if not frac:
@@ -56,17 +65,22 @@ def parse_ts(text: str) -> int:
         rest = rest[i:]
     if rest in ("Z", "z", "", "+00:00"):
         offset = 0
-    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
+    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":" and (rest[1:3] + rest[4:6]).isascii() \
+            and (rest[1:3] + rest[4:6]).isdigit():
         offset = (int(rest[1:3]) * 3600 + int(rest[4:6]) * 60) * (1 if rest[0] == "+" else -1)
     else:
         raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
-    return (secs - offset) * MICROS + micros
+    result = (secs - offset) * MICROS + micros
+    if not MIN_MICROS <= result <= MAX_MICROS:
+        raise ValueError(f"not an ISO 8601 timestamp: {text!r} (outside years 1 to 9999 UTC)")
+    return result
 
 
 def format_ts(micros: int) -> str:
     """Epoch microseconds → ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (fraction trimmed, as PI does)."""
     secs, frac = divmod(micros, MICROS)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    t = time.gmtime(secs)      # years below 1000 zero-padded by hand: strftime's %Y does not pad them
+    base = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
     if frac:
         return base + "." + f"{frac:06d}".rstrip("0") + "Z"
     return base + "Z"
@@ -88,10 +102,12 @@ _REL = re.compile(r"\s*([+-])\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
 _BASE = re.compile(r"^\s*(\*|now|today|yesterday|t|y)?", re.IGNORECASE)
 
 
-def _add_months(micros: int, months: int) -> int:
+def _add_months(micros: int, months: int, text: str = "") -> int:
     dt = to_datetime(micros)
     total = dt.year * 12 + (dt.month - 1) + months
     year, month = divmod(total, 12)
+    if not 1 <= year <= 9999:
+        raise ValueError(f"not a PI time string: {text!r} (outside years 1 to 9999)")
     day = min(dt.day, calendar.monthrange(year, month + 1)[1])
     moved = dt.replace(year=year, month=month + 1, day=day)
     return (moved - _EPOCH) // timedelta(microseconds=1)
@@ -135,11 +151,18 @@ def parse_pi_time(text: Optional[str], now: Optional[int] = None) -> int:
         sign = 1 if r.group(1) == "+" else -1
         qty, unit = float(r.group(2)), r.group(3).lower()
         if unit in _UNITS:
-            base += sign * int(round(qty * _UNITS[unit] * MICROS))
+            step = qty * _UNITS[unit] * MICROS
+            if not math.isfinite(step) or step > MAX_MICROS - MIN_MICROS:
+                raise ValueError(f"not a PI time string: {text!r} (offset out of range)")
+            base += sign * int(round(step))
         elif unit in _MONTH_UNITS and qty == int(qty):
-            base = _add_months(base, sign * int(qty) * _MONTH_UNITS[unit])
+            if qty > 12 * 10_000:
+                raise ValueError(f"not a PI time string: {text!r} (offset out of range)")
+            base = _add_months(base, sign * int(qty) * _MONTH_UNITS[unit], text)
         else:
             raise ValueError(f"not a PI time string: {text!r} (unknown unit {unit!r})")
+        if not MIN_MICROS <= base <= MAX_MICROS:
+            raise ValueError(f"not a PI time string: {text!r} (outside years 1 to 9999)")
         pos = r.end()
     return base
 
@@ -150,4 +173,7 @@ def parse_duration(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", s)
     if not m or (m.group(2) and m.group(2) not in _UNITS):
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 2h, 7d)")
-    return int(round(float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1) * MICROS))
+    micros = float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1) * MICROS
+    if not micros <= MAX_DURATION:            # also catches inf from a few hundred digits
+        raise ValueError(f"not a duration: {str(text)[:40]!r} (longer than 100 years)")
+    return int(round(micros))

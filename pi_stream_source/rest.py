@@ -18,18 +18,22 @@ log = logging.getLogger(__name__)
 
 
 def error_from_status(what: str, status: int, body: bytes, auth_type: Optional[str] = None,
-                      challenge: Optional[str] = None) -> PIWebAPIError:
-    """The exception for an HTTP error status, with PI's ``Errors`` text (never request headers).
+                      challenge: Optional[str] = None, credentials: Optional[Credentials] = None) -> PIWebAPIError:
+    """The exception for an HTTP error status, with PI's ``Errors`` text (never request headers;
+    with ``credentials``, a body that echoes them has them replaced by ``***``).
     ``auth_type``/``challenge`` (the 401's WWW-Authenticate) make a refused login's hint precise."""
     errors: List[str] = []
     try:
         doc = orjson.loads(body) if body else {}
         if isinstance(doc, dict):
-            errs = doc.get("Errors") or (doc.get("WebException") or {}).get("Errors") or doc.get("Message")
-            errors = [str(e) for e in (errs if isinstance(errs, list) else [errs])] if errs else []
+            web_exc = doc.get("WebException")
+            errs = doc.get("Errors") or (web_exc.get("Errors") if isinstance(web_exc, dict) else web_exc) or doc.get("Message")
+            errors = [str(e)[:500] for e in (errs if isinstance(errs, list) else [errs])] if errs else []
     except orjson.JSONDecodeError:
         text = body[:200].decode("utf-8", "replace").strip()
         errors = [text] if text else []
+    if credentials is not None:
+        errors = [credentials.redact(e) for e in errors]
     if status == 401 and auth_type == "kerberos":
         offered = (challenge or "").strip()
         if offered and "negotiate" not in offered.lower():
@@ -151,12 +155,15 @@ class PIRestClient:
             resp = self._send(method, path, params, body, what)
         if resp.status_code >= 400:
             raise error_from_status(what, resp.status_code, resp.content, self.credentials.auth_type,
-                                    resp.headers.get("WWW-Authenticate"))
+                                    resp.headers.get("WWW-Authenticate"), self.credentials)
         if method == "POST" and resp.status_code == 207:
             return orjson.loads(resp.content)
         doc = orjson.loads(resp.content) if resp.content else {}
         if isinstance(doc, dict) and doc.get("WebException"):
-            raise error_from_status(what, int(doc["WebException"].get("StatusCode", 500)), resp.content)
+            web_exc = doc["WebException"]
+            status = web_exc.get("StatusCode") if isinstance(web_exc, dict) else None
+            raise error_from_status(what, status if isinstance(status, int) and not isinstance(status, bool) else 500,
+                                    resp.content, credentials=self.credentials)
         return doc
 
     def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000,
@@ -180,19 +187,28 @@ class PIRestClient:
                     "webId": ws, "startTime": format_ts(frm), "endTime": format_ts(end),
                     "maxCount": page_size, "boundaryType": "Inside"})
                 streams = doc.get("Items", []) if isinstance(doc, dict) else []
-                for stream in streams:
-                    items = stream.get("Items") or []
+                # odd entries are left for parse_streams to count and report; here only paging
+                for stream in streams if isinstance(streams, list) else []:
+                    items = stream.get("Items") if isinstance(stream, dict) else None
+                    if not isinstance(items, list) or not items:
+                        continue
                     full = len(items) >= page_size
                     if skip:
                         dropped = 0
-                        while items and dropped < skip and items[0].get("Timestamp") and parse_ts(items[0]["Timestamp"]) == frm:
+                        while items and dropped < skip and _ts_of(items[0]) == frm:
                             items = items[1:]
                             dropped += 1
                         stream["Items"] = items
-                    if full and items:
-                        last = parse_ts(items[-1]["Timestamp"])
-                        same = sum(1 for it in items if it.get("Timestamp") and parse_ts(it["Timestamp"]) == last)
-                        pending[stream.get("WebId", "")] = (last, same + (skip if last == frm else 0))
+                    webid = stream.get("WebId")
+                    if full and items and isinstance(webid, str):
+                        stamps = [_ts_of(it) for it in items]
+                        last = max((t for t in stamps if t is not None), default=None)
+                        if last is None:
+                            log.warning("streamsets/recorded: a full page for %s without one valid Timestamp; "
+                                        "not asking for more", webid[:60])
+                            continue
+                        same = sum(1 for t in stamps if t == last)
+                        pending[webid] = (last, same + (skip if last == frm else 0))
                 yield streams
 
 
@@ -222,6 +238,17 @@ def page_for_span(span_us: int, configured: int) -> int:
     """``maxCount`` for a recorded read over ``span_us``: enough for 10 values/s (busier streams
     page), never above ``recordedPageSize``. Short spans thus ask many streams per call."""
     return int(max(100, min(configured, span_us / 1e6 * 10 + 10)))
+
+
+def _ts_of(item: Any) -> Optional[int]:
+    """The timestamp (µs) of a value object, or None when it has none that parses."""
+    ts = item.get("Timestamp") if isinstance(item, dict) else None
+    if not isinstance(ts, str):
+        return None
+    try:
+        return parse_ts(ts)
+    except ValueError:
+        return None
 
 
 # ---- discovery: which streams to read ------------------------------------------------------------

@@ -24,7 +24,6 @@ from .rest import PIRestClient, StreamMeta, page_for_span, describe_webids, elem
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
-_DAY_US = 86400 * MICROS
 
 
 def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
@@ -32,10 +31,10 @@ def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
     ``ingestion_timestamp`` and ``partition_date`` (the UTC date of ``timestamp``)."""
     ts = batch.column(3)
     ts_type = ARROW_SCHEMA.field("timestamp").type
-    days = pc.floor(pc.divide(pc.cast(ts, pa.float64()), float(_DAY_US)))
-    date = pc.cast(pc.cast(days, pa.int32()), pa.date32())
     arrays = list(batch.columns)
     arrays[3] = ts.cast(ts_type)
+    # timestamp → date is exact for every year (a float64 detour fails past ±2^53 µs, before 1685)
+    date = pc.cast(arrays[3], pa.date32())
     arrays[15] = batch.column(15).cast(ts_type)
     arrays.append(pa.array(np.full(batch.num_rows, ingested, dtype=np.int64)).cast(ts_type))
     arrays.append(date)
@@ -432,6 +431,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             batch = batch.filter(pc.fill_null(keep, False))
             if batch.num_rows:
                 yield to_contract(batch, ingested)
+        if stats.malformed_frames or stats.value_errors or stats.unknown_webids:
+            # executor side: rows with a problem carry it in ``error``; the rest is logged here
+            log.warning("%s read of shard %d: %d malformed answers, %d values with errors, %d unknown WebIDs; "
+                        "last: %s", part.source, part.shard, stats.malformed_frames, stats.value_errors,
+                        stats.unknown_webids, stats.last_error)
 
 
 def _needs_merge(batch: pa.RecordBatch) -> bool:
