@@ -14,6 +14,7 @@ setup(
     install_requires=[
         "websocket-client>=1.7,<2",
         "orjson>=3.9",
+        "msgspec>=0.18",
         "requests>=2.31",
         "databricks-sdk>=0.30",
         "pyarrow>=14",
