@@ -133,6 +133,15 @@ def planned_plain(spark: SparkSession, checkpoint: str, batch_id: int) -> Option
     return not flags[0]
 
 
+def _appended_before(spark: SparkSession, table: str, app_id: str, batch_id: int) -> bool:
+    """Whether a recent commit of ``table`` is this writer's append of ``batch_id``."""
+    try:
+        rows = _delta_table(spark, table).history(100).select("userMetadata").collect()
+    except Exception:   # no history to read: assume it may have been written
+        return True
+    return any(r.userMetadata == f"{app_id} batch {batch_id}" for r in rows)
+
+
 def _default_staging(spark: SparkSession, table: str) -> str:
     if is_path(table):
         return table.rstrip("/") + "_pi_staging"
@@ -208,10 +217,10 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
         # last batch whose commit it did not record): it is merged on the key. Every later batch
         # is new; the source says in its offset whether it holds only plain live rows, which are
         # then appended in one job without Delta's transaction-id lookup (~0.3 s a batch here).
-        if first[0]:
-            mode: Optional[str] = "merge"
-        else:
-            mode = "append" if planned_plain(batch.sparkSession, checkpoint, batch_id) else None
+        plain = planned_plain(batch.sparkSession, checkpoint, batch_id)
+        mode: Optional[str] = "append" if plain else None
+        if first[0] and (batch_id > 0 or _appended_before(batch.sparkSession, table, app_id, batch_id)):
+            mode = "merge"
         first[0] = False
         counts = write_batch(batch, batch_id, table, app_id, staging, mode=mode)
         log.info("batch %d → %s: %s appended, %d merged", batch_id, table,

@@ -279,7 +279,10 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     if pos is not None and ts is not None and ts > hwm[pos]:
                         hwm[pos] = ts
             if bridge:
-                merge = True                          # archive rows: may overlap what was written
+                # archive rows may overlap what an earlier run wrote; on a fresh query that starts
+                # at "latest", they are the few seconds between its start and the channel opening
+                fresh = s0["run"] == O.INITIAL_RUN and self.opts.start_time is None
+                merge = merge or not fresh
                 since = self._since(shard)
                 self._check_gap(shard, O.decode_hwm(s0["hwm"], len(shard.meta)), since)
                 np.maximum(hwm, since, out=hwm)
