@@ -142,6 +142,7 @@ class ChannelReceiver(threading.Thread):
         self.since_by_tag: Dict[str, int] = {}
         self.cutoff: Dict[str, int] = {}
         self._cutoff_arrays: Tuple[pa.Array, pa.Array] = (pa.array([], pa.string()), pa.array([], pa.int64()))
+        self._cutoff_max = -1
         self._index: Optional[StreamIndex] = None
         self.fast_parse = True          # Arrow's JSON reader for plain numeric messages
 
@@ -335,6 +336,7 @@ class ChannelReceiver(threading.Thread):
             self.connected_at = now
             self.since = min(cutoff.values()) if cutoff else now
         self._cutoff_arrays = (pa.array(list(cutoff), pa.string()), pa.array(list(cutoff.values()), pa.int64()))
+        self._cutoff_max = max(cutoff.values(), default=-1)
         self.cutoff = cutoff
 
     def _take(self, batch: pa.RecordBatch) -> None:
@@ -342,7 +344,9 @@ class ChannelReceiver(threading.Thread):
         stream's cutoff (its current value when the channel opened)."""
         if not batch.num_rows:
             return
-        if self.cutoff and batch.column(14)[0].as_py() == "live":
+        ts_max_cut = self._cutoff_max
+        if self.cutoff and batch.column(14)[0].as_py() == "live" and \
+                (pc.min(batch.column(3)).as_py() or -1) <= ts_max_cut:      # only near the cutoff
             keys, marks = self._cutoff_arrays
             cut = pc.fill_null(pc.take(marks, pc.index_in(batch.column(0), value_set=keys)), -1)
             ts = batch.column(3)
@@ -358,8 +362,9 @@ class ChannelReceiver(threading.Thread):
 
     def _note(self, batch: pa.RecordBatch) -> None:
         hwm = self.hwm
-        for w, ts in zip(*max_timestamp_per_tag(batch)):
-            if ts is not None and ts > hwm.get(w, -1):
+        get = hwm.get
+        for w, ts in zip(batch.column(0).to_pylist(), batch.column(3).to_pylist()):
+            if ts is not None and ts > get(w, -1):
                 hwm[w] = ts
 
     def _fill_gap(self) -> None:
