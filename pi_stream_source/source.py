@@ -263,7 +263,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             s0 = start["shards"][key]
             rec = self._receivers[shard.index]
             bridge = s0["run"] != self.run_id
-            if bridge and rec.since == 0:
+            if bridge and key not in begins:          # not open when the first loop looked (it may be now)
                 end_shards[key] = s0
                 continue
             if not bridge and pending[key] == 0:
