@@ -88,7 +88,7 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
         if special:
             where = f"{staging or _default_staging(spark, table)}/batch-{batch_id}"
             batch.write.mode("overwrite").parquet(where)
-            _merge(spark, spark.read.parquet(where), table)
+            _merge(spark, spark.read.parquet(where), table, plain + special)
             _remove(spark, where)
             return {"appended": 0, "merged": plain + special}
         if plain:
@@ -155,7 +155,7 @@ def _remove(spark: SparkSession, path: str) -> None:
     hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
 
 
-def _merge(spark: SparkSession, rows: DataFrame, table: str) -> None:
+def _merge(spark: SparkSession, rows: DataFrame, table: str, size: int = 0) -> None:
     # One source row per key (MERGE refuses several): the newest received wins, so an edit replaces.
     latest = Window.partitionBy(*KEY).orderBy(F.col("received_timestamp").desc_nulls_last())
     rows = rows.filter(F.col("timestamp").isNotNull()).withColumn("_n", F.row_number().over(latest)) \
@@ -169,17 +169,20 @@ def _merge(spark: SparkSession, rows: DataFrame, table: str) -> None:
     condition = (f"t.partition_date IN ({dates}) AND t.timestamp BETWEEN TIMESTAMP'{lo}' AND TIMESTAMP'{hi}' "
                  "AND t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.timestamp = s.timestamp")
     # The source is staged Parquet, fixed: Delta need not materialize it again.
-    key = "spark.databricks.delta.merge.materializeSource"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, "none")
+    settings = {"spark.databricks.delta.merge.materializeSource": "none"}
+    if size > 500_000:
+        # a big batch (a restart's replay): Spark may under-estimate the staged Parquet and try to
+        # broadcast millions of rows from the driver (seen in the soak run: out of memory)
+        settings["spark.sql.autoBroadcastJoinThreshold"] = "-1"
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
     try:
         (_delta_table(spark, table).alias("t").merge(rows.alias("s"), condition)
          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
     finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
+        for k, v in before.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
 
 
 def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str, Dict[str, Any], None] = "1 second",
