@@ -67,6 +67,9 @@ def seeds() -> list:
     return out
 
 
+FAST_INDEX = parse.StreamIndex(KNOWN)
+
+
 def check_message(data: bytes) -> None:
     cols, stats = parse.Columns(), parse.ParseStats()
     last_seen: dict = {}
@@ -84,6 +87,10 @@ def check_message(data: bytes) -> None:
             assert stats.malformed_frames == 1 and stats.values == 0, stats
     else:
         assert stats.heartbeats == 1
+    # the reader's fast path (msgspec) either declines or gives exactly the same rows
+    fast = parse.fast_batch(data, "live", 1_700_000_000_000_000, FAST_INDEX, {}) if data.strip() else None
+    if fast is not None:
+        assert fast[0].equals(batch) and fast[1] == stats.repeats_dropped, "fast path differs"
     # the server repeating the message: only exact repeats are dropped, each one counted
     cols2, stats2 = parse.Columns(), parse.ParseStats()
     parse.parse_message(data, cols2, stats2, "live", 1_700_000_000_000_001, KNOWN, last_seen)

@@ -272,11 +272,12 @@ def fast_batch(data: bytes, source: str, received: int, index: StreamIndex,
     repeats dropped), decoded straight into typed structs (msgspec). None when the message holds
     anything else (strings, digital states, errors, odd shapes, unknown WebIDs, bad timestamps…):
     the caller then takes the general path, which gives the same rows for what this path accepts."""
-    if b'"Errors"' in data or b'"WebException"' in data:
+    if b'"Errors"' in data or b'"WebException"' in data or b"\\ud" in data or b"\\uD" in data:
         return None
     try:
+        data.decode("utf-8")             # the general parser refuses invalid UTF-8 anywhere in a frame
         msg = _FAST_DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError):     # incl. invalid UTF-8
         return None
     streams = msg.Items
     if not streams or msg.WebId is not None:
