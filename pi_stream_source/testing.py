@@ -32,7 +32,11 @@ def checkpoint_start(checkpoint: str) -> int:
     import json
     import os
 
-    with open(os.path.join(checkpoint, "offsets", "0"), encoding="utf-8") as fh:
+    # every offset carries the query's "start"; Spark purges old offset files (minBatchesToRetain),
+    # so read the oldest one still there
+    folder = os.path.join(checkpoint, "offsets")
+    oldest = min((int(n) for n in os.listdir(folder) if n.isdigit()), default=0)
+    with open(os.path.join(folder, str(oldest)), encoding="utf-8") as fh:
         lines = fh.read().splitlines()
     for line in lines[2:]:
         doc = json.loads(line)

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from fake_workspace import FakeWorkspace
 from pi_stream_source import unity
 from pi_stream_source.schema import CONTRACT_SCHEMA
-from pi_stream_source.testing import expected_rows, wait_until
+from pi_stream_source.testing import checkpoint_start, expected_rows, wait_until
 
 TOKEN = "dapi-edge-test-SECRET-7f3a9c"
 TABLE = "edge_cat.bronze.pi_streaming_timeseries"
@@ -157,7 +157,11 @@ def _stream(spark, sim, ws, tmp_path, **kwargs):
                               workspace_client=ws.client(), retry_backoff_seconds=0.1, **kwargs)
 
 
-def _assert_table_is_archive(spark, ws, sent):
+def _assert_table_is_archive(spark, ws, sim, checkpoint):
+    # PI's archive from the query's start to the last value sent per tag: values archived between
+    # the query's start and the channel's opening come from the archive, not from the channel
+    start = checkpoint_start(str(checkpoint))
+    sent = {w: sim.archive(w, start, v[-1][0]) for w, v in sim.sent_values().items() if v}
     landed = ws.read_table(TABLE)
     actual = landed.select("tag_webid", "timestamp", "value", "partition_date")
     expected = spark.createDataFrame(expected_rows(sent), actual.schema)
@@ -180,7 +184,7 @@ def test_end_to_end_simulator_to_unity_table(spark, simulator, workspace, tmp_pa
     assert query.exception() is None
     assert workspace.fail_uploads == 0
     assert [r for r in workspace.requests if r[0] == "PUT" and r[2] == 500]
-    _assert_table_is_archive(spark, workspace, sim.sent_values())
+    _assert_table_is_archive(spark, workspace, sim, tmp_path / "ck")
     kinds = {s.text.split(" ")[0] for s in workspace.history}
     assert {"CREATE", "COPY", "OPTIMIZE"} <= kinds
     assert all(s.state == "SUCCEEDED" for s in workspace.history if s.text.startswith(("COPY", "CREATE")))
@@ -265,7 +269,7 @@ def test_seed_product_config_file_runs_into_unity(spark, simulator, workspace, t
     finally:
         query.stop()
     assert query.exception() is None
-    _assert_table_is_archive(spark, workspace, sim.sent_values())
+    _assert_table_is_archive(spark, workspace, sim, tmp_path / "ck")
     assert any(s.text.startswith("OPTIMIZE") for s in workspace.history)
 
 
