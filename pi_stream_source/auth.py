@@ -1,9 +1,12 @@
 """Credentials: kept out of ``repr``, logs and exception texts; turned into HTTP headers."""
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -45,7 +48,8 @@ class Credentials:
     username: Optional[str] = None           # basic: the user; kerberos: the client principal
     password: Optional[Secret] = None
     token: Optional[Secret] = None
-    keytab: Optional[str] = None             # kerberos: client keytab path (never its content)
+    keytab: Optional[str] = None             # kerberos: client keytab path
+    keytab_data: Optional[Secret] = None     # kerberos: the keytab itself, base64 (from secretScope keytabKey)
     ticket_cache: Optional[str] = None       # kerberos: an existing credential cache, used as is
     krb5_config: Optional[str] = None        # kerberos: krb5.conf path (KRB5_CONFIG of the process)
     service_principal: Optional[str] = None  # kerberos: PI Web API's SPN (default HTTP/<url host>)
@@ -98,7 +102,7 @@ class Credentials:
     @property
     def kerberos_mode(self) -> str:
         """How a Kerberos ticket is obtained: keytab | password | cache."""
-        if self.keytab:
+        if self.keytab or self.keytab_data:
             return "keytab"
         if self.password:
             return "password"
@@ -108,6 +112,7 @@ class Credentials:
         extra = ""
         if self.auth_type == "kerberos":
             extra = f", mode={self.kerberos_mode!r}"
+            extra += ", keytab=<from secretScope>" if self.keytab_data else ""
             extra += "".join(f", {k}={v!r}" for k, v in (("keytab", self.keytab), ("ticketCache", self.ticket_cache),
                                                           ("krb5Config", self.krb5_config),
                                                           ("servicePrincipal", self.service_principal)) if v)
@@ -132,7 +137,26 @@ def keytab_principals(path: str) -> List[str]:
     """The principals (``name/inst@REALM``) a keytab file holds keys for, in file order.
     Raises ``ValueError`` when the file is not a keytab (MIT/Windows format 0x0502 or 0x0501)."""
     with open(path, "rb") as fh:
-        data = fh.read()
+        return keytab_data_principals(fh.read())
+
+
+def keytab_from_secret(value: bytes) -> bytes:
+    """The keytab in a secret's value: the keytab's bytes as they are (``databricks secrets
+    put-secret --binary-file``), or their base64 text (``--string-value "$(base64 -w0 x.keytab)"``).
+    Raises ``ValueError`` (which never quotes the value) when it is neither."""
+    if value[:1] == b"\x05":
+        return value
+    try:
+        raw = base64.b64decode(b"".join(value.split()), validate=True)
+    except (ValueError, TypeError):
+        raise ValueError("the secret is neither a keytab nor base64 of one") from None
+    if raw[:1] != b"\x05":
+        raise ValueError("the secret is base64 but not of a Kerberos keytab (it must start with 0x0502)")
+    return raw
+
+
+def keytab_data_principals(data: bytes) -> List[str]:
+    """:func:`keytab_principals` of a keytab's bytes."""
     if len(data) < 2 or data[0] != 5 or data[1] not in (1, 2):
         raise ValueError("not a Kerberos keytab (it must start with 0x0502)")
     v1 = data[1] == 1
@@ -219,22 +243,34 @@ class _Initiator:
         self.gss: Any = None
         self.spnego = gssapi.OID.from_int_seq(_SPNEGO_OID)
         self.ccache = f"MEMORY:pi_stream_source-{uuid.uuid4().hex}"
+        self.keytab_path = creds.keytab
         if self.mode == "keytab":
             self._check_keytab()
 
     def _check_keytab(self) -> None:
-        path = self.creds.keytab or ""
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise PIKerberosError(f"Kerberos: keytab {path!r} (option 'keytab') is not a readable file on this host; "
-                                  "it must be readable on the driver and on every executor")
-        try:
-            held = keytab_principals(path)
-        except (OSError, ValueError) as exc:
-            raise PIKerberosError(f"Kerberos: option 'keytab' {path!r}: {exc}") from None
+        if self.creds.keytab_data:
+            try:
+                data = base64.b64decode(self.creds.keytab_data.reveal())
+                held = keytab_data_principals(data)
+            except ValueError as exc:
+                raise PIKerberosError(f"Kerberos: the keytab from secretScope (option 'keytabKey'): {exc}") from None
+            self.keytab_path = _private_keytab(data)
+            where = "the keytab from secretScope (option 'keytabKey')"
+        else:
+            path = self.creds.keytab or ""
+            if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                raise PIKerberosError(f"Kerberos: keytab {path!r} (option 'keytab') is not a readable file on this "
+                                      "host; it must be readable on the driver and on every executor (or keep it in "
+                                      "a secret: secretScope with keytabKey)")
+            try:
+                held = keytab_principals(path)
+            except (OSError, ValueError) as exc:
+                raise PIKerberosError(f"Kerberos: option 'keytab' {path!r}: {exc}") from None
+            where = f"keytab {path!r}"
         if not self.principal:
             self.principal = held[0]
         elif not principal_in_keytab(self.principal, held):
-            raise PIKerberosError(f"Kerberos: keytab {path!r} holds no key for principal {self.principal!r} "
+            raise PIKerberosError(f"Kerberos: {where} holds no key for principal {self.principal!r} "
                                   f"(it holds {', '.join(held[:5])}); set option 'kerberosPrincipal' to one of "
                                   "them or use the keytab of that principal")
 
@@ -248,8 +284,9 @@ class _Initiator:
         import gssapi.raw as graw
 
         if self.mode == "keytab":
+            assert self.keytab_path is not None
             return gssapi.Credentials(name=self._name(), usage="initiate",
-                                      store={b"client_keytab": self.creds.keytab.encode(), b"ccache": self.ccache.encode()})
+                                      store={b"client_keytab": self.keytab_path.encode(), b"ccache": self.ccache.encode()})
         if self.mode == "password":
             assert self.creds.password is not None
             res = graw.acquire_cred_with_password(self._name(), self.creds.password.reveal().encode("utf-8"),
@@ -325,7 +362,8 @@ class _Initiator:
         if code in (_PREAUTH_FAILED, _BAD_INTEGRITY) or "Preauthentication failed" in detail \
                 or "Decrypt integrity check failed" in detail or "Password incorrect" in detail:
             if self.mode == "keytab":
-                return PIKerberosError(f"Kerberos: the KDC refused the key of {who} in keytab {self.creds.keytab!r} "
+                kt = "the keytab behind keytabKey" if self.creds.keytab_data else f"keytab {self.creds.keytab!r}"
+                return PIKerberosError(f"Kerberos: the KDC refused the key of {who} in {kt} "
                                        "(its password was changed since the keytab was made?); export a new keytab")
             return PIKerberosError(f"Kerberos: the KDC refused the password of {who}; check option 'password' "
                                    "(or the secret behind passwordKey)")
@@ -359,6 +397,19 @@ class _Initiator:
         return f"KRB5_CONFIG {os.environ['KRB5_CONFIG']!r}" if os.environ.get("KRB5_CONFIG") else "/etc/krb5.conf"
 
 
+def _private_keytab(data: bytes) -> str:
+    """A keytab kept in a secret, written where MIT krb5 can read it (it reads keytabs from files,
+    and again whenever a ticket is renewed): a new directory only this user can enter (0700), the
+    file 0600, removed when the process exits."""
+    folder = tempfile.mkdtemp(prefix="pi_stream_source-keytab-")
+    path = os.path.join(folder, "client.keytab")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    atexit.register(shutil.rmtree, folder, True)
+    return path
+
+
 _INITIATORS: Dict[Tuple[Any, ...], _Initiator] = {}
 _INITIATORS_LOCK = threading.Lock()
 
@@ -368,7 +419,8 @@ def _initiator(creds: Credentials) -> _Initiator:
         # libkrb5 reads KRB5_CONFIG whenever it makes a context: the option holds for this process
         os.environ["KRB5_CONFIG"] = creds.krb5_config
     pw = hashlib.sha256(creds.password.reveal().encode("utf-8")).hexdigest() if creds.password else None
-    key = (creds.kerberos_mode, creds.username, creds.keytab, creds.ticket_cache, creds.krb5_config, pw)
+    kt = hashlib.sha256(creds.keytab_data.reveal().encode("ascii")).hexdigest() if creds.keytab_data else None
+    key = (creds.kerberos_mode, creds.username, creds.keytab, kt, creds.ticket_cache, creds.krb5_config, pw)
     with _INITIATORS_LOCK:
         init = _INITIATORS.get(key)
         if init is None:

@@ -8,7 +8,7 @@ It accepts the field names users of the seed product already have (``pi_web_api_
     url: https://pi.example.com/piwebapi        # or pi_web_api_url
     auth:
       type: basic                               # anonymous | basic | bearer | kerberos
-      # kerberos: keytab (+ kerberos_principal), or username/password, or ticket_cache; krb5_config,
+      # kerberos: keytab or keytab_key (+ kerberos_principal), or username/password, or ticket_cache; krb5_config,
       # service_principal (default HTTP/<url host>)
       secret_scope: pi                          # Databricks secret scope (resolved on the driver)
       username_key: pi-user
@@ -67,11 +67,11 @@ _ALIASES = {
     "token_key": "token_key",
 }
 _AUTH_KEYS = {"type", "username", "password", "token", "secret_scope", "username_key", "password_key",
-              "token_key", "ca_bundle", "keytab", "kerberos_principal", "ticket_cache", "krb5_config",
+              "token_key", "ca_bundle", "keytab", "keytab_key", "kerberos_principal", "ticket_cache", "krb5_config",
               "service_principal"}
 #: kerberos keys of ``auth`` → pi_websocket options
-_KERBEROS_KEYS = {"keytab": "keytab", "kerberos_principal": "kerberosPrincipal", "ticket_cache": "ticketCache",
-                  "krb5_config": "krb5Config", "service_principal": "servicePrincipal"}
+_KERBEROS_KEYS = {"keytab": "keytab", "keytab_key": "keytabKey", "kerberos_principal": "kerberosPrincipal",
+                  "ticket_cache": "ticketCache", "krb5_config": "krb5Config", "service_principal": "servicePrincipal"}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -261,9 +261,9 @@ def _auth(raw: Any, top: Mapping[str, Any]) -> AuthConfig:
         password_key=merged.get("password_key"), token_key=merged.get("token_key"),
         ca_bundle=merged.get("ca_bundle"),
         kerberos={opt: _str(merged[key]) for key, opt in _KERBEROS_KEYS.items() if merged.get(key)})
-    keys = (auth.username_key, auth.password_key, auth.token_key)
+    keys = (auth.username_key, auth.password_key, auth.token_key, merged.get("keytab_key"))
     if any(keys) and not auth.secret_scope:
-        raise PIOptionError("config 'auth': username_key/password_key/token_key need a secret_scope")
+        raise PIOptionError("config 'auth': username_key/password_key/token_key/keytab_key need a secret_scope")
     if kind == "basic" and not ((auth.username or auth.username_key) and (auth.password or auth.password_key)):
         raise PIOptionError("config 'auth': type basic needs username (or username_key) and password (or password_key)")
     if auth.kerberos and kind != "kerberos":

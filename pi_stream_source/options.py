@@ -2,6 +2,7 @@
 connection is made. Option keys are case-insensitive (Spark lower-cases them)."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "kerberosPrincipal": (None, "kerberos: client principal (user@REALM) of the keytab or password; "
                                 "default: username, else the keytab's first principal"),
     "keytab": (None, "kerberos: path of the client principal's keytab (readable on the driver and every executor)"),
+    "keytabKey": (None, "kerberos: key of the client principal's keytab in secretScope (its bytes, or their base64)"),
     "ticketCache": (None, "kerberos: credential cache filled by kinit, used as is (e.g. FILE:/tmp/krb5cc_1000); "
                           "default: KRB5CCNAME or the default cache, when neither keytab nor password is set"),
     "krb5Config": (None, "kerberos: krb5.conf to use (sets KRB5_CONFIG in the Spark Python processes); "
@@ -100,16 +102,17 @@ KERBEROS_OPTIONS = ("kerberosPrincipal", "keytab", "ticketCache", "krb5Config", 
 
 
 def _kerberos_options(opts: Mapping[str, str], auth: str, username: Optional[str],
-                      password: Optional[str]) -> Dict[str, Optional[str]]:
+                      password: Optional[str], keytab_data: Optional[bytes]) -> Dict[str, Any]:
     """Check the Kerberos options (only with authType kerberos; one way to get a ticket) and
-    return them as ``Credentials`` fields (``principal`` is the client principal)."""
+    return them as ``Credentials`` fields (``principal`` is the client principal).
+    ``keytab_data``: the keytab read from secretScope (option keytabKey)."""
     given = {k: opts.get(k, "").strip() for k in KERBEROS_OPTIONS}
     if auth != "kerberos":
-        extra = [k for k, v in given.items() if v]
+        extra = [k for k, v in given.items() if v] + (["keytabKey"] if keytab_data is not None else [])
         if extra:
             raise PIOptionError(f"option '{extra[0]}' applies only to authType 'kerberos' (authType is {auth!r})")
         return {}
-    from .auth import kerberos_available, keytab_principals, principal_in_keytab
+    from .auth import keytab_data_principals, kerberos_available, keytab_principals, principal_in_keytab
 
     if not kerberos_available():
         raise PIOptionError("authType 'kerberos' needs python-gssapi (MIT krb5): pip install 'pi_stream_source[kerberos]'")
@@ -118,10 +121,12 @@ def _kerberos_options(opts: Mapping[str, str], auth: str, username: Optional[str
         raise PIOptionError("options 'kerberosPrincipal' and 'username' name different principals; set only one")
     principal = principal or username
     keytab, cache = given["keytab"] or None, given["ticketCache"] or None
-    ways = [name for name, v in (("keytab", keytab), ("password", password), ("ticketCache", cache)) if v]
+    ways = [name for name, v in (("keytab", keytab), ("keytabKey", keytab_data is not None), ("password", password),
+                                 ("ticketCache", cache)) if v]
     if len(ways) > 1:
         raise PIOptionError(f"authType 'kerberos' takes one way to get a ticket, got options {' and '.join(ways)}: "
-                            "set 'keytab', 'password' (or secretScope with passwordKey) or 'ticketCache'")
+                            "set 'keytab' (or secretScope with keytabKey), 'password' (or secretScope with "
+                            "passwordKey) or 'ticketCache'")
     if password and not principal:
         raise PIOptionError("authType 'kerberos' with a password needs option 'kerberosPrincipal' (or 'username'), "
                             "e.g. user@REALM")
@@ -135,14 +140,25 @@ def _kerberos_options(opts: Mapping[str, str], auth: str, username: Optional[str
         if principal and not principal_in_keytab(principal, held):
             raise PIOptionError(f"option 'keytab' {keytab!r} holds no key for principal {principal!r} (it holds "
                                 f"{', '.join(held[:5])}); set option 'kerberosPrincipal' to one of them")
+    secret_keytab = None
+    if keytab_data is not None:
+        try:
+            held = keytab_data_principals(keytab_data)
+        except ValueError as exc:
+            raise PIOptionError(f"option 'keytabKey' {opts.get('keytabKey', '').strip()!r}: {exc}") from None
+        if principal and not principal_in_keytab(principal, held):
+            raise PIOptionError(f"option 'keytabKey': the keytab holds no key for principal {principal!r} (it holds "
+                                f"{', '.join(held[:5])}); set option 'kerberosPrincipal' to one of them")
+        principal = principal or held[0]
+        secret_keytab = Secret(base64.b64encode(keytab_data).decode("ascii"))
     conf = given["krb5Config"] or None
     if conf and not os.path.isfile(conf):
         raise PIOptionError(f"option 'krb5Config' must name a readable krb5.conf file, got {conf!r}")
     spn = given["servicePrincipal"] or None
     if spn and not re.fullmatch(r"[^/@\s]+/[^/@\s]+(@[^@\s]+)?", spn):
         raise PIOptionError(f"option 'servicePrincipal' must look like HTTP/host or HTTP/host@REALM, got {spn!r}")
-    return {"principal": principal, "keytab": keytab, "ticket_cache": cache, "krb5_config": conf,
-            "service_principal": spn}
+    return {"principal": principal, "keytab": keytab, "keytab_data": secret_keytab, "ticket_cache": cache,
+            "krb5_config": conf, "service_principal": spn}
 
 
 @dataclass
@@ -249,7 +265,8 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
     proxy_user, proxy_password = opts.get("proxyUsername") or None, opts.get("proxyPassword") or None
     scope = opts.get("secretScope", "").strip()
     keys = {k: opts.get(k, "").strip() for k in ("usernameKey", "passwordKey", "tokenKey", "clientSecretKey",
-                                                 "proxyUsernameKey", "proxyPasswordKey")}
+                                                 "proxyUsernameKey", "proxyPasswordKey", "keytabKey")}
+    keytab_data = None
     if any(keys.values()) and not scope:
         raise PIOptionError("options " + "/".join(k for k, v in keys.items() if v) + " need option 'secretScope'")
     if scope:
@@ -269,10 +286,19 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
             proxy_user = resolve_secret(scope, keys["proxyUsernameKey"])
         if keys["proxyPasswordKey"]:
             proxy_password = resolve_secret(scope, keys["proxyPasswordKey"])
+        if keys["keytabKey"]:
+            from .auth import keytab_from_secret
+            from .secrets import resolve_secret_bytes
+
+            try:
+                keytab_data = keytab_from_secret(resolve_secret_bytes(scope, keys["keytabKey"]))
+            except ValueError as exc:
+                raise PIOptionError(f"option 'keytabKey': secret scope '{scope}' key '{keys['keytabKey']}': "
+                                    f"{exc}") from None
     if auth == "basic" and (not username or not password):
         raise PIOptionError("authType 'basic' needs options 'username' and 'password' (or secretScope with "
                             "usernameKey and passwordKey)")
-    krb = _kerberos_options(opts, auth, username, password)
+    krb = _kerberos_options(opts, auth, username, password, keytab_data)
     principal = krb.pop("principal", None)
     if principal:
         username = principal

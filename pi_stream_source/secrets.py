@@ -60,6 +60,17 @@ def _decode(value: str, scope: str, key: str) -> str:
 
 
 def resolve_secret(scope: str, key: str, *, dbutils: Any = None, workspace_client: Any = None) -> str:
+    """The value of secret ``key`` in Databricks secret scope ``scope``, as text (UTF-8)."""
+    return _resolve(scope, key, dbutils, workspace_client, binary=False)
+
+
+def resolve_secret_bytes(scope: str, key: str, *, dbutils: Any = None, workspace_client: Any = None) -> bytes:
+    """The value of secret ``key`` as bytes, for binary secrets such as a keytab
+    (``dbutils.secrets.getBytes``, or the Secrets API's base64 value decoded)."""
+    return _resolve(scope, key, dbutils, workspace_client, binary=True)
+
+
+def _resolve(scope: str, key: str, dbutils: Any, workspace_client: Any, binary: bool) -> Any:
     """The value of secret ``key`` in Databricks secret scope ``scope``.
 
     Uses ``dbutils`` when given or found (running on Databricks), else ``workspace_client`` or a
@@ -72,7 +83,8 @@ def resolve_secret(scope: str, key: str, *, dbutils: Any = None, workspace_clien
         dbutils = find_dbutils()
     if dbutils is not None:
         try:
-            value = dbutils.secrets.get(scope=scope, key=key)
+            value = (dbutils.secrets.getBytes(scope=scope, key=key) if binary
+                     else dbutils.secrets.get(scope=scope, key=key))
         except Exception as exc:
             raise PISecretError(f"could not read secret scope '{scope}' key '{key}' through dbutils: "
                                 f"{type(exc).__name__}") from None
@@ -99,6 +111,12 @@ def resolve_secret(scope: str, key: str, *, dbutils: Any = None, workspace_clien
     if response is None or response.value is None:
         raise PISecretError(f"secret scope '{scope}' key '{key}': the workspace returned no value")
     log.info("secret scope '%s' key '%s' read through the Secrets API", scope, key)
+    if binary:
+        try:
+            return base64.b64decode(response.value, validate=True)
+        except binascii.Error:
+            raise PISecretError(f"secret scope '{scope}' key '{key}': the Secrets API returned a value that is "
+                                "not base64") from None
     return _decode(response.value, scope, key)
 
 

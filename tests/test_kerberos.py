@@ -25,11 +25,13 @@ from pi_stream_source.channel import ChannelReceiver, ShardBuffer
 from pi_stream_source.errors import PIAuthError, PIConnectionError, PIKerberosError, PIOptionError
 from pi_stream_source.options import parse_options
 from pi_stream_source.rest import PIRestClient
+from pi_stream_source.secrets import PISecretError
 from pi_stream_source.testing import (assert_prefix_exact, checkpoint_start, finish, landed_by_tag, start_stream,
                                       wait_until)
 
 from kdc import MitKdc, free_port
 from secret_scan import assert_no_secrets
+from secrets_api import serve_secrets
 
 if os.environ.get("PI_STREAM_REQUIRE_KERBEROS") == "1":      # CI: a missing gssapi is a failure
     import gssapi  # noqa: F401
@@ -348,3 +350,104 @@ def test_run_config_kerberos_keys_become_options(realm):
     with pytest.raises(PIOptionError, match="config 'auth': keytab apply only to type kerberos"):
         parse_config({"url": "http://h/piwebapi", "tags": ["F1DPabc"], "table": "/tmp/t",
                       "auth": {"type": "basic", "username": "u", "password": "p", "keytab": realm.alice_keytab}})
+
+
+# ---- a keytab kept in a Databricks secret scope (option keytabKey) -------------------------------
+@pytest.fixture
+def secret_scope(monkeypatch, tmp_path):
+    yield from serve_secrets(monkeypatch, tmp_path)
+
+
+# An executor: the pickled options, no keytab file anywhere, no Databricks workspace reachable.
+EXECUTOR = r"""
+import json, os, pickle, stat, sys, time
+from pi_stream_source.auth import _INITIATORS
+from pi_stream_source.channel import ChannelReceiver, ShardBuffer
+from pi_stream_source.rest import PIRestClient
+
+o = pickle.loads(open(sys.argv[1], "rb").read())
+rest = PIRestClient(o.url, o.credentials, timeout=10, retry_for=0)
+product = rest.get("system")["ProductTitle"]
+buf = ShardBuffer()
+rec = ChannelReceiver(0, list(o.webids), o, buf, rest)
+rec.start()
+deadline = time.monotonic() + 30
+while buf.rows == 0 and rec.failure is None and time.monotonic() < deadline:
+    time.sleep(0.1)
+rec.stop()
+rec.join(5)
+rest.close()
+path = next(iter(_INITIATORS.values())).keytab_path
+print(json.dumps({"product": product, "values": buf.rows, "failure": repr(rec.failure), "keytab_path": path,
+                  "file_mode": oct(stat.S_IMODE(os.stat(path).st_mode)),
+                  "dir_mode": oct(stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode))}))
+"""
+
+
+@pytest.mark.parametrize("form", ["binary", "base64"])
+def test_keytab_from_a_secret_scope_reaches_executors(simulator, realm, secret_scope, form, tmp_path):
+    import subprocess
+    import sys
+
+    data = open(realm.alice_keytab, "rb").read()
+    # `databricks secrets put-secret --binary-file`, or base64 text (wrapped, as `base64` writes it)
+    secret_scope.values[("pi", "krb-keytab")] = data if form == "binary" else base64.encodebytes(data).decode()
+    sim = kerberos_sim(simulator, realm)
+    o = opts(sim, realm, secretScope="pi", keytabKey="krb-keytab")
+    # the principal defaults to the keytab's first one; the keytab travels as a Secret, never a path
+    assert o.credentials.kerberos_mode == "keytab" and o.credentials.username == realm.alice
+    assert o.credentials.keytab is None and secret_scope.reads == 1
+    blob = tmp_path / "options.pickle"
+    blob.write_bytes(pickle.dumps(o))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", EXECUTOR, str(blob)], env=env, capture_output=True, text=True,
+                         timeout=90)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["product"] and got["failure"] == "None" and got["values"] > 0
+    assert (got["file_mode"], got["dir_mode"]) == ("0o600", "0o700")
+    assert not os.path.exists(got["keytab_path"])              # removed when the process ended
+    assert sim.kerberos_principals.get(realm.alice, 0) >= 2 and secret_scope.reads == 1
+    # the keytab's bytes show nowhere: not in reprs, not in what the executor printed or logged
+    forms = [base64.b64encode(data).decode(), base64.b64encode(data[2:50]).decode()[:40]]
+    for text in (repr(o), repr(o.credentials), str(o.credentials), out.stdout, out.stderr):
+        assert not any(f in text for f in forms)
+    assert "keytab=<from secretScope>" in repr(o.credentials)
+
+
+def test_keytab_secret_errors_name_the_option(simulator, realm, secret_scope):
+    sim = kerberos_sim(simulator, realm)
+    secret_scope.values[("pi", "not-a-keytab")] = "hunter2-is-no-keytab"
+    secret_scope.values[("pi", "b64-of-text")] = base64.b64encode(b"plain text here").decode()
+    secret_scope.values[("pi", "kt")] = open(realm.alice_keytab, "rb").read()
+    with pytest.raises(PIOptionError, match=r"option 'keytabKey': secret scope 'pi' key 'not-a-keytab': the secret "
+                                            r"is neither a keytab nor base64 of one") as info:
+        opts(sim, realm, secretScope="pi", keytabKey="not-a-keytab")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(PIOptionError, match="base64 but not of a Kerberos keytab"):
+        opts(sim, realm, secretScope="pi", keytabKey="b64-of-text")
+    with pytest.raises(PIOptionError, match=r"option 'keytabKey': the keytab holds no key for principal "
+                                            r"'bob@PI.TEST' \(it holds alice@PI.TEST\)"):
+        opts(sim, realm, secretScope="pi", keytabKey="kt", kerberosPrincipal="bob@PI.TEST")
+    with pytest.raises(PIOptionError, match="got options keytab and keytabKey"):
+        opts(sim, realm, secretScope="pi", keytabKey="kt", keytab=realm.alice_keytab)
+    with pytest.raises(PISecretError, match="could not read secret scope 'pi' key 'missing'"):
+        opts(sim, realm, secretScope="pi", keytabKey="missing")
+    with pytest.raises(PIOptionError, match="option 'keytabKey' applies only to authType 'kerberos'"):
+        parse_options({"url": sim.url, "webIds": "F1DPabc", "authType": "anonymous", "secretScope": "pi",
+                       "keytabKey": "kt"})
+    with pytest.raises(PIOptionError, match="keytabKey need option 'secretScope'"):
+        parse_options({"url": sim.url, "webIds": "F1DPabc", "authType": "kerberos", "keytabKey": "kt"})
+
+
+def test_run_config_keytab_key_becomes_options():
+    from pi_stream_source.config import parse_config
+
+    base = {"url": "http://127.0.0.1:1/piwebapi", "tags": ["F1DPabc"], "table": "/tmp/t"}
+    cfg = parse_config({**base, "auth": {"type": "kerberos", "secret_scope": "pi", "keytab_key": "krb-keytab"}})
+    o = cfg.source_options()
+    assert (o["authType"], o["secretScope"], o["keytabKey"]) == ("kerberos", "pi", "krb-keytab")
+    with pytest.raises(PIOptionError, match="keytab_key need a secret_scope"):
+        parse_config({**base, "auth": {"type": "kerberos", "keytab_key": "krb-keytab"}})

@@ -4,12 +4,8 @@ channel upgrade, and closes channels whose token expired. The source renews toke
 expire and after any 401, and the Delta table still matches PI's archive exactly."""
 from __future__ import annotations
 
-import base64
 import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from pyspark.errors import StreamingQueryException
@@ -21,6 +17,7 @@ from pi_stream_source.rest import PIRestClient
 from pi_stream_source.testing import assert_prefix_exact, checkpoint_start, finish, start_stream, wait_until
 from http_proxy import HTTPProxy
 from secret_scan import assert_no_secrets
+from secrets_api import serve_secrets
 
 #: tokenProvider="test_tokens:provide_token" (this module is importable in the test process)
 PROVIDED = {"calls": 0, "token": None, "ttl": None}
@@ -130,50 +127,9 @@ def test_token_request_errors_name_the_cause(simulator):
 
 
 # ---- the token kept in a Databricks secret scope: read again after a 401 ------------------------
-WORKSPACE_TOKEN = "dapi-ws-" + secrets.token_urlsafe(8)
-
-
-class _SecretsAPI(BaseHTTPRequestHandler):
-    values: dict = {}
-    reads = 0
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        parts = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        if self.headers.get("Authorization") != f"Bearer {WORKSPACE_TOKEN}" or parts.path != "/api/2.0/secrets/get":
-            status, body = 401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."}
-        elif (query.get("scope"), query.get("key")) in type(self).values:
-            type(self).reads += 1
-            value = type(self).values[(query["scope"], query["key"])]
-            status, body = 200, {"key": query["key"], "value": base64.b64encode(value.encode()).decode()}
-        else:
-            status, body = 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such secret"}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def secrets_api(monkeypatch, tmp_path):
-    _SecretsAPI.values, _SecretsAPI.reads = {}, 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SecretsAPI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    for name in ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_AUTH_TYPE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no.databrickscfg"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("DATABRICKS_HOST", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("DATABRICKS_TOKEN", WORKSPACE_TOKEN)
-    yield _SecretsAPI
-    server.shutdown()
-    server.server_close()
+    yield from serve_secrets(monkeypatch, tmp_path)
 
 
 def _receive(opts, sim, webids):
