@@ -335,15 +335,23 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 lo = np.maximum(lo, int(start["start"]))
             if s1["run"] == self.run_id:
                 self._ensure_started()
+                bridged = None
                 if s0["run"] != self.run_id:          # the gap before this run's channel opened
                     hi = self._since(shard)
                     floor_us = hi - int(self.opts.max_backfill * MICROS)
-                    parts += self._archive_parts(shard, np.maximum(lo, floor_us), hi, "backfill")
+                    first = np.maximum(lo, floor_us)
+                    parts += self._archive_parts(shard, first, hi, "backfill")
+                    # snapshot rows the bridge reads too; after a restart every one up to ``hi``
+                    # is in the table already or in the bridge (a snapshot is for a query's start)
+                    bridged = (first if s0["run"] == O.INITIAL_RUN else np.full_like(first, np.iinfo(np.int64).min), hi)
                     begin = 0
                 else:
                     begin = s0["seq"]
                 if s1["seq"] > begin:
-                    live.append((shard.index, self._buffers[shard.index].slice(begin, s1["seq"])))
+                    batches = self._buffers[shard.index].slice(begin, s1["seq"])
+                    if bridged is not None:
+                        batches = [_without_bridged_snapshot(b, shard.webids, *bridged) for b in batches]
+                    live.append((shard.index, batches))
             else:                                     # planned by an earlier run: rebuild from the archive
                 hi = O.decode_hwm(s1["hwm"], len(shard.meta))
                 floor_us = s1["since"] - int(self.opts.max_backfill * MICROS)
@@ -439,6 +447,27 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             log.warning("%s read of shard %d: %d malformed answers, %d values with errors, %d unknown WebIDs; "
                         "last: %s", part.source, part.shard, stats.malformed_frames, stats.value_errors,
                         stats.unknown_webids, stats.last_error)
+
+
+def _without_bridged_snapshot(batch: pa.RecordBatch, webids: List[str], lo: np.ndarray,
+                              hi: np.ndarray) -> pa.RecordBatch:
+    """``batch`` minus the snapshot rows (the current values a channel sends first, with
+    startingPosition snapshot) that the start-up bridge also reads from the archive: those of a
+    stream stamped within its bridged range [lo, hi]. The archive's copy lands; a current value
+    older than the range (the point of a snapshot) is kept."""
+    source = batch.column("source")
+    if not pc.any(pc.equal(source, "snapshot")).as_py():
+        return batch
+    pos = pc.index_in(batch.column("tag_webid"), value_set=pa.array(webids, pa.string()))
+    ts = batch.column("timestamp")
+    inside = pc.and_(pc.greater_equal(ts, pc.take(pa.array(lo, pa.int64()), pos)),
+                     pc.less_equal(ts, pc.take(pa.array(hi, pa.int64()), pos)))
+    drop = pc.and_(pc.equal(source, "snapshot"), pc.fill_null(inside, False))
+    dropped = pc.sum(pc.cast(drop, pa.int64())).as_py() or 0
+    if not dropped:
+        return batch
+    log.info("%d snapshot values are read from the archive by the start-up bridge (kept once, as backfill)", dropped)
+    return batch.filter(pc.invert(drop))
 
 
 def _needs_merge(batch: pa.RecordBatch) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import collections
 import json
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.errors import StreamingQueryException
 
@@ -88,16 +90,71 @@ def test_starting_position_in_the_past_with_available_now(spark, simulator, tmp_
     assert expected(sim, start, {t.webid: end - 3_000_000 for t in sim.tags}) <= got
 
 
-def test_snapshot_starts_with_current_values(spark, simulator, tmp_path):
-    sim = simulator(tags=5, rate=1, seed=9)
+@pytest.mark.parametrize("accept_delay", [0.0, 2.5])
+def test_snapshot_starts_with_current_values(spark, simulator, tmp_path, accept_delay):
+    # With a 2.5 s wait before the upgrade is accepted, PI's current value when the channel opens
+    # is newer than the query's start, so the start-up bridge reads it from the archive too: it
+    # must land once (it landed twice, as snapshot and as backfill, whenever the channel was slow).
+    sim = simulator(tags=5, rate=1, seed=9, accept_delay=accept_delay)
     q, table, ck = run(spark, sim, tmp_path, seconds_of_values=2, startingPosition="snapshot")
     finish(q, sim, spark, table)
-    _, dupes, rows = landed(spark, table)
+    got, dupes, rows = landed(spark, table)
+    start = checkpoint_start(ck)
     assert not dupes
+    assert expected(sim, start) <= got
     snap = [r for r in rows if r[3] == "snapshot"]
-    assert {w for w, _, _, _ in snap} == {t.webid for t in sim.tags}
-    for w, ts, v, _ in snap:                       # each is the value PI held when the channel opened
+    for w, ts, v, _ in snap:                       # each is the value PI held when the channel opened,
         assert (ts, v) in {(a, float(b)) for a, b in sim.archive(w, ts, ts)}
+        assert ts < start                          # older than the query (newer ones are the bridge's)
+    # every stream starts with its current value: from the snapshot, or from the bridge when newer
+    first = {w: min(ts for x, ts, _, _ in rows if x == w) for w in {r[0] for r in rows}}
+    assert set(first) == {t.webid for t in sim.tags}
+    for w, ts in first.items():
+        assert any(r[0] == w and r[1] == ts and r[3] in ("snapshot", "backfill") for r in rows)
+    if accept_delay:
+        assert not snap and {r[3] for r in rows} == {"backfill", "live"}
+
+
+def test_snapshot_query_restarted_lands_each_value_once(spark, simulator, tmp_path):
+    # a restart opens the channels again with includeInitialValues: their current values are in the
+    # table already or in the restart's bridge, so none lands again
+    # (the exactly-once writer: a restart re-reads lateDataOverlap before each mark, which the plain
+    # Delta sink would append again)
+    sim = simulator(tags=4, rate=2, seed=13)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True, startingPosition="snapshot")
+    wait_until(lambda: sim.stats["values_sent"] >= 16 or q.exception() is not None, 90, what="16 values")
+    finish(q, sim, spark, table)
+    sim.set_accept_delay(1.5)
+    q2 = start_stream(spark, sim, table, ck, merge=True, startingPosition="snapshot")
+    base = sim.stats["values_sent"]
+    wait_until(lambda: sim.stats["values_sent"] - base >= 16 or q2.exception() is not None, 90, what="16 values")
+    finish(q2, sim, spark, table)
+    assert q2.exception() is None
+    got, dupes, rows = landed(spark, table)
+    assert not dupes
+    assert expected(sim, checkpoint_start(ck)) <= got
+    assert sum(1 for r in rows if r[3] == "backfill") >= 4        # the restart's gap came from the archive
+
+
+def test_bridged_snapshot_rows_are_left_to_the_archive():
+    """The planner's filter on its own: snapshot rows inside a stream's bridged range go (the
+    archive's copy lands), all else stays."""
+    from pi_stream_source.source import _without_bridged_snapshot
+
+    batch = pa.RecordBatch.from_pydict({
+        "tag_webid": ["A", "A", "B", "B", "C", "A", "X"],
+        "timestamp": [5, 10, 20, 31, 7, 12, 15],
+        "source": ["snapshot", "snapshot", "snapshot", "snapshot", "live", "live", "snapshot"],
+    })
+    lo, hi = np.array([10, 20, 0]), np.array([15, 30, 100])          # A: [10, 15], B: [20, 30], C: [0, 100]
+    out = _without_bridged_snapshot(batch, ["A", "B", "C"], lo, hi).to_pydict()
+    # A@5 is older than its range (kept: the point of a snapshot); A@10 and B@20 are inside (dropped);
+    # B@31 is newer; live rows stay; X is no stream of the shard (kept, and flagged elsewhere)
+    assert list(zip(out["tag_webid"], out["timestamp"], out["source"])) == [
+        ("A", 5, "snapshot"), ("B", 31, "snapshot"), ("C", 7, "live"), ("A", 12, "live"), ("X", 15, "snapshot")]
+    plain = batch.filter(pa.array([False, False, False, False, True, True, False]))
+    assert _without_bridged_snapshot(plain, ["A", "B", "C"], lo, hi) is plain
 
 
 def test_every_value_kind_lands(spark, simulator, tmp_path):
