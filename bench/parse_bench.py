@@ -3,7 +3,7 @@
 Messages are captured from the simulator's real channel (1,000 streams per channel, one value per
 stream per message, PI's full StreamValues shape with WebId, Name, Path, Links, flags, units), then
 parsed in this one process by (a) the general parser (``parse_message`` → ``Columns.to_arrow``)
-and (b) the fast path the reader uses first (``fast_batch``: Arrow's JSON reader, repeat check
+and (b) the fast path the reader uses first (``fast_batch``: msgspec's typed decoding, repeat check
 included). CPU time (``time.process_time``), best of ``--repeat`` passes.
 
     python bench/parse_bench.py [--tags 1000] [--messages 30] [--repeat 5]
@@ -22,7 +22,7 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pi_stream_source.parse import Columns, ParseStats, StreamIndex, fast_batch, parse_message  # noqa: E402
+from pi_stream_source.parse import Columns, ParseStats, fast_batch, parse_message  # noqa: E402
 from pi_stream_source.simulator import PISimulator  # noqa: E402
 
 
@@ -65,7 +65,6 @@ def main() -> int:
     args = ap.parse_args()
     frames, known = capture(args.tags, args.messages)
     size = sum(len(f) for f in frames)
-    index = StreamIndex(known)
 
     def general(data):
         cols, stats = Columns(), ParseStats()
@@ -73,7 +72,7 @@ def main() -> int:
         return cols.to_arrow().num_rows
 
     def fast(data):
-        got = fast_batch(data, "live", 0, index, {})
+        got = fast_batch(data, "live", 0, known, {})
         assert got is not None, "the fast path declined a plain message"
         return got[0].num_rows + got[1]
 

@@ -15,7 +15,7 @@ import websocket
 
 from .errors import PIAuthError, PIConnectionError, PIStreamError, PITLSError
 from .options import SourceOptions
-from .parse import Columns, ParseStats, StreamIndex, fast_batch, parse_message, parse_streams
+from .parse import Columns, ParseStats, fast_batch, parse_message, parse_streams
 from .pitime import format_ts, now_micros, parse_ts
 from .rest import PIRestClient, error_from_status, page_for_span
 from .transport import tls_error_message
@@ -143,8 +143,7 @@ class ChannelReceiver(threading.Thread):
         self.cutoff: Dict[str, int] = {}
         self._cutoff_arrays: Tuple[pa.Array, pa.Array] = (pa.array([], pa.string()), pa.array([], pa.int64()))
         self._cutoff_max = -1
-        self._index: Optional[StreamIndex] = None
-        self.fast_parse = True          # Arrow's JSON reader for plain numeric messages
+        self.fast_parse = True          # msgspec's typed decoding for plain numeric messages (fast_batch)
 
     # -- metrics -----------------------------------------------------------------------------
     def metrics(self) -> Dict[str, Any]:
@@ -284,13 +283,11 @@ class ChannelReceiver(threading.Thread):
                 self._take(batch)
 
     def _parse(self, data: Any, source: str) -> Optional[pa.RecordBatch]:
-        """One message → rows: Arrow's JSON reader for plain numeric messages (``fast_batch``),
+        """One message → rows: msgspec's typed decoding for plain numeric messages (``fast_batch``),
         else the general parser, which handles (and counts) everything else."""
         received = now_micros()
         if self.fast_parse and isinstance(data, bytes) and len(data) > 2:
-            if self._index is None:
-                self._index = StreamIndex(self.known)
-            fast = fast_batch(data, source, received, self._index, self.last_seen)
+            fast = fast_batch(data, source, received, self.known, self.last_seen)
             if fast is not None:
                 batch, dropped = fast
                 self.stats.messages += 1
@@ -345,11 +342,11 @@ class ChannelReceiver(threading.Thread):
         if not batch.num_rows:
             return
         ts_max_cut = self._cutoff_max
-        if self.cutoff and batch.column(14)[0].as_py() == "live" and \
-                (pc.min(batch.column(3)).as_py() or -1) <= ts_max_cut:      # only near the cutoff
+        ts = batch.column("timestamp")
+        if self.cutoff and batch.column("source")[0].as_py() == "live" and \
+                (pc.min(ts).as_py() or -1) <= ts_max_cut:      # only near the cutoff
             keys, marks = self._cutoff_arrays
-            cut = pc.fill_null(pc.take(marks, pc.index_in(batch.column(0), value_set=keys)), -1)
-            ts = batch.column(3)
+            cut = pc.fill_null(pc.take(marks, pc.index_in(batch.column("tag_webid"), value_set=keys)), -1)
             keep = pc.fill_null(pc.or_kleene(pc.is_null(ts), pc.greater(ts, cut)), True)
             kept = pc.sum(keep).as_py() or 0
             if kept != batch.num_rows:
@@ -363,7 +360,7 @@ class ChannelReceiver(threading.Thread):
     def _note(self, batch: pa.RecordBatch) -> None:
         hwm = self.hwm
         get = hwm.get
-        for w, ts in zip(batch.column(0).to_pylist(), batch.column(3).to_pylist()):
+        for w, ts in zip(batch.column("tag_webid").to_pylist(), batch.column("timestamp").to_pylist()):
             if ts is not None and ts > get(w, -1):
                 hwm[w] = ts
 

@@ -232,7 +232,7 @@ def parse_streams(streams: Any, cols: Columns, stats: ParseStats, source: str, r
 
 
 # ---- fast path: plain numeric channel messages, decoded by msgspec into typed structs ----------
-class _FastValue(msgspec.Struct, gc=False):
+class _FastValue(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     Timestamp: Optional[str] = None
     Value: Optional[float] = None
     UnitsAbbreviation: Optional[str] = None
@@ -242,15 +242,17 @@ class _FastValue(msgspec.Struct, gc=False):
     Annotated: Optional[bool] = None
 
 
-class _FastStream(msgspec.Struct, gc=False):
+class _FastStream(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     WebId: Optional[str] = None
     Name: Optional[str] = None
     Path: Optional[str] = None
     UnitsAbbreviation: Optional[str] = None
+    Links: Optional[Dict[str, str]] = None
     Items: Optional[List[_FastValue]] = None
 
 
-class _FastMessage(msgspec.Struct, gc=False):
+class _FastMessage(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    Links: Optional[Dict[str, str]] = None
     Items: Optional[List[_FastStream]] = None
     WebId: Optional[str] = None
 
@@ -259,21 +261,18 @@ _FAST_DECODER = msgspec.json.Decoder(_FastMessage)
 _TS_CACHE: Dict[str, int] = {}
 
 
-class StreamIndex:
-    """The subscribed streams of a channel (WebID → name, path) for the fast path."""
-
-    def __init__(self, known: Dict[str, Tuple[Optional[str], Optional[str]]]) -> None:
-        self.known = known
-
-
-def fast_batch(data: bytes, source: str, received: int, index: StreamIndex,
+def fast_batch(data: bytes, source: str, received: int, known: Dict[str, Tuple[Optional[str], Optional[str]]],
                last_seen: Optional[Dict[str, Tuple]] = None) -> Optional[Tuple[pa.RecordBatch, int]]:
     """A channel message of plain numeric values (the common case) → (rows in BUFFER_SCHEMA,
-    repeats dropped), decoded straight into typed structs (msgspec). None when the message holds
-    anything else (strings, digital states, errors, odd shapes, unknown WebIDs, bad timestamps…):
-    the caller then takes the general path, which gives the same rows for what this path accepts."""
-    if b'"Errors"' in data or b'"WebException"' in data or b"\\ud" in data or b"\\uD" in data:
-        return None
+    repeats dropped), decoded straight into typed structs (msgspec). ``known``: the channel's
+    streams (WebID → name, path). None when the message holds anything else (strings, digital
+    states, errors, odd shapes, unknown WebIDs, bad timestamps…): the caller then takes the general
+    path, which gives the same rows for what this path accepts.
+
+    The structs forbid unknown fields, so every string of an accepted frame was decoded, and so
+    checked as the general parser checks it (invalid UTF-8, lone surrogate escapes); PI's
+    ``Errors`` and ``WebException`` are unknown fields here, which send the frame to the general
+    path. No scan of the frame is needed for them."""
     try:
         data.decode("utf-8")             # the general parser refuses invalid UTF-8 anywhere in a frame
         msg = _FAST_DECODER.decode(data)
@@ -282,7 +281,6 @@ def fast_batch(data: bytes, source: str, received: int, index: StreamIndex,
     streams = msg.Items
     if not streams or msg.WebId is not None:
         return None
-    known = index.known
     webid: List[str] = []
     name: List[Optional[str]] = []
     path: List[Optional[str]] = []

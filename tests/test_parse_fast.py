@@ -1,4 +1,4 @@
-"""The fast path (Arrow's JSON reader) must give exactly the general parser's rows, or decline.
+"""The fast path (msgspec's typed decoding) must give exactly the general parser's rows, or decline.
 
 ``fast_batch`` takes plain numeric channel messages; anything else is left to ``parse_message``.
 Here both run on the same messages (generated, and the published samples) with their own repeat
@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pi_stream_source.parse import Columns, ParseStats, StreamIndex, fast_batch, parse_message
+from pi_stream_source.parse import Columns, ParseStats, fast_batch, parse_message
 from pi_stream_source.pitime import format_ts
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "pi_samples"
@@ -45,12 +45,11 @@ message = st.fixed_dictionaries({"Items": st.lists(stream, max_size=5)}, optiona
 @settings(max_examples=400, deadline=None)
 @given(st.lists(message, min_size=1, max_size=4))
 def test_fast_path_equals_the_general_path_or_declines(messages):
-    index = StreamIndex(KNOWN)
     seen_fast, seen_general = {}, {}
     for msg in messages:
         data = orjson.dumps(msg)
         want, stats = general(data, seen_general)
-        got = fast_batch(data, "live", 99, index, seen_fast)
+        got = fast_batch(data, "live", 99, KNOWN, seen_fast)
         if got is None:
             # declined: the general path's repeat state is the truth from here on
             seen_fast = dict(seen_general)
@@ -69,7 +68,7 @@ def test_plain_numeric_message_takes_the_fast_path():
                                    "Items": [{"Timestamp": format_ts(BASE + k), "Value": k * 1.5, "Good": True,
                                               "Questionable": False, "Substituted": False, "Annotated": False}
                                              for k in (1, 2)]} for w in KNOWN]}
-    got = fast_batch(orjson.dumps(msg), "live", 99, StreamIndex(KNOWN), {})
+    got = fast_batch(orjson.dumps(msg), "live", 99, KNOWN, {})
     assert got is not None
     batch, dropped = got
     want, _ = general(orjson.dumps(msg), {})
@@ -90,7 +89,7 @@ def test_published_samples_are_parsed_the_same_or_declined():
                 known[s["WebId"]] = (None, None)
         cols, stats = Columns(), ParseStats()
         parse_message(data, cols, stats, "live", 99, known, {})
-        got = fast_batch(data, "live", 99, StreamIndex(known), {})
+        got = fast_batch(data, "live", 99, known, {})
         if got is not None:
             assert got[0].equals(cols.to_arrow()), path.name
 
@@ -98,6 +97,6 @@ def test_published_samples_are_parsed_the_same_or_declined():
 def test_invalid_utf8_inside_a_string_is_declined_not_raised():
     # found by bench/fuzz_parse.py: msgspec raised UnicodeDecodeError, which would end the channel thread
     data = (b'{"Links":{},"Items":[{"WebId":"F\x9emp","Items":[{"Timestamp":"2024-05-01T12:00:00Z","Value":1.5}]}]}')
-    assert fast_batch(data, "live", 99, StreamIndex(KNOWN), {}) is None
+    assert fast_batch(data, "live", 99, KNOWN, {}) is None
     want, stats = general(data, {})
     assert stats.malformed_frames + stats.values >= 1          # the general path still accounts for it
