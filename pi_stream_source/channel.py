@@ -1,4 +1,5 @@
-"""One PI Web API channel (a WebSocket) for one shard of tags, with reconnect and gap fill."""
+"""One PI Web API channel (a WebSocket) for one shard of tags, with reconnect; each connection's
+cutoff (PI's newest value per stream when it opened) goes into the shard's buffer for the planner."""
 from __future__ import annotations
 
 import logging
@@ -6,28 +7,34 @@ import random
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import websocket
 
-from .errors import PIAuthError, PIConnectionError, PIStreamError, PITLSError
+from .errors import PIAuthError, PIConnectionError, PINotFoundError, PIStreamError, PITLSError
 from .options import SourceOptions
-from .parse import Columns, ParseStats, fast_batch, parse_message, parse_streams
-from .pitime import format_ts, now_micros, parse_ts
-from .rest import PIRestClient, error_from_status, page_for_span
+from .parse import Columns, ParseStats, fast_batch, parse_message
+from .pitime import MIN_MICROS, TICKS, TICKS_PER_MICRO, now_micros, now_ticks, parse_ticks
+from .rest import WEBID_TYPE, PIRestClient, error_from_status
 from .transport import tls_error_message
+from .webid import stream_key, url_webid
+
+MIN_TICKS = MIN_MICROS * TICKS_PER_MICRO
 
 log = logging.getLogger(__name__)
+
 
 
 def channel_url(opts: SourceOptions, webids: List[str], initial: bool = False,
                 element: Optional[str] = None) -> str:
     """``streamsets/channel?webId=…`` for a shard of streams, or ``streamsets/{element}/channel``
-    for the attributes of an AF element."""
-    params = [] if element else ["webId=" + quote(w, safe="") for w in webids]
+    for the attributes of an AF element; answers in Full WebIDs."""
+    params = [] if element else ["webId=" + quote(url_webid(w), safe="") for w in webids]
+    params.append(f"webIdType={WEBID_TYPE}")
     if opts.heartbeat_rate > 0:
         params.append(f"heartbeatRate={opts.heartbeat_rate}")
     if initial:
@@ -38,12 +45,13 @@ def channel_url(opts: SourceOptions, webids: List[str], initial: bool = False,
 
 def shard_webids(opts: SourceOptions, webids: List[str]) -> List[List[str]]:
     """Split the streams into shards of at most ``tagsPerChannel`` whose channel URL stays under
-    ``maxUrlLength``. Deterministic: the same options give the same shards."""
+    ``maxUrlLength``. Deterministic: the same options give the same shards (but nothing depends on
+    that: high-water marks belong to streams, not to shards)."""
     shards: List[List[str]] = []
     current: List[str] = []
     length = len(channel_url(opts, [], True))
     for w in webids:
-        add = len("&webId=") + len(quote(w, safe=""))
+        add = len("&webId=") + len(quote(url_webid(w), safe=""))
         if current and (len(current) >= opts.tags_per_channel or length + add > opts.max_url_length):
             shards.append(current)
             current, length = [], len(channel_url(opts, [], True))
@@ -54,14 +62,53 @@ def shard_webids(opts: SourceOptions, webids: List[str]) -> List[List[str]]:
     return shards
 
 
-class ShardBuffer:
-    """Rows of one shard in arrival order, numbered by a sequence that only grows in a run."""
+class BufferBudget:
+    """The rows all shards of a reader hold, against ``maxBufferRecords`` (one limit for the
+    reader, not one per channel): a receiver waits for room before it reads the next frame."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.rows = 0
+        self.cond = threading.Condition()
+
+    def add(self, n: int) -> None:
+        with self.cond:
+            self.rows += n
+
+    def release(self, n: int) -> None:
+        if n:
+            with self.cond:
+                self.rows -= n
+                self.cond.notify_all()
+
+    def wait_for_room(self, stop: threading.Event) -> None:
+        with self.cond:
+            while self.rows >= self.limit and not stop.is_set():
+                self.cond.wait(0.2)
+
+
+@dataclass
+class Epoch:
+    """One connection of a channel: it opened when the buffer's sequence was ``first_seq``, and PI
+    said each stream's newest value was at ``cutoff`` (ticks, in the shard's stream order). The
+    channel sends what comes after; the planner reads everything up to the cutoff from the archive."""
+    index: int
+    first_seq: int
+    cutoff: np.ndarray
+
+
+class ShardBuffer:
+    """Rows of one shard in arrival order, numbered by a sequence that only grows in a run, and the
+    shard's connections (``Epoch``) at the sequence where each opened."""
+
+    def __init__(self, budget: Optional[BufferBudget] = None) -> None:
         self.lock = threading.Condition()
         self.chunks: List[Tuple[int, pa.RecordBatch]] = []   # (seq of first row, rows)
+        self.epochs: List[Epoch] = []
+        self.epoch_count = 0
         self.next_seq = 0
         self.rows = 0
+        self.budget = budget or BufferBudget(1 << 62)
 
     def append(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -70,9 +117,24 @@ class ShardBuffer:
             self.chunks.append((self.next_seq, batch))
             self.next_seq += batch.num_rows
             self.rows += batch.num_rows
+        self.budget.add(batch.num_rows)
+
+    def new_epoch(self, cutoff: np.ndarray) -> None:
+        with self.lock:
+            self.epochs.append(Epoch(self.epoch_count, self.next_seq, cutoff))
+            self.epoch_count += 1
+
+    def state(self) -> Tuple[int, List[Epoch]]:
+        """(next sequence, the connections known) at one instant."""
+        with self.lock:
+            return self.next_seq, list(self.epochs)
 
     def slice(self, start: int, end: int) -> List[pa.RecordBatch]:
         """Rows with sequence in [start, end)."""
+        return [b for _, b in self.slice_seq(start, end)]
+
+    def slice_seq(self, start: int, end: int) -> List[Tuple[int, pa.RecordBatch]]:
+        """(sequence of the first row, rows) with sequence in [start, end)."""
         out = []
         with self.lock:
             for first, batch in self.chunks:
@@ -80,41 +142,37 @@ class ShardBuffer:
                 if last <= start or first >= end:
                     continue
                 lo, hi = max(start, first) - first, min(end, last) - first
-                out.append(batch.slice(lo, hi - lo))
+                out.append((first + lo, batch.slice(lo, hi - lo)))
         return out
 
     def trim(self, upto: int) -> None:
-        """Forget rows with sequence < ``upto`` (committed by Spark)."""
+        """Forget rows with sequence < ``upto`` (committed by Spark), and connections no row after
+        ``upto`` belongs to."""
+        freed = 0
         with self.lock:
             kept = []
             for first, batch in self.chunks:
                 last = first + batch.num_rows
                 if last <= upto:
-                    self.rows -= batch.num_rows
+                    freed += batch.num_rows
                 elif first < upto:
-                    self.rows -= upto - first
+                    freed += upto - first
                     kept.append((upto, batch.slice(upto - first)))
                 else:
                     kept.append((first, batch))
             self.chunks = kept
+            self.rows -= freed
+            while len(self.epochs) > 1 and self.epochs[1].first_seq <= upto:
+                self.epochs.pop(0)
             self.lock.notify_all()
-
-    def wait_for_room(self, limit: int, stop: threading.Event) -> None:
-        with self.lock:
-            while self.rows >= limit and not stop.is_set():
-                self.lock.wait(0.2)
-
-
-def max_timestamp_per_tag(batch: pa.RecordBatch) -> Tuple[List[str], List[Optional[int]]]:
-    """(WebIDs, newest timestamp of each) over the rows of ``batch``."""
-    table = pa.table({"w": batch.column(0), "t": batch.column(3)}).group_by("w").aggregate([("t", "max")])
-    return table.column("w").to_pylist(), table.column("t_max").to_pylist()
+        self.budget.release(freed)
 
 
 class ChannelReceiver(threading.Thread):
-    """Keeps one channel open; parses each message into the shard's buffer. After a reconnect it
-    fills the gap from ``streamsets/recorded`` (from each tag's newest timestamp) before taking
-    live values again, dropping live values the archive already gave."""
+    """Keeps one channel open and parses each message into the shard's buffer. Each time the channel
+    opens it asks PI for every stream's newest value (the connection's cutoff) and records it in the
+    buffer (``ShardBuffer.new_epoch``): the planner reads what PI archived up to the cutoff from the
+    archive, on executors, and decides which live values the archive read covers."""
 
     def __init__(self, shard: int, webids: List[str], opts: SourceOptions, buffer: ShardBuffer,
                  rest: PIRestClient, initial_values: bool = False, element: Optional[str] = None,
@@ -123,39 +181,40 @@ class ChannelReceiver(threading.Thread):
         self.shard, self.webids, self.opts, self.buffer = shard, webids, opts, buffer
         self.rest, self.initial_values, self.element = rest, initial_values, element
         self.known = dict(known) if known else {w: (None, None) for w in webids}
-        self.connected_at: Optional[int] = None   # when the first channel opened (µs): the run's "since"
-        self.since = 0                            # earliest cutoff of the first connection (0: not open yet)
+        self._position = {stream_key(w): i for i, w in enumerate(webids)}
+        self.connected_at: Optional[int] = None   # when the first channel opened (µs)
+        self.since = 0                            # earliest cutoff of the first connection (ticks; 0: not open yet)
+        self.since_by_tag: Dict[str, int] = {}    # each stream's cutoff at the first connection (ticks)
         self.last_seen: Dict[str, Tuple] = {}
-        self.hwm: Dict[str, int] = {}           # newest timestamp taken per tag (micros)
+        self.hwm: Dict[str, int] = {}             # newest timestamp received per stream (ticks), for the lag
         self.stats = ParseStats()
         self.state = "idle"
         self.reconnects = 0
-        self.gap_fills = 0
-        self.gap_values = 0
+        self.attempts = 0                         # failed attempts in a row (connect, cutoff or receive)
+        self.failed_attempts = 0                  # failed attempts in this run
+        self.last_failure: Optional[str] = None
         self.last_message_at: Optional[float] = None
         self.failure: Optional[BaseException] = None
         self._stopping = threading.Event()
         self._ws: Optional[websocket.WebSocket] = None
         self._sent_headers: Dict[str, str] = {}
         self._snapshot_next = False
-        self.bridged = 0
-        self.since_by_tag: Dict[str, int] = {}
-        self.cutoff: Dict[str, int] = {}
-        self._cutoff_arrays: Tuple[pa.Array, pa.Array] = (pa.array([], pa.string()), pa.array([], pa.int64()))
-        self._cutoff_max = -1
+        self._end_missing = False                 # this PI Web API has no streamsets/end: use streamsets/value
         self.fast_parse = True          # msgspec's typed decoding for plain numeric messages (fast_batch)
 
     # -- metrics -----------------------------------------------------------------------------
     def metrics(self) -> Dict[str, Any]:
         lag = None
         if self.hwm:
-            lag = round((now_micros() - max(self.hwm.values())) / 1e6, 3)
+            lag = round((now_ticks() - max(self.hwm.values())) / TICKS, 3)
+        last = self.last_failure if self.state in ("backoff", "connecting", "failed") else None
         return {"state": self.state, "tags": len(self.webids), "received": self.stats.values,
-                "buffered": self.buffer.rows, "reconnects": self.reconnects, "gapFills": self.gap_fills,
-                "gapValues": self.gap_values, "malformedFrames": self.stats.malformed_frames,
+                "buffered": self.buffer.rows, "reconnects": self.reconnects, "attempts": self.attempts,
+                "failedAttempts": self.failed_attempts, "connections": self.buffer.epoch_count,
+                "malformedFrames": self.stats.malformed_frames,
                 "valueErrors": self.stats.value_errors, "repeatsDropped": self.stats.repeats_dropped,
                 "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag,
-                "lastError": (self.stats.last_error or "")[:300] or None}
+                "lastError": (last or self.stats.last_error or "")[:300] or None}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -187,61 +246,47 @@ class ChannelReceiver(threading.Thread):
             ws = websocket.create_connection(url, header=headers, enable_multithread=True, skip_utf8_validation=True, **kw)
         except websocket.WebSocketBadStatusException as exc:
             challenge = (exc.resp_headers or {}).get("www-authenticate")
-            raise error_from_status(f"channel {self.shard} upgrade", exc.status_code, exc.resp_body or b"",
+            raise error_from_status("upgrade", exc.status_code, exc.resp_body or b"",
                                     self.opts.credentials.auth_type, challenge, self.opts.credentials) from None
         except websocket.WebSocketProxyException as exc:
             proxy = self.opts.proxy.url if self.opts.proxy else "the proxy"
             if "407" in str(exc):
-                raise PIAuthError(f"channel {self.shard}: proxy {proxy} refused the proxy credentials (407 Proxy "
+                raise PIAuthError(f"proxy {proxy} refused the proxy credentials (407 Proxy "
                                   "Authentication Required); check options proxyUsername and proxyPassword", 407) from None
-            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} through proxy {proxy} "
-                                    f"({str(exc)[:200]})") from None
+            raise PIConnectionError(f"cannot connect to {host} through proxy {proxy} ({str(exc)[:200]})") from None
         except ssl.SSLError as exc:
             raise PITLSError(tls_error_message(host, exc)) from None
         except (OSError, websocket.WebSocketException) as exc:
             reason = self.opts.credentials.redact(str(exc))[:300]
-            raise PIConnectionError(f"channel {self.shard}: cannot connect to {host} ({type(exc).__name__}: {reason})") from None
+            raise PIConnectionError(f"cannot connect to {host} ({type(exc).__name__}: {reason})") from None
         ws.settimeout(self.opts.stall_timeout)
         return ws
 
     def run(self) -> None:
-        attempts = 0
         first = True
         while not self._stopping.is_set():
             self.state = "connecting"
             try:
                 ws = self._connect(initial=first and self.initial_values)
             except PIStreamError as exc:
-                status = getattr(exc, "status", None)
-                attempts += 1
-                fatal = status in (400, 401, 403, 404, 407) or isinstance(exc, (PIAuthError, PITLSError))
-                if fatal or (self.opts.max_reconnect_attempts and attempts >= self.opts.max_reconnect_attempts):
-                    self.failure = exc
-                    self.state = "failed"
-                    log.error("channel %d failed: %s", self.shard, exc)
+                # a refused upgrade (4xx: wrong URL, WebID, credentials; TLS) will not get better
+                if self._give_up(exc, fatal=isinstance(exc, (PIAuthError, PITLSError)) or
+                                 400 <= (getattr(exc, "status", None) or 0) < 500):
                     return
-                self._backoff(attempts, exc)
                 continue
             self._ws = ws
-            self.state = "open"
-            log.info("channel %d open (%d streams)", self.shard, len(self.webids))
-            if not first:
-                self.reconnects += 1
             try:
-                self._set_cutoff(first)
+                self.buffer.new_epoch(self._cutoff(first))
+                log.info("channel %d open (%d streams)", self.shard, len(self.webids))
+                self.state = "open"
                 if not first:
-                    self._fill_gap()
+                    self.reconnects += 1
                 self._snapshot_next = first and self.initial_values
                 first = False
-                attempts = 0
                 self._receive(ws)
             except PIStreamError as exc:
-                attempts += 1
-                if getattr(exc, "status", None) in (401, 403) or isinstance(exc, PIAuthError):
-                    self.failure, self.state = exc, "failed"
-                    log.error("channel %d failed: %s", self.shard, exc)
+                if self._give_up(exc, fatal=isinstance(exc, (PIAuthError, PITLSError))):
                     return
-                self._backoff(attempts, exc)
             finally:
                 try:
                     ws.close()
@@ -250,11 +295,33 @@ class ChannelReceiver(threading.Thread):
                 self._ws = None
         self.state = "stopped"
 
-    def _backoff(self, attempts: int, exc: BaseException) -> None:
+    def _give_up(self, exc: PIStreamError, fatal: bool) -> bool:
+        """Count a failed attempt, whichever step failed (the upgrade, the cutoff, the connection):
+        True when the channel must fail (``fatal``, or ``maxReconnectAttempts`` failed attempts in a
+        row without a message in between), else wait the backoff and return False."""
+        self.attempts += 1
+        self.failed_attempts += 1
+        self.last_failure = f"{type(exc).__name__}: {exc}"[:500]
+        budget = self.opts.max_reconnect_attempts
+        if not fatal and not (budget and self.attempts >= budget):
+            self._backoff(exc)
+            return False
+        if fatal:
+            self.failure = exc
+            log.error("channel %d failed: %s", self.shard, exc)
+        else:
+            self.failure = PIConnectionError(
+                f"channel {self.shard} ({len(self.webids)} streams) gave up after {self.attempts} failed attempts in "
+                f"a row (option maxReconnectAttempts={budget}); last error: {self.last_failure}")
+            log.error("%s", self.failure)
+        self.state = "failed"
+        return True
+
+    def _backoff(self, exc: BaseException) -> None:
         self.state = "backoff"
-        delay = min(self.opts.reconnect_backoff_max, self.opts.reconnect_backoff * (2 ** (attempts - 1)))
+        delay = min(self.opts.reconnect_backoff_max, self.opts.reconnect_backoff * (2 ** (self.attempts - 1)))
         delay *= random.uniform(0.5, 1.0)
-        log.warning("channel %d: %s; reconnecting in %.1fs (attempt %d)", self.shard, exc, delay, attempts)
+        log.warning("channel %d: %s; reconnecting in %.1fs (attempt %d)", self.shard, exc, delay, self.attempts)
         self._stopping.wait(delay)
 
     def _receive(self, ws: websocket.WebSocket) -> None:
@@ -262,25 +329,27 @@ class ChannelReceiver(threading.Thread):
             try:
                 opcode, data = ws.recv_data()
             except websocket.WebSocketTimeoutException:
-                raise PIConnectionError(f"channel {self.shard}: no message or heartbeat for {self.opts.stall_timeout}s (stalled)")
+                raise PIConnectionError(f"no message or heartbeat for {self.opts.stall_timeout}s (stalled)")
             except (websocket.WebSocketConnectionClosedException, OSError) as exc:
                 if self._stopping.is_set():
                     return
-                raise PIConnectionError(f"channel {self.shard}: connection lost ({type(exc).__name__})")
+                raise PIConnectionError(f"connection lost ({type(exc).__name__})")
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 if self._stopping.is_set():
                     return
-                raise PIConnectionError(f"channel {self.shard}: closed by server")
+                raise PIConnectionError("closed by server")
             if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                 continue
+            self.attempts = 0            # the connection works: failures count again from zero
             self.last_message_at = time.time()
             log.debug("channel %d: message of %d bytes", self.shard, len(data))
-            self.buffer.wait_for_room(self.opts.max_buffer_records, self._stopping)
+            self.buffer.budget.wait_for_room(self._stopping)
             source = "snapshot" if self._snapshot_next else "live"
             batch = self._parse(data, source)
             if batch is not None and batch.num_rows:
                 self._snapshot_next = False
-                self._take(batch)
+                self._note(batch)
+                self.buffer.append(batch)
 
     def _parse(self, data: Any, source: str) -> Optional[pa.RecordBatch]:
         """One message → rows: msgspec's typed decoding for plain numeric messages (``fast_batch``),
@@ -298,105 +367,58 @@ class ChannelReceiver(threading.Thread):
         parse_message(data, cols, self.stats, source, received, self.known, self.last_seen)
         return cols.to_arrow() if len(cols) else None
 
-    def _set_cutoff(self, first: bool) -> None:
-        """Right after a channel opens, ask PI for each stream's current value: the channel sends
-        only what comes after it, so everything up to that timestamp is read from the archive
-        (by the planner's bridge after a start, by ``_fill_gap`` after a reconnect) and live values
-        up to it are dropped. PI's own timestamps, so the local clock never matters."""
-        now = now_micros()
-        ends: Dict[str, int] = {}
-        path = f"streamsets/{self.element}/end" if self.element else "streamsets/end"
-        params: Dict[str, Any] = {}
-        if not self.element:
-            params["webId"] = self.webids
-        doc = self.rest.get(path, params=params)
-        for item in doc.get("Items", []) if isinstance(doc, dict) else []:
+    def _cutoff(self, first: bool) -> np.ndarray:
+        """Right after a channel opens, ask PI for each stream's newest value: the channel sends
+        only what comes after it, so everything up to that timestamp is read from the archive.
+        PI's own timestamps (ticks), so the local clock never matters. ``streamsets/end`` where the
+        PI Web API has it, else the documented alternative ``streamsets/value`` (current values)."""
+        now = now_ticks()
+        ends: Dict[int, int] = {}
+        for item in self._current_values():
             if not isinstance(item, dict):
+                continue
+            pos = self._position.get(stream_key(item.get("WebId") or ""))
+            if pos is None:
                 continue
             # the spec answers Items[StreamValues] for the ad-hoc form, a single Value elsewhere
             values = item.get("Items") if isinstance(item.get("Items"), list) else [item.get("Value")]
             for value in values:
                 ts = value.get("Timestamp") if isinstance(value, dict) else None
                 try:
-                    t = parse_ts(ts) if isinstance(ts, str) else None
+                    t = parse_ticks(ts) if isinstance(ts, str) else None
                 except ValueError:
                     t = None
-                if t is not None and t > ends.get(item.get("WebId", ""), -1):
-                    ends[item.get("WebId", "")] = t
+                if t is not None and t > ends.get(pos, MIN_TICKS):
+                    ends[pos] = t
         if len(ends) < len(self.webids):
             log.warning("channel %d: PI gave no current value for %d of %d streams; using the newest "
                         "timestamp of the others as their cutoff", self.shard, len(self.webids) - len(ends), len(self.webids))
         default = max(ends.values()) if ends else now
-        cutoff = {w: ends.get(w, default) for w in self.webids}
+        cutoff = np.array([ends.get(i, default) for i in range(len(self.webids))], dtype=np.int64)
         if first:
-            self.since_by_tag = cutoff
-            self.connected_at = now
-            self.since = min(cutoff.values()) if cutoff else now
-        self._cutoff_arrays = (pa.array(list(cutoff), pa.string()), pa.array(list(cutoff.values()), pa.int64()))
-        self._cutoff_max = max(cutoff.values(), default=-1)
-        self.cutoff = cutoff
+            self.since_by_tag = dict(zip(self.webids, cutoff.tolist()))
+            self.connected_at = now // TICKS_PER_MICRO
+            self.since = int(cutoff.min()) if len(cutoff) else now
+        return cutoff
 
-    def _take(self, batch: pa.RecordBatch) -> None:
-        """Buffer parsed rows, minus live rows the archive supplies: those at or before each
-        stream's cutoff (its current value when the channel opened)."""
-        if not batch.num_rows:
-            return
-        ts_max_cut = self._cutoff_max
-        ts = batch.column("timestamp")
-        if self.cutoff and batch.column("source")[0].as_py() == "live" and \
-                (pc.min(ts).as_py() or -1) <= ts_max_cut:      # only near the cutoff
-            keys, marks = self._cutoff_arrays
-            cut = pc.fill_null(pc.take(marks, pc.index_in(batch.column("tag_webid"), value_set=keys)), -1)
-            keep = pc.fill_null(pc.or_kleene(pc.is_null(ts), pc.greater(ts, cut)), True)
-            kept = pc.sum(keep).as_py() or 0
-            if kept != batch.num_rows:
-                self.bridged += batch.num_rows - kept
-                if not kept:
-                    return
-                batch = batch.filter(keep)
-        self._note(batch)
-        self.buffer.append(batch)
+    def _current_values(self) -> List[Any]:
+        params: Dict[str, Any] = {"webIdType": WEBID_TYPE}
+        if not self.element:
+            params["webId"] = [url_webid(w) for w in self.webids]
+        base = f"streamsets/{self.element}" if self.element else "streamsets"
+        if not self._end_missing:
+            try:
+                doc = self.rest.get(f"{base}/end", params=params)
+                return doc.get("Items", []) if isinstance(doc, dict) else []
+            except PINotFoundError:
+                log.info("channel %d: this PI Web API has no %s/end; using %s/value", self.shard, base, base)
+                self._end_missing = True
+        doc = self.rest.get(f"{base}/value", params=params)
+        return doc.get("Items", []) if isinstance(doc, dict) else []
 
     def _note(self, batch: pa.RecordBatch) -> None:
         hwm = self.hwm
         get = hwm.get
         for w, ts in zip(batch.column("tag_webid").to_pylist(), batch.column("timestamp").to_pylist()):
-            if ts is not None and ts > get(w, -1):
+            if ts is not None and ts > get(w, MIN_TICKS):
                 hwm[w] = ts
-
-    def _fill_gap(self) -> None:
-        """After a reconnect: values PI archived while the channel was down, per stream from its
-        newest value taken to its cutoff."""
-        self.state = "gap-fill"
-        lower = {w: self.hwm.get(w, self.since_by_tag.get(w, 0)) for w in self.webids}
-        upper = self.cutoff
-        start = min(lower.values(), default=0)
-        end = max(upper.values(), default=0)
-        cols = Columns()
-        stats = ParseStats()
-        received = now_micros()
-        if end > start:
-            page = page_for_span(end - start, self.opts.recorded_page_size)
-            for streams in self.rest.recorded(self.webids, start + 1, end, page, self.opts.max_url_length):
-                parse_streams(streams, cols, stats, "backfill", received, self.known)
-        keep = [i for i, (w, ts) in enumerate(zip(cols.tag_webid, cols.timestamp))
-                if ts is not None and lower.get(w, 0) < ts <= upper.get(w, 0)]
-        # rejects in the archive's answer count like the channel's (values without a timestamp
-        # cannot be placed in the gap: they are counted in valueErrors, with lastError)
-        untimed = sum(1 for ts in cols.timestamp if ts is None)
-        self.stats.malformed_frames += stats.malformed_frames
-        self.stats.value_errors += stats.value_errors
-        self.stats.unknown_webids += stats.unknown_webids
-        if stats.last_error:
-            self.stats.last_error = f"gap fill: {stats.last_error}"[:500]
-        if untimed:
-            log.warning("channel %d: gap fill dropped %d archive values without a valid Timestamp (last error: %s)",
-                        self.shard, untimed, stats.last_error)
-        self.gap_fills += 1
-        self.gap_values += len(keep)
-        if keep:
-            batch = cols.to_arrow().take(pa.array(keep, pa.int64()))
-            self._note(batch)
-            self.buffer.append(batch)
-        log.info("channel %d: gap fill %s → %s gave %d values", self.shard, format_ts(start), format_ts(end), len(keep))
-        self.state = "open"

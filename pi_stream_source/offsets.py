@@ -2,33 +2,47 @@
 
 An offset is a small JSON document (pure functions here, no I/O)::
 
-    {"v": 1, "tags": "<fingerprint of the stream list>", "start": <µs the query started reading from>,
-     "shards": {"0": {"run": "<reader run id>", "seq": 1234, "since": <µs>, "hwm": <µs> | [<base µs>, "<b64>"]}}}
+    {"v": 2, "start": <ticks the query started reading from>,
+     "run": "<reader run id>", "seq": {"<shard>": [<rows taken>, <connections planned>]},
+     "since": <ticks: earliest cutoff of the run's first connections>,
+     "marks": <per-stream event-time high-water marks>, "from": <per-stream marks, optional>,
+     "merge": <bool>}
 
-Per shard: ``run`` names the reader whose buffer numbered the rows, ``seq`` is the end of the batch
-in that buffer, ``since`` is when that run's channel opened, and ``hwm`` is each tag's event-time
-high-water mark: every value PI archived for the tag up to ``hwm`` is in the batches up to this
-offset. A batch (start, end) can therefore always be rebuilt from the archive as, per tag,
-``(start.hwm - overlap, end.hwm]``, whichever reader planned it. ``hwm`` is one integer when all
-tags agree, else a base plus zlib-compressed int64 deltas in base64 (compact at 10,000 tags).
+High-water marks belong to **streams**, not to shard positions: ``marks`` maps each stream's
+identity (``stream_key``: a PI point's data server GUID and point ID, else the WebID itself) to a
+time in ticks, such that every value PI archived for the stream up to it is in the batches up to
+this offset. Shards, their sizes and the order of tags can therefore change between runs, and
+streams can be added or removed, without a mark landing on another stream. ``run``/``seq`` only
+mean something to the reader run that wrote them (the rows it buffered); any other reader
+rebuilds a batch (start, end) from the archive as, per stream, ``(from or start mark − overlap,
+end mark]``. ``from`` records, for a batch that took values older than a stream's start mark
+(late values, old edits, snapshot values, or a stream new in that batch), the exclusive lower
+bound that covers them.
+
+Marks of point streams are stored per data server as sorted point IDs (delta-coded) plus the marks
+in the same order (a base and zlib-compressed deltas): a few KB at 10,000 tags.
 """
 from __future__ import annotations
 
 import base64
 import zlib
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-VERSION = 1
+
+VERSION = 2
 INITIAL_RUN = "initial"
 
 HwmJson = Union[int, List[Any]]
+Marks = Dict[str, int]
 
 
-def fingerprint(webids: Sequence[str]) -> str:
-    """Identifies the ordered stream list, so a checkpoint is never read against other tags."""
-    return f"{len(webids)}:{zlib.crc32(chr(31).join(webids).encode('utf-8')) & 0xFFFFFFFF:08x}"
+def _point_key(key: str) -> Optional[Tuple[str, int]]:
+    guid, sep, pid = key.rpartition(":")
+    if sep and len(guid) == 36 and pid.lstrip("-").isdigit():
+        return guid, int(pid)
+    return None
 
 
 def encode_hwm(hwm: np.ndarray) -> HwmJson:
@@ -47,16 +61,66 @@ def decode_hwm(value: HwmJson, size: int) -> np.ndarray:
     base, blob = int(value[0]), value[1]
     deltas = np.frombuffer(zlib.decompress(base64.b64decode(blob)), dtype="<i8").astype(np.int64)
     if len(deltas) != size:
-        raise ValueError(f"offset holds {len(deltas)} high-water marks for a shard of {size} streams")
+        raise ValueError(f"offset holds {len(deltas)} high-water marks for {size} streams")
     return deltas + base
 
 
-def shard_state(run: str, seq: int, since: int, hwm: np.ndarray) -> Dict[str, Any]:
-    return {"run": run, "seq": int(seq), "since": int(since), "hwm": encode_hwm(hwm)}
+def encode_marks(marks: Marks) -> Dict[str, Any]:
+    """``{key: ticks}`` → compact JSON: ``{"p": [[guid, ids, marks], …], "s": {key: ticks}}``."""
+    points: Dict[str, List[Tuple[int, int]]] = {}
+    other: Dict[str, int] = {}
+    for key, mark in marks.items():
+        pk = _point_key(key)
+        if pk is None:
+            other[key] = int(mark)
+        else:
+            points.setdefault(pk[0], []).append((pk[1], int(mark)))
+    out: Dict[str, Any] = {}
+    if points:
+        groups = []
+        for guid in sorted(points):
+            pairs = sorted(points[guid])
+            ids = np.array([p for p, _ in pairs], dtype=np.int64)
+            deltas = np.diff(ids, prepend=0).astype("<i8").tobytes()
+            groups.append([guid, base64.b64encode(zlib.compress(deltas, 6)).decode("ascii"),
+                           encode_hwm(np.array([m for _, m in pairs], dtype=np.int64))])
+        out["p"] = groups
+    if other:
+        out["s"] = other
+    return out
 
 
-def initial(tags_fingerprint: str, shard_sizes: Sequence[int], start: int) -> Dict[str, Any]:
-    """The offset before anything was read: every tag's high-water mark is ``start``."""
-    return {"v": VERSION, "tags": tags_fingerprint, "start": int(start),
-            "shards": {str(i): {"run": INITIAL_RUN, "seq": 0, "since": int(start), "hwm": int(start)}
-                       for i in range(len(shard_sizes))}}
+def decode_marks(doc: Optional[Dict[str, Any]]) -> Marks:
+    if not doc:
+        return {}
+    marks: Marks = {}
+    for guid, blob, hwm in doc.get("p", []):
+        ids = np.cumsum(np.frombuffer(zlib.decompress(base64.b64decode(blob)), dtype="<i8"))
+        for pid, mark in zip(ids.tolist(), decode_hwm(hwm, len(ids)).tolist()):
+            marks[f"{guid}:{pid}"] = mark
+    for key, mark in doc.get("s", {}).items():
+        marks[key] = int(mark)
+    return marks
+
+
+def initial(start: int) -> Dict[str, Any]:
+    """The offset before anything was read: no stream has a mark yet; ``start`` (ticks) is where
+    a stream without one starts in the query's first batch."""
+    return {"v": VERSION, "start": int(start), "run": INITIAL_RUN, "seq": {}, "since": int(start),
+            "marks": {}}
+
+
+def check_version(offset: Dict[str, Any]) -> None:
+    if offset.get("v") != VERSION:
+        raise ValueError(
+            f"this checkpoint's offsets are version {offset.get('v')} (per shard position, microseconds); "
+            f"this pi_stream_source writes version {VERSION} (per stream, 100-ns ticks). Start the query with a "
+            "new checkpointLocation and startingPosition at the last timestamp written; the exactly-once writer "
+            "merges the overlap")
+
+
+def offset_size(offset: Dict[str, Any]) -> int:
+    import json
+
+    return len(json.dumps(offset, separators=(",", ":")))
+

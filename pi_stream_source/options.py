@@ -68,10 +68,12 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "maxBufferRecords": ("2000000", "rows held in memory before the reader stops reading (backpressure)"),
     "recordedPageSize": ("10000", "maxCount of each streamsets/recorded call when filling gaps"),
     "connectTimeout": ("30s", "timeout for HTTP requests and the WebSocket handshake"),
-    "maxBackfill": ("7d", "longest gap filled from the archive after a restart; longer is data loss"),
+    "maxBackfill": ("7d", "longest gap filled from the archive (after a restart or reconnect, or from a "
+                          "startingPosition time); longer is data loss"),
     "failOnDataLoss": ("true", "true: a gap longer than maxBackfill fails the query; false: log, report, go on"),
     "lateDataOverlap": ("10s", "replays and restarts re-read this much before each tag's high-water mark"),
-    "bridgeMargin": ("2s", "after a (re)start the archive is read up to channel-open time plus this margin"),
+    "failOnUnknownStreams": ("false", "true: a chosen stream PI does not know (deleted, renamed, mistyped) fails the "
+                                      "query at start; false: it is skipped with a warning and counted (unknownStreams)"),
     "replayTagsPerPartition": ("200", "streams per partition when a batch is rebuilt from the archive"),
     "replayChunk": ("1h", "time span per partition when a batch is rebuilt from the archive"),
     "rowsPerPartition": ("200000", "buffered live rows are packed into Spark partitions (tasks) of up to this many rows"),
@@ -89,6 +91,13 @@ def _int(opts: Mapping[str, str], name: str, low: int, high: Optional[int] = Non
         limits = f"between {low} and {high}" if high is not None else f">= {low}"
         raise PIOptionError(f"option '{name}' must be {limits}, got {value}")
     return value
+
+
+def _bool(opts: Mapping[str, str], name: str) -> bool:
+    value = opts[name].strip().lower()
+    if value not in ("true", "false"):
+        raise PIOptionError(f"option '{name}' must be true or false, got {opts[name]!r}")
+    return value == "true"
 
 
 def _duration(opts: Mapping[str, str], name: str) -> float:
@@ -186,7 +195,7 @@ class SourceOptions:
     max_backfill: float = 7 * 86400.0
     fail_on_data_loss: bool = True
     late_data_overlap: float = 10.0
-    bridge_margin: float = 2.0
+    fail_on_unknown_streams: bool = False
     replay_tags_per_partition: int = 200
     replay_chunk: float = 3600.0
     rows_per_partition: int = 200_000
@@ -217,6 +226,9 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         if canon is None:
             if str(key).lower() in ("path",):      # Spark's load(path) argument: not ours
                 continue
+            if str(key).lower() == "bridgemargin":
+                raise PIOptionError("option 'bridgeMargin' is gone: each channel's cutoff is PI's own newest value "
+                                    "when it opens, so no margin is needed; remove the option")
             raise PIOptionError(f"unknown option '{key}'; allowed options: {', '.join(sorted(OPTIONS))}")
         opts[canon] = "" if value is None else str(value)
     for name, (default, _) in OPTIONS.items():
@@ -337,9 +349,12 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
             raise PIOptionError("option 'startingPosition' must be latest, snapshot, or a time "
                                 f"(ISO 8601 or PI time such as *-2h), got {start!r}") from None
 
-    fail = opts["failOnDataLoss"].strip().lower()
-    if fail not in ("true", "false"):
-        raise PIOptionError(f"option 'failOnDataLoss' must be true or false, got {opts['failOnDataLoss']!r}")
+    fail = _bool(opts, "failOnDataLoss")
+    max_backfill = _duration(opts, "maxBackfill")
+    if start_time is not None and fail and parse_pi_time("*") - start_time > max_backfill * 1e6:
+        raise PIOptionError(f"option 'startingPosition' {start!r} lies more than maxBackfill ({opts['maxBackfill']}) "
+                            "in the past: raise maxBackfill to read that far back, or set failOnDataLoss=false to "
+                            "start at maxBackfill ago")
 
     max_rows = None
     if opts.get("maxRecordsPerTrigger"):
@@ -360,10 +375,10 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         recorded_page_size=_int(opts, "recordedPageSize", 1, 150_000),
         connect_timeout=_duration(opts, "connectTimeout"),
         paths=paths, data_server=data_server, name_filter=name_filter, element_path=element_path,
-        max_backfill=_duration(opts, "maxBackfill"),
-        fail_on_data_loss=fail == "true",
+        max_backfill=max_backfill,
+        fail_on_data_loss=fail,
+        fail_on_unknown_streams=_bool(opts, "failOnUnknownStreams"),
         late_data_overlap=_duration(opts, "lateDataOverlap"),
-        bridge_margin=_duration(opts, "bridgeMargin"),
         replay_tags_per_partition=_int(opts, "replayTagsPerPartition", 1),
         replay_chunk=_duration(opts, "replayChunk"),
         rows_per_partition=_int(opts, "rowsPerPartition", 1000),

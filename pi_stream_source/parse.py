@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from .pitime import parse_ts
+from .pitime import parse_ticks
 from .schema import BUFFER_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _append_value(cols: Columns, item: Any, webid: str, name: Optional[str], pat
     ts: Optional[int] = None
     if isinstance(ts_raw, str):
         try:
-            ts = parse_ts(ts_raw)
+            ts = parse_ticks(ts_raw)
         except ValueError:
             problems.append(f"bad Timestamp {ts_raw!r:.40}")
     else:
@@ -314,7 +314,7 @@ def fast_batch(data: bytes, source: str, received: int, known: Dict[str, Tuple[O
                     return None
                 if len(cache) > 100_000:
                     cache.clear()
-                t = cache[text] = parse_ts(text)
+                t = cache[text] = parse_ticks(text)
             ts.append(t)
     except ValueError:
         return None

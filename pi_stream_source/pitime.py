@@ -1,4 +1,9 @@
-"""Timestamps as integer epoch microseconds (UTC), PI time strings, and ISO 8601 in PI's format.
+"""Timestamps as integer epoch ticks (100 ns, PI's own resolution) or microseconds (Spark's), PI
+time strings, and ISO 8601 in PI's format.
+
+PI Web API prints 7 fractional digits. Every timestamp the reader compares or sends back to PI
+(cutoffs, high-water marks, archive ranges) is kept in ticks, so a value at ``…00.0000005`` is
+never read twice or lost at a boundary; only the table's ``timestamp`` column is microseconds.
 
 Parsing is on the hot path (one call per value), so it avoids a ``datetime`` per value: the
 seconds part of a timestamp is looked up in a small cache and only the fraction is parsed.
@@ -13,6 +18,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Dict, Optional
 
 MICROS = 1_000_000
+#: ticks (100 ns) per microsecond and per second
+TICKS_PER_MICRO = 10
+TICKS = 10_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: the range a timestamp can take (years 1 to 9999, as ``datetime`` and Spark's TIMESTAMP)
 MIN_MICROS = -62_135_596_800 * MICROS
@@ -25,6 +33,15 @@ _CACHE_LIMIT = 1 << 16
 
 def now_micros() -> int:
     return time.time_ns() // 1000
+
+
+def now_ticks() -> int:
+    return time.time_ns() // 100
+
+
+def ticks_to_micros(ticks: int) -> int:
+    """Floor toward −∞, as the table's microsecond ``timestamp`` is derived from PI's stamp."""
+    return ticks // TICKS_PER_MICRO
 
 
 def _seconds_of(prefix: str) -> int:
@@ -46,14 +63,14 @@ def _seconds_of(prefix: str) -> int:
     return secs
 
 
-def parse_ts(text: str) -> int:
+def parse_ticks(text: str) -> int:
     """ISO 8601 timestamp as PI Web API writes it (``2024-05-01T12:00:00.1234567Z``, or with a
-    ``+hh:mm`` offset) → epoch microseconds. Sub-microsecond digits are truncated."""
+    ``+hh:mm`` offset) → epoch ticks (100 ns). Digits past the 7th are truncated."""
     if len(text) < 19:
         raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
     secs = _seconds_of(text[:19])
     rest = text[19:]
-    micros = 0
+    frac_ticks = 0
     if rest.startswith("."):
         i = 1
         while i < len(rest) and rest[i] in "0123456789":
@@ -61,7 +78,7 @@ def parse_ts(text: str) -> int:
         frac = rest[1:i]
         if not frac:
             raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
-        micros = int((frac + "000000")[:6])
+        frac_ticks = int((frac + "0000000")[:7])
         rest = rest[i:]
     if rest in ("Z", "z", "", "+00:00"):
         offset = 0
@@ -70,17 +87,35 @@ def parse_ts(text: str) -> int:
         offset = (int(rest[1:3]) * 3600 + int(rest[4:6]) * 60) * (1 if rest[0] == "+" else -1)
     else:
         raise ValueError(f"not an ISO 8601 timestamp: {text!r}")
-    result = (secs - offset) * MICROS + micros
-    if not MIN_MICROS <= result <= MAX_MICROS:
+    result = (secs - offset) * TICKS + frac_ticks
+    if not MIN_MICROS * TICKS_PER_MICRO <= result <= MAX_MICROS * TICKS_PER_MICRO + 9:
         raise ValueError(f"not an ISO 8601 timestamp: {text!r} (outside years 1 to 9999 UTC)")
     return result
+
+
+def parse_ts(text: str) -> int:
+    """Like ``parse_ticks``, in epoch microseconds (floored)."""
+    return parse_ticks(text) // TICKS_PER_MICRO
+
+
+def format_ticks(ticks: int) -> str:
+    """Epoch ticks → ``YYYY-MM-DDTHH:MM:SS[.fffffff]Z`` (PI's 7 digits, trailing zeros trimmed)."""
+    secs, frac = divmod(ticks, TICKS)
+    base = _format_seconds(secs)
+    if frac:
+        return base + "." + f"{frac:07d}".rstrip("0") + "Z"
+    return base + "Z"
+
+
+def _format_seconds(secs: int) -> str:
+    t = time.gmtime(secs)      # years below 1000 zero-padded by hand: strftime's %Y does not pad them
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
 
 
 def format_ts(micros: int) -> str:
     """Epoch microseconds → ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (fraction trimmed, as PI does)."""
     secs, frac = divmod(micros, MICROS)
-    t = time.gmtime(secs)      # years below 1000 zero-padded by hand: strftime's %Y does not pad them
-    base = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    base = _format_seconds(secs)
     if frac:
         return base + "." + f"{frac:06d}".rstrip("0") + "Z"
     return base + "Z"

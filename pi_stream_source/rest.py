@@ -11,8 +11,13 @@ import requests
 
 from .auth import Credentials
 from .errors import PIAuthError, PIConnectionError, PINotFoundError, PITLSError, PIWebAPIError
-from .pitime import format_ts, parse_ts
+from .pitime import TICKS, format_ticks, parse_ticks
 from .transport import ProxyConfig, Transport, tls_error_message
+from .webid import stream_key, url_webid
+
+#: answers name streams by Full WebIDs whatever form a request used: PI Web API answers in the
+#: ``webIdType`` asked for, else in its configured default, which need not be Full
+WEBID_TYPE = "Full"
 
 log = logging.getLogger(__name__)
 
@@ -168,24 +173,28 @@ class PIRestClient:
 
     def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000,
                  max_url_length: int = 4096) -> Iterator[List[Dict[str, Any]]]:
-        """Pages of ``streamsets/recorded`` for ``webids`` over [start, end] (epoch micros), each a
-        list of stream objects. A stream that filled its page is asked again from its last
-        timestamp; values already returned at that timestamp are skipped (PI has no cursor).
+        """Pages of ``streamsets/recorded`` for ``webids`` over [start, end] (epoch ticks, PI's
+        100 ns: the bounds go back to PI with all 7 digits), each a list of stream objects named by
+        Full WebIDs (``webIdType``) whatever form ``webids`` are in. A stream that filled its page
+        is asked again from its last timestamp; values already returned at that timestamp are
+        skipped (PI has no cursor).
 
         Streams are asked in groups small enough that streams × ``page_size`` stays within PI's
         ``MaxReturnedItemsPerCall`` (150,000 by default) and the URL within ``max_url_length``."""
-        pending: Dict[str, Tuple[int, int]] = {w: (start, 0) for w in webids}   # webid → (from, skip at from)
+        asked = {url_webid(w): stream_key(w) for w in webids}
+        by_key = {k: u for u, k in asked.items()}
+        pending: Dict[str, Tuple[int, int]] = {u: (start, 0) for u in asked}   # url WebID → (from, skip at from)
         while pending:
             groups: Dict[Tuple[int, int], List[str]] = {}
-            for w, key in pending.items():
-                groups.setdefault(key, []).append(w)
+            for u, key in pending.items():
+                groups.setdefault(key, []).append(u)
             pending = {}
             calls = [(key, part) for key, ws in groups.items()
                      for part in split_for_call(ws, page_size, max_url_length, len(self.base_url) + 200)]
             for (frm, skip), ws in calls:
                 doc = self.get("streamsets/recorded", params={
-                    "webId": ws, "startTime": format_ts(frm), "endTime": format_ts(end),
-                    "maxCount": page_size, "boundaryType": "Inside"})
+                    "webId": ws, "startTime": format_ticks(frm), "endTime": format_ticks(end),
+                    "maxCount": page_size, "boundaryType": "Inside", "webIdType": WEBID_TYPE})
                 streams = doc.get("Items", []) if isinstance(doc, dict) else []
                 # odd entries are left for parse_streams to count and report; here only paging
                 for stream in streams if isinstance(streams, list) else []:
@@ -201,14 +210,15 @@ class PIRestClient:
                         stream["Items"] = items
                     webid = stream.get("WebId")
                     if full and items and isinstance(webid, str):
+                        again = by_key.get(stream_key(webid))
                         stamps = [_ts_of(it) for it in items]
                         last = max((t for t in stamps if t is not None), default=None)
-                        if last is None:
-                            log.warning("streamsets/recorded: a full page for %s without one valid Timestamp; "
-                                        "not asking for more", webid[:60])
+                        if last is None or again is None:
+                            log.warning("streamsets/recorded: a full page for %s without one valid Timestamp, or for a "
+                                        "stream not asked for; not asking for more", webid[:60])
                             continue
                         same = sum(1 for t in stamps if t == last)
-                        pending[webid] = (last, same + (skip if last == frm else 0))
+                        pending[again] = (last, same + (skip if last == frm else 0))
                 yield streams
 
 
@@ -234,19 +244,19 @@ def split_for_call(webids: Sequence[str], page_size: int, max_url_length: int, b
     return out
 
 
-def page_for_span(span_us: int, configured: int) -> int:
-    """``maxCount`` for a recorded read over ``span_us``: enough for 10 values/s (busier streams
+def page_for_span(span: int, configured: int) -> int:
+    """``maxCount`` for a recorded read over ``span`` ticks: enough for 10 values/s (busier streams
     page), never above ``recordedPageSize``. Short spans thus ask many streams per call."""
-    return int(max(100, min(configured, span_us / 1e6 * 10 + 10)))
+    return int(max(100, min(configured, span / TICKS * 10 + 10)))
 
 
 def _ts_of(item: Any) -> Optional[int]:
-    """The timestamp (µs) of a value object, or None when it has none that parses."""
+    """The timestamp (ticks) of a value object, or None when it has none that parses."""
     ts = item.get("Timestamp") if isinstance(item, dict) else None
     if not isinstance(ts, str):
         return None
     try:
-        return parse_ts(ts)
+        return parse_ticks(ts)
     except ValueError:
         return None
 
@@ -298,40 +308,51 @@ def _errors_of(content: Any) -> str:
     return str(content)[:200] if content else ""
 
 
-def resolve_paths(client: "PIRestClient", paths: Sequence[str]) -> List[StreamMeta]:
-    """PI point paths (``\\\\server\\tag``) → WebIDs, through ``points?path=`` in batches, cached."""
+def _split_found(what: str, names: Sequence[str], results: List[Tuple[int, Any]], meta: Any,
+                 missing: Optional[List[str]]) -> List[StreamMeta]:
+    """Found streams as StreamMeta; the others go to ``missing`` (``name (why)``), or raise
+    ``PINotFoundError`` naming them when ``missing`` is None."""
+    found: List[StreamMeta] = []
+    lost: List[str] = []
+    for name, (status, content) in zip(names, results):
+        if status == 200 and isinstance(content, dict):
+            found.append(meta(name, content))
+        else:
+            lost.append(f"{name} ({_errors_of(content) or status})")
+    if lost and missing is None:
+        raise PINotFoundError(f"{len(lost)} of {len(names)} {what} unknown to PI Web API: " + ", ".join(lost[:10]), 404)
+    if missing is not None:
+        missing.extend(lost)
+    return found
+
+
+def resolve_paths(client: "PIRestClient", paths: Sequence[str], missing: Optional[List[str]] = None) -> List[StreamMeta]:
+    """PI point paths (``\\\\server\\tag``) → Full WebIDs, through ``points?path=`` in batches, cached.
+    Paths PI does not know go to ``missing`` (else raise)."""
     from urllib.parse import quote
 
-    def fetch() -> List[StreamMeta]:
-        # PI Web API 2019 SP1 fails on a percent-encoded backslash in path= (REFERENCE §2): keep \ as is.
-        results = batch_get(client, [f"points?path={quote(p, safe=chr(92))}&selectedFields=WebId;Name;Path" for p in paths])
-        missing = [f"{p} ({_errors_of(c) or status})" for p, (status, c) in zip(paths, results) if status != 200]
-        if missing:
-            raise PINotFoundError(f"{len(missing)} of {len(paths)} PI point paths not found: " + ", ".join(missing[:10]), 404)
-        return [(c["WebId"], c.get("Name"), c.get("Path")) for _, c in results]
-
-    return _cached(client, "paths", "|".join(paths), fetch)
+    # PI Web API 2019 SP1 fails on a percent-encoded backslash in path= (REFERENCE §2): keep \ as is.
+    results = _cached(client, "paths", "|".join(paths), lambda: batch_get(client, [
+        f"points?path={quote(p, safe=chr(92))}&selectedFields=WebId;Name;Path&webIdType={WEBID_TYPE}" for p in paths]))
+    return _split_found("PI point paths", paths, results,
+                        lambda p, c: (c.get("WebId") or p, c.get("Name"), c.get("Path")), missing)
 
 
-def describe_webids(client: "PIRestClient", webids: Sequence[str]) -> List[StreamMeta]:
-    """Check that every WebID exists (a clear error naming the unknown ones) and get names/paths."""
+def describe_webids(client: "PIRestClient", webids: Sequence[str], missing: Optional[List[str]] = None) -> List[StreamMeta]:
+    """Check that every WebID exists and get each stream's Full WebID (its identity in rows and
+    offsets, whatever form the user gave), name and path. Unknown ones go to ``missing`` (else raise)."""
     def resource(w: str) -> str:
         kind = w[2:4] if len(w) > 4 else ""
         if kind == "DP":
-            return f"points/{w}?selectedFields=WebId;Name;Path"
+            return f"points/{w}?selectedFields=WebId;Name;Path&webIdType={WEBID_TYPE}"
         if kind == "Ab":
-            return f"attributes/{w}?selectedFields=WebId;Name;Path"
+            return f"attributes/{w}?selectedFields=WebId;Name;Path&webIdType={WEBID_TYPE}"
         return f"streams/{w}/value"
 
-    def fetch() -> List[StreamMeta]:
-        results = batch_get(client, [resource(w) for w in webids])
-        unknown = [f"{w} ({_errors_of(c) or status})" for w, (status, c) in zip(webids, results) if status != 200]
-        if unknown:
-            raise PINotFoundError(f"{len(unknown)} of {len(webids)} WebIDs unknown to PI Web API: " + ", ".join(unknown[:10]), 404)
-        return [(w, c.get("Name") if isinstance(c, dict) else None, c.get("Path") if isinstance(c, dict) else None)
-                for w, (_, c) in zip(webids, results)]
-
-    return _cached(client, "webids", "|".join(webids), fetch)
+    results = _cached(client, "webids", "|".join(webids), lambda: batch_get(client, [resource(w) for w in webids]))
+    return _split_found("WebIDs", webids, results,
+                        lambda w, c: (c.get("WebId") if isinstance(c.get("WebId"), str) and w[2:4] in ("DP", "Ab") else w,
+                                      c.get("Name"), c.get("Path")), missing)
 
 
 def points_by_filter(client: "PIRestClient", data_server: str, name_filter: str, page: int = 1000) -> List[StreamMeta]:
@@ -349,7 +370,8 @@ def points_by_filter(client: "PIRestClient", data_server: str, name_filter: str,
         start = 0
         while True:
             doc = client.get(f"dataservers/{server_webid}/points",
-                             params={"nameFilter": name_filter, "startIndex": start, "maxCount": page})
+                             params={"nameFilter": name_filter, "startIndex": start, "maxCount": page,
+                                     "webIdType": WEBID_TYPE})
             items = doc.get("Items", [])
             out.extend((i["WebId"], i.get("Name"), i.get("Path")) for i in items)
             if len(items) < page:
@@ -364,7 +386,8 @@ def element_attributes(client: "PIRestClient", element_path: str) -> Tuple[str, 
     def fetch() -> Tuple[str, List[StreamMeta]]:
         element = client.get("elements", params={"path": element_path, "selectedFields": "WebId;Name;Path"})
         webid = element["WebId"]
-        doc = client.get(f"elements/{webid}/attributes", params={"selectedFields": "Items.WebId;Items.Name;Items.Path"})
+        doc = client.get(f"elements/{webid}/attributes", params={"selectedFields": "Items.WebId;Items.Name;Items.Path",
+                                                                 "webIdType": WEBID_TYPE})
         return webid, [(a["WebId"], a.get("Name"), a.get("Path")) for a in doc.get("Items", [])]
 
     return _cached(client, "element", element_path, fetch)

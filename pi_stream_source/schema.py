@@ -33,7 +33,9 @@ CONTRACT_DDL = ", ".join(f"{f.name} {f.dataType.simpleString().upper()}" for f i
 _TS = pa.timestamp("us", tz="UTC")
 
 #: What the reader buffers and ships to executors: the contract minus the two columns computed at
-#: read time, with timestamps as epoch microseconds.
+#: read time, with ``timestamp`` as PI's epoch ticks (100 ns: every comparison with a cutoff or a
+#: mark, and every time sent back to PI, keeps PI's resolution) and ``received_timestamp`` as epoch
+#: microseconds.
 BUFFER_SCHEMA = pa.schema([
     ("tag_webid", pa.string()), ("tag_name", pa.string()), ("tag_path", pa.string()),
     ("timestamp", pa.int64()), ("value", pa.float64()), ("value_string", pa.string()),

@@ -1,10 +1,12 @@
 """The ``pi_websocket`` Spark data source: PI Web API channels as a Structured Streaming source."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -15,11 +17,12 @@ from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMa
 from pyspark.sql.types import StructType
 
 from . import offsets as O
-from .channel import ChannelReceiver, ShardBuffer, max_timestamp_per_tag, shard_webids
-from .errors import PIDataLossError
+from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, shard_webids
+from .errors import PIConnectionError, PIDataLossError, PINotFoundError
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
-from .pitime import MICROS, format_ts, now_micros
+from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
+from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
 from .rest import PIRestClient, StreamMeta, page_for_span, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 
@@ -32,7 +35,11 @@ def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
     ts = batch.column(3)
     ts_type = ARROW_SCHEMA.field("timestamp").type
     arrays = list(batch.columns)
-    arrays[3] = ts.cast(ts_type)
+    # PI's ticks (100 ns) → the table's microseconds, floored (as ``pitime.ticks_to_micros``)
+    micros = np.floor_divide(np.asarray(pc.fill_null(ts, 0).to_numpy(zero_copy_only=False), dtype=np.int64),
+                             TICKS_PER_MICRO)
+    arrays[3] = pa.array(micros, pa.int64(), mask=np.asarray(ts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+                         if ts.null_count else None).cast(ts_type)
     # timestamp → date is exact for every year (a float64 detour fails past ±2^53 µs, before 1685)
     date = pc.cast(arrays[3], pa.date32())
     arrays[15] = batch.column(15).cast(ts_type)
@@ -92,52 +99,48 @@ def _pack(slices: List[Tuple[int, List[pa.RecordBatch]]], per_partition: int) ->
 
 @dataclass
 class PIArchivePartition(InputPartition):
-    """Values to read from the PI archive on an executor: streams ``meta`` over [lo, hi] (µs,
-    inclusive), marked ``source`` (``backfill`` after a (re)start, ``replay`` for a rebuilt batch)."""
+    """Values to read from the PI archive on an executor: one ``ArchiveSlice`` (streams, each with
+    its own (lo, hi], over (t, u] in ticks), marked ``source`` (``backfill`` for ranges this run
+    planned, ``replay`` for a batch an earlier run planned)."""
     shard: int
-    meta: List[StreamMeta]
-    lo: int
-    hi: int
+    part: ArchiveSlice
     source: str
-    last_chunk: bool = True
 
     def __repr__(self) -> str:
-        return (f"PIArchivePartition(shard={self.shard}, streams={len(self.meta)}, "
-                f"{format_ts(self.lo)}..{format_ts(self.hi)}, {self.source})")
+        return (f"PIArchivePartition(streams={len(self.part.streams)}, "
+                f"{format_ticks(self.part.t)}..{format_ticks(self.part.u)}, {self.source})")
 
 
 @dataclass
-class _Shard:
-    index: int
-    meta: List[StreamMeta]
-    element: Optional[str] = None
-    position: Dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.position = {w: i for i, (w, _, _) in enumerate(self.meta)}
-
-    @property
-    def webids(self) -> List[str]:
-        return [w for w, _, _ in self.meta]
+class _Plan:
+    live: List[Tuple[int, List[pa.RecordBatch]]]
+    ranges: List[ArchiveRange]
 
 
 class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
-    """Driver side: one channel per shard, buffers, offsets (see ``offsets.py``). Executor side:
-    ``read()`` only. Batches of the current run are served from the buffers; a batch planned by an
-    earlier run, and the gap before a run's channels opened, are read from the PI archive."""
+    """Driver side: one channel per shard, buffers, offsets (see ``offsets.py``) and planning (see
+    ``planning.py``). Executor side: ``read()`` only. Batches of the current run are served from
+    the buffers plus archive ranges; a batch planned by an earlier run is read from the archive."""
 
     def __init__(self, options: SourceOptions) -> None:
         self.opts = options
         self.run_id = uuid.uuid4().hex[:16]
+        self.run_start = now_ticks()              # where a stream new to the selection starts (latest)
         self._lock = threading.RLock()
-        self._shards: Optional[List[_Shard]] = None
+        self._streams: Optional[List[List[Stream]]] = None
+        self._element: Optional[str] = None
+        self.unknown: List[str] = []              # chosen streams PI does not know (skipped)
         self._started = False
+        self._budget = BufferBudget(options.max_buffer_records)
         self._buffers: List[ShardBuffer] = []
         self._receivers: List[ChannelReceiver] = []
         self._rest: Optional[PIRestClient] = None
         self._initial: Optional[Dict[str, Any]] = None
-        self._target: Optional[Dict[str, int]] = None
+        self._target: Optional[Dict[int, int]] = None
+        self._plans: Dict[str, _Plan] = {}
+        self._marks_cache: Tuple[Optional[str], O.Marks] = (None, {})
         self._lost: List[Dict[str, Any]] = []
+        self._counts = {"coveredDropped": 0, "lateKept": 0}
 
     def __getstate__(self) -> Dict[str, Any]:
         # Executors get a pickled copy: no sockets, threads or buffers travel with it.
@@ -158,44 +161,51 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                       proxy=self.opts.proxy)
         return self._rest
 
-    def shards(self) -> List[_Shard]:
-        """Resolve the chosen streams (batched, cached lookups) and split them into shards."""
+    def shards(self) -> List[List[Stream]]:
+        """Resolve the chosen streams (batched, cached lookups; every form of WebID to its Full form)
+        and split them into shards. Streams PI does not know are skipped with a warning (or fail,
+        with failOnUnknownStreams)."""
         with self._lock:
-            if self._shards is None:
+            if self._streams is None:
                 opts = self.opts
+                missing: List[str] = []
                 if opts.element_path:
-                    element, attrs = element_attributes(self.rest, opts.element_path)
-                    self._shards = [_Shard(0, attrs, element)]
+                    self._element, attrs = element_attributes(self.rest, opts.element_path)
+                    self._streams = [[Stream(*m) for m in attrs]]
                 else:
                     meta: List[StreamMeta] = []
                     if opts.webids:
-                        meta += describe_webids(self.rest, opts.webids)
+                        meta += describe_webids(self.rest, opts.webids, missing)
                     if opts.paths:
-                        meta += resolve_paths(self.rest, opts.paths)
+                        meta += resolve_paths(self.rest, opts.paths, missing)
                     if opts.name_filter:
                         meta += points_by_filter(self.rest, opts.data_server or "", opts.name_filter)
-                    unique = list({m[0]: m for m in meta}.values())
+                    unique = list({Stream(*m).key: Stream(*m) for m in meta}.values())
+                    if missing:
+                        msg = (f"pi_websocket: {len(missing)} chosen stream(s) unknown to PI Web API at {opts.url}: "
+                               + ", ".join(missing[:10]) + (", …" if len(missing) > 10 else ""))
+                        if opts.fail_on_unknown_streams or not unique:
+                            raise PINotFoundError(msg + ("" if unique else "; no stream left to read") +
+                                                  " (check webIds/paths, or set failOnUnknownStreams=false to skip them)", 404)
+                        log.warning("%s; streaming the other %d (metric unknownStreams)", msg, len(unique))
+                        self.unknown = missing
                     if not unique:
-                        raise PIDataLossError("no streams matched the selection (webIds/paths/nameFilter)")
-                    by_webid = {m[0]: m for m in unique}
-                    groups = shard_webids(opts, [m[0] for m in unique])
-                    self._shards = [_Shard(i, [by_webid[w] for w in g]) for i, g in enumerate(groups)]
+                        raise PINotFoundError("no streams matched the selection (webIds/paths/nameFilter)", 404)
+                    by_webid = {s.webid: s for s in unique}
+                    self._streams = [[by_webid[w] for w in g] for g in shard_webids(opts, [s.webid for s in unique])]
                 log.info("pi_websocket: %d streams in %d channels to %s",
-                         sum(len(s.meta) for s in self._shards), len(self._shards), opts.url)
-            return self._shards
-
-    def _fingerprint(self) -> str:
-        return O.fingerprint([w for s in self.shards() for w in s.webids])
+                         sum(len(s) for s in self._streams), len(self._streams), opts.url)
+            return self._streams
 
     def _ensure_started(self) -> None:
         with self._lock:
             if self._started:
                 return
             initial = self.opts.starting_position == "snapshot"
-            for shard in self.shards():
-                buf = ShardBuffer()
-                rec = ChannelReceiver(shard.index, shard.webids, self.opts, buf, self.rest, initial_values=initial,
-                                      element=shard.element, known={w: (n, p) for w, n, p in shard.meta})
+            for index, shard in enumerate(self.shards()):
+                buf = ShardBuffer(self._budget)
+                rec = ChannelReceiver(index, [s.webid for s in shard], self.opts, buf, self.rest, initial_values=initial,
+                                      element=self._element, known={s.webid: (s.name, s.path) for s in shard})
                 self._buffers.append(buf)
                 self._receivers.append(rec)
             for rec in self._receivers:
@@ -211,8 +221,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def initialOffset(self) -> Dict[str, Any]:
         with self._lock:
             if self._initial is None:
-                start = self.opts.start_time if self.opts.start_time is not None else now_micros()
-                self._initial = O.initial(self._fingerprint(), [len(s.meta) for s in self.shards()], start)
+                start = self.opts.start_time * TICKS_PER_MICRO if self.opts.start_time is not None else now_ticks()
+                self.shards()                     # an unknown selection fails here, before any batch
+                self._initial = O.initial(start)
             return self._initial
 
     def getDefaultReadLimit(self) -> ReadLimit:
@@ -222,184 +233,185 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def prepareForTriggerAvailableNow(self) -> None:
         """"Available now" is what the archive holds up to the moment every channel is open, plus
-        the live rows buffered by then: wait (up to connectTimeout) for the channels to open."""
+        the live rows buffered by then: wait (up to connectTimeout) for every channel to open; one
+        that cannot open fails the query rather than being left out."""
         self._ensure_started()
-        deadline = now_micros() + int(self.opts.connect_timeout * MICROS)
-        while now_micros() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
-            threading.Event().wait(0.05)
+        deadline = time.monotonic() + max(self.opts.connect_timeout, 1.0)
+        while time.monotonic() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
+            time.sleep(0.05)
         self._raise_failures()
-        self._target = {str(i): b.next_seq for i, b in enumerate(self._buffers)}
+        closed = [r for r in self._receivers if r.since == 0]
+        if closed:
+            raise PIConnectionError(
+                f"Trigger.AvailableNow: {len(closed)} of {len(self._receivers)} channels did not open within "
+                f"{self.opts.connect_timeout:.0f}s (option connectTimeout); first: channel {closed[0].shard}, last error: "
+                f"{closed[0].last_failure or 'none yet'}")
+        self._target = {i: b.state()[0] for i, b in enumerate(self._buffers)}
 
-    def _check_tags(self, offset: Dict[str, Any]) -> None:
-        if offset.get("tags") != self._fingerprint():
-            raise PIDataLossError(
-                "the streams selected now differ from the ones in the checkpoint "
-                f"({offset.get('tags')} vs {self._fingerprint()}); start the query with a new checkpointLocation "
-                "(and startingPosition at the last timestamp written) to change the selection")
+    def _marks(self, offset: Dict[str, Any]) -> O.Marks:
+        doc = offset.get("marks")
+        key = repr(doc)
+        if self._marks_cache[0] != key:
+            self._marks_cache = (key, O.decode_marks(doc))
+        return self._marks_cache[1]
 
     def latestOffset(self, start: Dict[str, Any], limit: ReadLimit) -> Dict[str, Any]:
         self._ensure_started()
         self._raise_failures()
-        self._check_tags(start)
-        shards = self.shards()
-        pending: Dict[str, int] = {}
-        begins: Dict[str, int] = {}
-        for shard in shards:
-            key = str(shard.index)
-            s0 = start["shards"][key]
-            rec, buf = self._receivers[shard.index], self._buffers[shard.index]
-            if s0["run"] != self.run_id and rec.since == 0:
-                pending[key] = 0                      # channel not open yet: nothing to plan for it
-                continue
-            begin = s0["seq"] if s0["run"] == self.run_id else 0
-            avail = buf.next_seq if self._target is None else min(buf.next_seq, self._target.get(key, buf.next_seq))
-            begins[key], pending[key] = begin, max(0, avail - begin)
-        if isinstance(limit, ReadMaxRows):
-            pending = _fair_share(pending, limit.max_rows)
-        end_shards: Dict[str, Any] = {}
-        merge = False            # will the batch hold rows the table may already have?
-        for shard in shards:
-            key = str(shard.index)
-            s0 = start["shards"][key]
-            rec = self._receivers[shard.index]
-            bridge = s0["run"] != self.run_id
-            if bridge and key not in begins:          # not open when the first loop looked (it may be now)
-                end_shards[key] = s0
-                continue
-            if not bridge and pending[key] == 0:
-                end_shards[key] = s0
-                continue
-            hwm = O.decode_hwm(s0["hwm"], len(shard.meta))
-            begin = begins[key]
-            stop = begin + pending[key]
-            for batch in self._buffers[shard.index].slice(begin, stop):
-                merge = merge or _needs_merge(batch)
-                for w, ts in zip(*max_timestamp_per_tag(batch)):
-                    pos = shard.position.get(w)
-                    if pos is not None and ts is not None and ts > hwm[pos]:
-                        hwm[pos] = ts
-            if bridge:
-                # archive rows may overlap what an earlier run wrote; on a fresh query that starts
-                # at "latest", they are the few seconds between its start and the channel opening
-                fresh = s0["run"] == O.INITIAL_RUN and self.opts.start_time is None
-                merge = merge or not fresh
-                since = self._since(shard)
-                self._check_gap(shard, O.decode_hwm(s0["hwm"], len(shard.meta)), since)
-                np.maximum(hwm, since, out=hwm)
-            end_shards[key] = O.shard_state(self.run_id, stop, rec.since, hwm)
-        end = {"v": O.VERSION, "tags": start["tags"], "start": start.get("start"), "shards": end_shards}
-        if end["shards"] == start["shards"]:
+        try:
+            O.check_version(start)
+        except ValueError as exc:
+            raise PIDataLossError(f"pi_websocket: {exc}") from None
+        end, plan = self._plan(start, limit)
+        if end is start:
             return start
-        end["merge"] = merge
+        self._plans[json.dumps(end, sort_keys=True)] = plan
+        while len(self._plans) > 4:                       # Spark plans the batch it asked about next
+            self._plans.pop(next(iter(self._plans)))
         return end
 
-    def _since(self, shard: _Shard) -> np.ndarray:
-        """Per stream of the shard, its cutoff when this run's channel opened (PI time)."""
-        cut = self._receivers[shard.index].since_by_tag
-        return np.array([cut.get(w, 0) for w in shard.webids], dtype=np.int64)
-
-    def _check_gap(self, shard: _Shard, hwm: np.ndarray, since: np.ndarray) -> None:
-        """A restart gap longer than ``maxBackfill`` is data loss: fail or report (failOnDataLoss)."""
-        limit = since - int(self.opts.max_backfill * MICROS)
-        late = [i for i in range(len(hwm)) if hwm[i] < limit[i]]
-        if not late:
-            return
-        names = ", ".join(shard.meta[i][1] or shard.meta[i][0] for i in late[:10])
-        frm = format_ts(int(min(hwm[i] for i in late)))
-        to = format_ts(int(max(limit[i] for i in late)))
-        msg = (f"pi_websocket: values of {len(late)} stream(s) ({names}{', …' if len(late) > 10 else ''}) from {frm} "
-               f"to {to} are older than maxBackfill ({self.opts.max_backfill:.0f}s) and will not be "
-               "read from the PI archive. Raise maxBackfill to fill the whole gap, or set failOnDataLoss=false "
-               "to skip it.")
-        if self.opts.fail_on_data_loss:
-            raise PIDataLossError(msg)
-        log.warning(msg)
-        self._lost.append({"shard": shard.index, "streams": len(late), "from": frm, "to": to})
+    def _plan(self, start: Dict[str, Any], limit: Optional[ReadLimit] = None,
+              targets: Optional[Dict[int, Tuple[int, int]]] = None) -> Tuple[Dict[str, Any], _Plan]:
+        """The next offset after ``start`` and what its batch holds. ``targets`` (shard → (seq,
+        connections)) re-plans a batch whose end is known."""
+        shards = self.shards()
+        m0 = self._marks(start)
+        same_run = start.get("run") == self.run_id
+        initial = start.get("run") == O.INITIAL_RUN
+        default = int(start["start"]) if initial else (
+            self.opts.start_time * TICKS_PER_MICRO if self.opts.start_time is not None else self.run_start)
+        states: Dict[int, Tuple[int, int, int, List[Epoch]]] = {}
+        pending: Dict[str, int] = {}
+        for k in range(len(shards)):
+            next_seq, epochs = self._buffers[k].state()
+            if not epochs:
+                continue                                  # channel not open yet: nothing to plan for it
+            begin, ep0 = (start["seq"].get(str(k)) or (0, 0)) if same_run else (0, 0)
+            avail = next_seq
+            if targets is not None:
+                avail = min(avail, targets.get(k, (begin, ep0))[0])
+            elif self._target is not None:
+                avail = min(avail, self._target.get(k, avail))
+            states[k] = (begin, ep0, next_seq, epochs)
+            pending[str(k)] = max(0, avail - begin)
+        if isinstance(limit, ReadMaxRows):
+            pending = _fair_share(pending, limit.max_rows)
+        selected = {s.key for shard in shards for s in shard}
+        m1 = {k: v for k, v in m0.items() if k in selected}
+        reach: Dict[str, int] = {}
+        seq = dict(start["seq"]) if same_run else {}
+        plan = _Plan([], [])
+        merge = False
+        changed = False
+        fresh = initial and self.opts.start_time is None
+        for k, (begin, ep0, _, epochs) in states.items():
+            stop = begin + pending[str(k)]
+            ep1 = 1 + max((e.index for e in epochs if e.first_seq <= stop), default=ep0 - 1)
+            if targets is not None:
+                ep1 = min(ep1, targets.get(k, (stop, ep0))[1])
+            ep1 = max(ep1, ep0)
+            if stop == begin and ep1 == ep0:
+                continue
+            shard = shards[k]
+            marks = np.array([m0.get(s.key, default) for s in shard], dtype=np.int64)
+            known = np.array([s.key in m0 for s in shard], dtype=bool)
+            sp = plan_shard(shard, self._buffers[k].slice_seq(begin, stop), epochs, (ep0, ep1), marks, known,
+                            bridge_overlap=0 if initial else int(self.opts.late_data_overlap * TICKS),
+                            floor=int(start["start"]), max_backfill=int(self.opts.max_backfill * TICKS),
+                            fail_on_data_loss=self.opts.fail_on_data_loss)
+            for i, s in enumerate(shard):
+                if known[i] or ep1 > 0:
+                    m1[s.key] = int(sp.marks[i])
+            for i, r in sp.reach.items():
+                reach[shard[i].key] = r
+            for i, lo, cut in sp.lost:
+                self._lost.append({"shard": k, "stream": shard[i].name or shard[i].webid,
+                                   "from": format_ticks(lo), "to": format_ticks(cut)})
+                log.warning("pi_websocket: %s: values from %s to %s not read (older than maxBackfill; failOnDataLoss=false)",
+                            shard[i].name or shard[i].webid, format_ticks(lo), format_ticks(cut))
+            self._counts["coveredDropped"] += sp.covered
+            self._counts["lateKept"] += sp.late
+            merge = merge or sp.merge or (bool(sp.ranges) and not fresh)
+            seq[str(k)] = [stop, ep1]
+            if sp.rows:
+                plan.live.append((k, sp.rows))
+            plan.ranges += sp.ranges
+            changed = True
+        if not changed:
+            return start, plan
+        since = [r.since for r in self._receivers if r.since]
+        end: Dict[str, Any] = {"v": O.VERSION, "start": int(start["start"]), "run": self.run_id, "seq": seq,
+                               "since": min(since) if since else int(start.get("since", start["start"])),
+                               "marks": O.encode_marks(m1), "merge": merge}
+        if reach:
+            end["from"] = O.encode_marks(reach)
+        return end, plan
 
     # -- planning -------------------------------------------------------------------------------
     def partitions(self, start: Dict[str, Any], end: Dict[str, Any]) -> List[InputPartition]:
-        self._check_tags(end)
-        overlap = int(self.opts.late_data_overlap * MICROS)
-        floor_us = None
-        parts: List[InputPartition] = []
-        live: List[Tuple[int, List[pa.RecordBatch]]] = []
-        for shard in self.shards():
-            key = str(shard.index)
-            s0, s1 = start["shards"][key], end["shards"][key]
-            if s0 == s1:
-                continue
-            lo = O.decode_hwm(s0["hwm"], len(shard.meta))
-            if s0["run"] != O.INITIAL_RUN:
-                lo = lo - overlap                     # late data: re-read a little before the mark
-            if start.get("start") is not None:        # …but never before where the query started
-                lo = np.maximum(lo, int(start["start"]))
-            if s1["run"] == self.run_id:
+        if end.get("run") == self.run_id:
+            plan = self._plans.pop(json.dumps(end, sort_keys=True), None)
+            if plan is None:                              # not planned by latestOffset here: plan it again
                 self._ensure_started()
-                bridged = None
-                if s0["run"] != self.run_id:          # the gap before this run's channel opened
-                    hi = self._since(shard)
-                    floor_us = hi - int(self.opts.max_backfill * MICROS)
-                    first = np.maximum(lo, floor_us)
-                    parts += self._archive_parts(shard, first, hi, "backfill")
-                    # snapshot rows the bridge reads too; after a restart every one up to ``hi``
-                    # is in the table already or in the bridge (a snapshot is for a query's start)
-                    bridged = (first if s0["run"] == O.INITIAL_RUN else np.full_like(first, np.iinfo(np.int64).min), hi)
-                    begin = 0
-                else:
-                    begin = s0["seq"]
-                if s1["seq"] > begin:
-                    batches = self._buffers[shard.index].slice(begin, s1["seq"])
-                    if bridged is not None:
-                        batches = [_without_bridged_snapshot(b, shard.webids, *bridged) for b in batches]
-                    live.append((shard.index, batches))
-            else:                                     # planned by an earlier run: rebuild from the archive
-                hi = O.decode_hwm(s1["hwm"], len(shard.meta))
-                floor_us = s1["since"] - int(self.opts.max_backfill * MICROS)
-                parts += self._archive_parts(shard, np.maximum(lo, floor_us), hi, "replay")
-        packed = _pack(live, self.opts.rows_per_partition)
+                _, plan = self._plan(start, targets={int(k): (v[0], v[1]) for k, v in end["seq"].items()})
+            source = "backfill"
+        else:
+            plan = self._rebuild(start, end)
+            source = "replay"
+        chunk = max(1, int(self.opts.replay_chunk * TICKS))
+        parts: List[InputPartition] = [PIArchivePartition(0, sl, source) for sl in
+                                       group_ranges(plan.ranges, self.opts.replay_tags_per_partition, chunk)]
+        packed = _pack(plan.live, self.opts.rows_per_partition)
         log.debug("planned %d live rows in %d partitions and %d archive partitions",
                   sum(p.rows for p in packed), len(packed), len(parts))
         return parts + packed
 
-    def _archive_parts(self, shard: _Shard, lo: np.ndarray, hi: np.ndarray, source: str) -> List[PIArchivePartition]:
-        """Group streams sharing a range, then split by ``replayTagsPerPartition`` and ``replayChunk``."""
-        groups: Dict[Tuple[int, int], List[StreamMeta]] = {}
-        for i, meta in enumerate(shard.meta):
-            if hi[i] >= lo[i]:
-                groups.setdefault((int(lo[i]), int(hi[i])), []).append(meta)
-        chunk_us = max(1, int(self.opts.replay_chunk * MICROS))
-        parts = []
-        for (a, b), metas in sorted(groups.items()):
-            # replayTagsPerPartition streams per replayChunk of time: a short span (a few seconds
-            # bridged at start-up) puts proportionally more streams in one partition
-            per = self.opts.replay_tags_per_partition * max(1, chunk_us // max(1, b - a))
-            for j in range(0, len(metas), per):
-                t = a
-                while t <= b:
-                    u = min(b, t + chunk_us)
-                    parts.append(PIArchivePartition(shard.index, metas[j:j + per], t, u, source, last_chunk=u == b))
-                    if u == b:
-                        break
-                    t = u
-        return parts
+    def _rebuild(self, start: Dict[str, Any], end: Dict[str, Any]) -> _Plan:
+        """A batch planned by an earlier run (its buffer is gone): per stream, what PI archived in
+        (start mark − lateDataOverlap, end mark], reaching back to ``from`` where the batch took
+        older values, never before ``maxBackfill`` before that run's first cutoff."""
+        O.check_version(end)
+        m0, m1 = O.decode_marks(start.get("marks")), O.decode_marks(end.get("marks"))
+        reach = O.decode_marks(end.get("from"))
+        overlap = int(self.opts.late_data_overlap * TICKS)
+        first = int(start["start"])
+        floor = int(end.get("since", first)) - int(self.opts.max_backfill * TICKS)
+        ranges = []
+        for shard in self.shards():
+            for s in shard:
+                hi = m1.get(s.key)
+                if hi is None:
+                    continue
+                lo = m0.get(s.key)
+                lo = reach.get(s.key, first) if lo is None else (lo - overlap if lo - overlap >= first else min(lo, first))
+                lo = max(min(lo, reach.get(s.key, lo)), floor)
+                if hi > lo:
+                    ranges.append(ArchiveRange(s, lo, hi))
+        return _Plan([], ranges)
 
     def commit(self, end: Dict[str, Any]) -> None:
-        for key, state in end.get("shards", {}).items():
-            if state.get("run") == self.run_id and int(key) < len(self._buffers):
-                self._buffers[int(key)].trim(int(state["seq"]))
+        if end.get("run") != self.run_id:
+            return
+        for key, (upto, _) in end.get("seq", {}).items():
+            if int(key) < len(self._buffers):
+                self._buffers[int(key)].trim(int(upto))
 
     def reportLatestOffset(self) -> Optional[Dict[str, Any]]:
         if not self._started:
             return None
         shards = {str(i): r.metrics() for i, r in enumerate(self._receivers)}
         totals = {k: sum(m[k] for m in shards.values()) for k in
-                  ("received", "buffered", "reconnects", "gapFills", "gapValues", "malformedFrames",
+                  ("received", "buffered", "reconnects", "failedAttempts", "malformedFrames",
                    "valueErrors", "repeatsDropped", "unknownWebIds")}
+        totals.update(self._counts)
+        totals["unknownStreams"] = len(self.unknown)
         lags = [m["lagSeconds"] for m in shards.values() if m["lagSeconds"] is not None]
         totals["maxLagSeconds"] = max(lags) if lags else None
         totals["channelsOpen"] = sum(1 for m in shards.values() if m["state"] == "open")
         totals["channels"] = len(shards)
         report: Dict[str, Any] = {"run": self.run_id, "totals": totals, "shards": shards}
+        if self.unknown:
+            report["unknownStreams"] = self.unknown[:10]
         if self._lost:
             report["dataLoss"] = self._lost[-10:]
         return report
@@ -424,56 +436,24 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     yield to_contract(batch, ingested)
 
     def _read_archive(self, part: PIArchivePartition, ingested: int) -> Iterator[pa.RecordBatch]:
-        known = {w: (n, p) for w, n, p in part.meta}
-        webids = [w for w, _, _ in part.meta]
+        sl = part.part
+        known = {s.webid: (s.name, s.path) for s in sl.streams}
         stats = ParseStats()
         # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
-        page = page_for_span(part.hi - part.lo, self.opts.recorded_page_size)
+        page = page_for_span(sl.u - sl.t, self.opts.recorded_page_size)
         log.debug("reading %r from the archive", part)
-        for streams in self.rest.recorded(webids, part.lo, part.hi, page, self.opts.max_url_length):
+        for streams in self.rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length):
             cols = Columns()
             parse_streams(streams, cols, stats, part.source, ingested, known)
             if not len(cols):
                 continue
-            batch = cols.to_arrow()
-            ts = batch.column(3)
-            keep = pc.and_(pc.greater_equal(ts, part.lo),
-                           pc.less_equal(ts, part.hi) if part.last_chunk else pc.less(ts, part.hi))
-            batch = batch.filter(pc.fill_null(keep, False))
+            batch = keep_in_ranges(cols.to_arrow(), sl)
             if batch.num_rows:
                 yield to_contract(batch, ingested)
         if stats.malformed_frames or stats.value_errors or stats.unknown_webids:
             # executor side: rows with a problem carry it in ``error``; the rest is logged here
-            log.warning("%s read of shard %d: %d malformed answers, %d values with errors, %d unknown WebIDs; "
-                        "last: %s", part.source, part.shard, stats.malformed_frames, stats.value_errors,
-                        stats.unknown_webids, stats.last_error)
-
-
-def _without_bridged_snapshot(batch: pa.RecordBatch, webids: List[str], lo: np.ndarray,
-                              hi: np.ndarray) -> pa.RecordBatch:
-    """``batch`` minus the snapshot rows (the current values a channel sends first, with
-    startingPosition snapshot) that the start-up bridge also reads from the archive: those of a
-    stream stamped within its bridged range [lo, hi]. The archive's copy lands; a current value
-    older than the range (the point of a snapshot) is kept."""
-    source = batch.column("source")
-    if not pc.any(pc.equal(source, "snapshot")).as_py():
-        return batch
-    pos = pc.index_in(batch.column("tag_webid"), value_set=pa.array(webids, pa.string()))
-    ts = batch.column("timestamp")
-    inside = pc.and_(pc.greater_equal(ts, pc.take(pa.array(lo, pa.int64()), pos)),
-                     pc.less_equal(ts, pc.take(pa.array(hi, pa.int64()), pos)))
-    drop = pc.and_(pc.equal(source, "snapshot"), pc.fill_null(inside, False))
-    dropped = pc.sum(pc.cast(drop, pa.int64())).as_py() or 0
-    if not dropped:
-        return batch
-    log.info("%d snapshot values are read from the archive by the start-up bridge (kept once, as backfill)", dropped)
-    return batch.filter(pc.invert(drop))
-
-
-def _needs_merge(batch: pa.RecordBatch) -> bool:
-    """Rows other than plain live values (snapshot, gap fill, PI edits) must be merged on the key."""
-    source, substituted = batch.column("source"), batch.column("substituted")
-    return bool(pc.any(pc.not_equal(source, "live")).as_py()) or bool(pc.any(substituted).as_py())
+            log.warning("%s read: %d malformed answers, %d values with errors, %d unknown WebIDs; last: %s",
+                        part.source, stats.malformed_frames, stats.value_errors, stats.unknown_webids, stats.last_error)
 
 
 def _fair_share(pending: Dict[str, int], budget: int) -> Dict[str, int]:

@@ -137,3 +137,26 @@ def full_assetserver(server_guid: uuid.UUID, name: str) -> str:
 def full_database(server_guid: uuid.UUID, database_guid: uuid.UUID, path: str) -> str:
     """Full WebID of an AF database: ``F1RD`` + server GUID + database GUID + ``SERVER\\DB``."""
     return "F1RD" + encode_guid(server_guid) + encode_guid(database_guid) + encode_name(_strip_path(path))
+
+
+def stream_key(webid: str) -> str:
+    """The identity of a stream whatever form its WebID is written in: ``<server GUID>:<point ID>``
+    for a PI point (its Full, IDOnly and LocalIDOnly WebIDs agree), else the WebID itself."""
+    if len(webid) > 4 and webid[2:4] == MARKER_POINT and webid[0] in "FIL":
+        try:
+            info = decode(webid)
+        except ValueError:
+            return webid
+        if info.server_guid is not None and info.point_id is not None:
+            return f"{info.server_guid}:{info.point_id}"
+    return webid
+
+
+def url_webid(webid: str) -> str:
+    """The shortest form of a stream's WebID to put in a URL: a PI point's IDOnly WebID (its data
+    server GUID and point ID, about half the length of the Full form), else the WebID as it is.
+    Answers come back in the form asked for with ``webIdType``, so this only shortens URLs (more
+    streams fit in one channel under ``maxUrlLength``)."""
+    if len(webid) >= 32 and webid[:4] in ("F1DP", "I1DP"):
+        return "I1DP" + webid[4:32]
+    return webid

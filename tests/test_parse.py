@@ -24,7 +24,7 @@ def test_channels_topic_sample_with_string_flags():
     assert cols.good == [True, True] and cols.questionable == [False, False] and cols.substituted == [False, False]
     assert cols.uom == ["m", "m"]                      # stream-level UnitsAbbreviation
     assert cols.tag_name == ["Water", "Water"]
-    assert cols.timestamp == [1406037600000000, 1406041200000000]
+    assert cols.timestamp == [14060376000000000, 14060412000000000]       # ticks (100 ns)
 
 
 def test_single_value_shape_and_items_shape():

@@ -1,0 +1,247 @@
+"""Planning a micro-batch: buffered channel rows and connection cutoffs in, rows to land and
+archive ranges to read out. Pure functions (no sockets, no Spark), tested on their own.
+
+Per stream, a batch covers a contiguous stretch of PI time ending at its new high-water mark:
+
+* When a connection of the shard's channel is planned for the first time, every stream's values
+  from its mark up to the connection's cutoff (PI's newest value when the channel opened) are read
+  from the archive (``ArchiveRange``), and the mark moves to the cutoff.
+* A live row inside such a range that arrived before the range was planned is a value the archive
+  read returns too (PI sends a value on a channel once it has it): it is dropped, unless it is an
+  edit (``Substituted``), which always lands (merged on the key).
+* Every other row lands, including values older than the mark (late values, old edits, clock skew):
+  the batch is then marked for a merge, and the offset's ``from`` records how far back the batch
+  reaches so a rebuild from the archive covers them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .channel import Epoch
+from .errors import PIDataLossError
+from .pitime import TICKS, format_ticks
+from .webid import stream_key
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream of the selection: its WebID in Full form (its name in rows), name, path, and
+    identity (``stream_key``: equal for every form of one point's WebID)."""
+    webid: str
+    name: Optional[str]
+    path: Optional[str]
+
+    @property
+    def key(self) -> str:
+        return stream_key(self.webid)
+
+
+@dataclass
+class ArchiveRange:
+    """Values of ``stream`` PI archived in (``lo``, ``hi``] (ticks) to read on an executor."""
+    stream: Stream
+    lo: int
+    hi: int
+
+
+@dataclass
+class ShardPlan:
+    rows: List[pa.RecordBatch]
+    ranges: List[ArchiveRange]
+    marks: np.ndarray                       # per stream of the shard, after the batch (ticks)
+    reach: Dict[int, int] = field(default_factory=dict)   # position → exclusive lower bound below the start mark
+    merge: bool = False                     # rows that may be in the table already (archive ranges aside)
+    covered: int = 0                        # live rows dropped: the archive read returns them
+    late: int = 0                           # rows kept at or below a cutoff or mark (merged)
+    lost: List[Tuple[int, int, int]] = field(default_factory=list)   # (position, from, to) not read (maxBackfill)
+
+
+def _positions(webids: pa.Array, streams: Sequence[Stream]) -> np.ndarray:
+    """Row → position of its stream in ``streams`` (−1: not one of them). Rows name streams by
+    Full WebID; another form (a server that ignored ``webIdType``) is matched by its identity."""
+    pos = pc.index_in(webids, value_set=pa.array([s.webid for s in streams], pa.string()))
+    out = pos.to_numpy(zero_copy_only=False)
+    out = np.where(np.isnan(out), -1, out).astype(np.int64) if out.dtype.kind == "f" else out.astype(np.int64)
+    if (out < 0).any():
+        by_key = {s.key: i for i, s in enumerate(streams)}
+        names = webids.to_pylist()
+        for r in np.nonzero(out < 0)[0]:
+            out[r] = by_key.get(stream_key(names[r] or ""), -1)
+    return out
+
+
+def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordBatch]], epochs: Sequence[Epoch],
+               planned: Tuple[int, int], marks: np.ndarray, known: np.ndarray, *, bridge_overlap: int = 0,
+               floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True) -> ShardPlan:
+    """Plan one shard's share of a batch.
+
+    ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
+    ``epochs``: the shard's connections, from the one the first row belongs to on; those whose
+    index is in ``planned`` = [first, end) have their archive ranges planned in this batch.
+    ``marks``: each stream's mark at the start (ticks); ``known``: whether it had one (a stream
+    without one starts at ``marks``, its lower bound, and its rows never count as late).
+    ``bridge_overlap``: for the first connection of a run, read this much before known marks
+    (late data; never below ``floor``). Gaps longer than ``max_backfill`` are data loss."""
+    n = len(streams)
+    start = marks.astype(np.int64).copy()
+    marks = start.copy()
+    plan = ShardPlan([], [], marks)
+    for i in np.nonzero(~known)[0]:
+        plan.reach[int(i)] = int(start[i])
+    first, end = planned
+    by_index = {e.index: e for e in epochs}
+    firsts = np.array([e.first_seq for e in epochs], dtype=np.int64)
+
+    def gap(epoch: Epoch) -> np.ndarray:
+        lower = marks.copy()
+        if epoch.index == 0 and bridge_overlap:
+            # re-read a little before known marks (late data), but not before the query's start
+            moved = lower - bridge_overlap
+            if floor is not None:
+                moved = np.maximum(moved, np.minimum(floor, lower))
+            lower = np.where(known, moved, lower)
+        for i in range(n):
+            hi = int(epoch.cutoff[i])
+            lo = int(lower[i])
+            if hi <= lo:
+                continue
+            if hi - lo > max_backfill:
+                cut = hi - max_backfill
+                if fail_on_data_loss:
+                    raise PIDataLossError(_loss_message(streams, i, lo, cut, max_backfill))
+                plan.lost.append((i, lo, cut))
+                lo = cut
+            plan.ranges.append(ArchiveRange(streams[i], lo, hi))
+        np.maximum(marks, epoch.cutoff, out=marks)
+        return lower
+
+    lowers: Dict[int, np.ndarray] = {}
+    done_gaps = set()
+    for seq, batch in chunks:
+        if not batch.num_rows:
+            continue
+        rseq = seq + np.arange(batch.num_rows, dtype=np.int64)
+        which = np.searchsorted(firsts, rseq, side="right") - 1
+        for e_pos in np.unique(which):
+            epoch = epochs[int(e_pos)] if e_pos >= 0 else None
+            # a connection's range is planned before its first row is looked at
+            for idx in range(first, end):
+                if idx not in done_gaps and idx in by_index and (epoch is None or idx <= epoch.index):
+                    lowers[idx] = gap(by_index[idx])
+                    done_gaps.add(idx)
+            sel = np.nonzero(which == e_pos)[0]
+            part = batch.take(pa.array(sel)) if len(sel) != batch.num_rows else batch
+            plan.rows.append(_admit(plan, part, streams, epoch, lowers.get(epoch.index) if epoch else None,
+                                    start, known, marks))
+    for idx in range(first, end):                       # connections without rows yet
+        if idx not in done_gaps and idx in by_index:
+            gap(by_index[idx])
+    plan.rows = [b for b in plan.rows if b.num_rows]
+    plan.marks = marks
+    return plan
+
+
+def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], epoch: Optional[Epoch],
+           lower: Optional[np.ndarray], start: np.ndarray, known: np.ndarray, marks: np.ndarray) -> pa.RecordBatch:
+    """Rows of one connection: drop those the archive read of this batch returns, keep the rest,
+    and move marks, ``reach`` and the merge flag for the kept ones."""
+    pos = _positions(batch.column("tag_webid"), streams)
+    ts_col = batch.column("timestamp")
+    has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(zero_copy_only=False), dtype=bool)
+    ts = np.asarray(pc.fill_null(ts_col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ok = has_ts & (pos >= 0)
+    p = np.where(ok, pos, 0)
+    cut = epoch.cutoff[p] if epoch is not None else np.full(len(p), np.iinfo(np.int64).min)
+    substituted = np.asarray(pc.fill_null(batch.column("substituted"), False).to_numpy(zero_copy_only=False), dtype=bool)
+    snapshot = np.asarray(pc.equal(batch.column("source"), "snapshot").to_numpy(zero_copy_only=False), dtype=bool)
+    drop = np.zeros(len(p), dtype=bool)
+    if lower is not None:
+        drop = ok & (ts <= cut) & (ts > lower[p]) & ~substituted
+    # a current value sent first (startingPosition snapshot) of a stream that has a mark is in the
+    # table already or in the archive range: it was landed when the stream started
+    drop |= ok & snapshot & known[p] & (ts <= cut)
+    keep = ~drop
+    late = ok & keep & ((ts <= cut) | (known[p] & (ts <= start[p])))
+    plan.covered += int(drop.sum())
+    if late.any():
+        plan.late += int(late.sum())
+        plan.merge = True
+    if (keep & ok & ~late & substituted).any() or (keep & snapshot).any():
+        plan.merge = True
+    below = ok & keep & (ts <= start[p])
+    for i, t in zip(p[below].tolist(), ts[below].tolist()):
+        if t - 1 < plan.reach.get(i, int(start[i])):
+            plan.reach[i] = t - 1
+    taken = ok & keep
+    if taken.any():
+        np.maximum.at(marks, p[taken], ts[taken])
+    return batch if keep.all() else batch.filter(pa.array(keep))
+
+
+def _loss_message(streams: Sequence[Stream], i: int, lo: int, cut: int, max_backfill: int) -> str:
+    s = streams[i]
+    return (f"pi_websocket: values of stream {s.name or s.webid} from {format_ticks(lo)} to {format_ticks(cut)} are older "
+            f"than maxBackfill ({max_backfill / TICKS:.0f}s) and will not be read from the PI archive. Raise "
+            "maxBackfill to fill the whole gap, or set failOnDataLoss=false to skip it.")
+
+
+# ---- archive ranges → Spark partitions ------------------------------------------------------------
+@dataclass
+class ArchiveSlice:
+    """Streams to read from the archive on one executor over (``t``, ``u``] (ticks), each kept
+    within its own (lo, hi]."""
+    streams: List[Stream]
+    lo: List[int]
+    hi: List[int]
+    t: int
+    u: int
+
+
+def group_ranges(ranges: Sequence[ArchiveRange], per_partition: int, chunk: int) -> List[ArchiveSlice]:
+    """Ranges → slices: streams whose ranges start within ``chunk`` of each other share a slice (up
+    to ``per_partition`` streams per ``chunk`` of time: more for short spans), long spans are cut
+    into ``chunk``-long pieces. Ranges that differ a little (marks seconds apart) share one REST
+    call; none is read more than ``chunk`` beyond its own range."""
+    out: List[ArchiveSlice] = []
+    todo = sorted(ranges, key=lambda r: (r.lo, r.hi))
+    chunk = max(1, chunk)
+    i = 0
+    while i < len(todo):
+        a = todo[i].lo
+        group = [todo[i]]
+        i += 1
+        while i < len(todo) and todo[i].lo - a <= chunk:
+            b = max(r.hi for r in group + [todo[i]])
+            per = per_partition * max(1, chunk // max(1, b - a))
+            if len(group) >= per:
+                break
+            group.append(todo[i])
+            i += 1
+        b = max(r.hi for r in group)
+        t = a
+        while t < b:
+            u = min(b, t + chunk)
+            part = [r for r in group if r.lo < u and r.hi > t]
+            if part:
+                out.append(ArchiveSlice([r.stream for r in part], [r.lo for r in part], [r.hi for r in part], t, u))
+            t = u
+    return out
+
+
+def keep_in_ranges(batch: pa.RecordBatch, part: ArchiveSlice) -> pa.RecordBatch:
+    """Rows of ``batch`` inside their stream's (lo, hi] and the slice's (t, u]."""
+    pos = _positions(batch.column("tag_webid"), part.streams)
+    ok = pos >= 0
+    p = np.where(ok, pos, 0)
+    lo = np.maximum(np.asarray(part.lo, dtype=np.int64)[p], part.t)
+    hi = np.minimum(np.asarray(part.hi, dtype=np.int64)[p], part.u)
+    ts_col = batch.column("timestamp")
+    has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(zero_copy_only=False), dtype=bool)
+    ts = np.asarray(pc.fill_null(ts_col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    keep = ok & has_ts & (ts > lo) & (ts <= hi)
+    return batch if keep.all() else batch.filter(pa.array(keep))
