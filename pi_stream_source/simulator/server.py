@@ -167,7 +167,9 @@ class PISimulator(FaultsMixin):
 
     def stream(self, webid: str) -> Any:
         """The point or attribute behind any WebID form of it."""
-        obj = self.model.by_webid[webid]
+        obj = self.model.resolve(webid)
+        if obj is None:
+            raise KeyError(f"no point or attribute has the WebID {webid!r}")
         if isinstance(obj, SimElement):
             raise KeyError(f"{webid} is an element, not a stream")
         return obj
