@@ -135,6 +135,10 @@ class RestAPI:
 
     # ---- dispatch ------------------------------------------------------------------------------
     def dispatch(self, req: Req) -> Resp:
+        if not req.path.lower().startswith("simulator/"):
+            failed = self.sim.endpoint_failure(req.path)
+            if failed is not None:
+                return failed
         allowed = False
         for method, rx, handler in self.routes:
             m = rx.fullmatch(req.path)
