@@ -138,7 +138,7 @@ class ChannelHub:
                 d[ts] = (tag, value) if k is None else k
         result: Dict[str, List[Tuple[int, Any]]] = {}
         for webid, d in out.items():
-            stream = self.sim.model.by_webid[webid]
+            stream = self.sim.model.resolve(webid)
             result[webid] = [(ts, tick_value(stream.tag, v) if isinstance(v, int) else v[1])
                              for ts, v in sorted(d.items())]
         return result

@@ -4,11 +4,13 @@ State lives on the server's event loop; these methods hop onto it (``_run``/``_c
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Pattern, Tuple
 
 from ..pitime import MICROS, parse_pi_time
-from .rest_api import PIError
+from .rest_api import PIError, Resp, error_resp
 
 if TYPE_CHECKING:
     from .server import PISimulator
@@ -16,6 +18,26 @@ if TYPE_CHECKING:
     _Base = PISimulator
 else:
     _Base = object
+
+
+def endpoint_pattern(endpoint: str) -> Pattern[str]:
+    """An endpoint pattern below the base path, e.g. ``streamsets/end``, ``streams/{webId}/recorded``
+    (``{…}`` is one path segment) or ``*/recorded`` (``*`` is anything), matched case-insensitively
+    against the whole path without the query."""
+    text = endpoint.strip().strip("/")
+    if not text:
+        raise ValueError("endpoint must name a path below the base path, e.g. 'streamsets/end'")
+    rx = re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(text)).replace(r"\*", ".*")
+    return re.compile(rx + "/?", re.IGNORECASE)
+
+
+@dataclass
+class EndpointFault:
+    endpoint: str
+    pattern: Pattern[str]
+    status: int
+    remaining: Optional[int]                 # None: every request from now on
+    message: str
 
 
 class FaultsMixin(_Base):
@@ -103,6 +125,46 @@ class FaultsMixin(_Base):
             else:
                 self._fail_requests.extend([(status, path)] * count)
         self._run(apply)
+
+    def fail_endpoint(self, endpoint: str, status: int = 500, times: Optional[int] = None,
+                      message: Optional[str] = None) -> None:
+        """Requests to ``endpoint`` (see ``endpoint_pattern``; also inside ``batch`` and channel
+        upgrades) answer ``status`` with PI's ``{"Errors":[…]}`` body: ``times`` times, or every
+        time when None, until ``clear_endpoint_faults``. Faults on different endpoints are
+        independent; a newer fault on the same endpoint replaces the older one."""
+        if not 400 <= int(status) <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), not {status!r}")
+        if times is not None and int(times) < 1:
+            raise ValueError(f"times must be a positive count or None (every request), not {times!r}")
+        fault = EndpointFault(endpoint, endpoint_pattern(endpoint), int(status), None if times is None else int(times),
+                              message or f"An error has occurred (the simulator fails {endpoint} with {status}).")
+
+        def apply() -> None:
+            self._endpoint_faults[:] = [f for f in self._endpoint_faults if f.endpoint.lower() != endpoint.lower()]
+            self._endpoint_faults.append(fault)
+        self._run(apply)
+
+    def clear_endpoint_faults(self, endpoint: Optional[str] = None) -> None:
+        """End ``fail_endpoint`` faults: the one on ``endpoint``, or all."""
+        self._run(lambda: self._endpoint_faults.__setitem__(slice(None), [] if endpoint is None else [
+            f for f in self._endpoint_faults if f.endpoint.lower() != endpoint.lower()]))
+
+    def endpoint_failure(self, path: str) -> Optional[Resp]:
+        """The answer for ``path`` (below the base path) when an endpoint fault or
+        ``missing_endpoints`` applies to it, else None."""
+        path = path.strip("/")
+        for missing in self.config.missing_endpoints:
+            if endpoint_pattern(missing).fullmatch(path):
+                return error_resp(404, f"The requested resource was not found: '{path}'.")
+        for fault in self._endpoint_faults:
+            if fault.pattern.fullmatch(path):
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._endpoint_faults.remove(fault)
+                self.stats["endpoint_faults_served"] += 1
+                return error_resp(fault.status, fault.message)
+        return None
 
     def take_web_exception(self) -> bool:
         if self._web_exceptions > 0:
@@ -194,7 +256,7 @@ class FaultsMixin(_Base):
     def fault(self, name: str, **kw: Any) -> Any:
         """Fault injection by name (the CLI and ``POST {base}/simulator/faults/{name}`` use it):
         drop, reset, stall, freeze, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
-        edit, late, fail, repeat, out_of_order."""
+        edit, late, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
         ch = kw.get("channel")
         if name == "drop":
             return self._inline(lambda: self.hub.drop(False, ch))
@@ -225,6 +287,10 @@ class FaultsMixin(_Base):
         if name == "fail":
             return self.fail_next_requests(int(kw.get("count", 1)), int(kw.get("status", 500)), kw.get("path"),
                                            bool(kw.get("web_exception", False)))
+        if name == "fail_endpoint":
+            return self.fail_endpoint(str(kw["endpoint"]), int(kw.get("status", 500)), kw.get("times"), kw.get("message"))
+        if name == "clear_endpoint_faults":
+            return self.clear_endpoint_faults(kw.get("endpoint"))
         if name in ("repeat", "out_of_order"):
             on = bool(kw.get("on", True))
             return self.set_channel_options(ch, **({"repeat_values": on} if name == "repeat" else {"out_of_order": on}))

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from .. import webid as W
 from .generators import NUMERIC_KINDS, Generator, kinds_for, tag_seed
 
-WEBID_TYPES = ("Full", "IDOnly", "PathOnly")
+WEBID_TYPES = W.WEBID_TYPES
 
 
 class WebIdForms:
@@ -20,7 +20,20 @@ class WebIdForms:
     id_webid: str
 
     def webid_for(self, webid_type: str) -> str:
-        return {"PathOnly": self.path_webid, "IDOnly": self.id_webid}.get(webid_type, self.webid)
+        if webid_type == "PathOnly":
+            return self.path_webid
+        if webid_type == "IDOnly":
+            return self.id_webid
+        if webid_type in ("LocalIDOnly", "DefaultIDOnly"):
+            return self.relative_webid(webid_type)
+        return self.webid
+
+    def relative_webid(self, webid_type: str) -> str:
+        raise NotImplementedError
+
+    def forms(self) -> List[str]:
+        """The object's WebID in every type."""
+        return [self.webid_for(t) for t in WEBID_TYPES]
 
 
 @dataclass(eq=False)
@@ -46,6 +59,8 @@ class SimTag(WebIdForms):
     def point_id(self) -> int:
         return self.index + 1
 
+    def relative_webid(self, webid_type: str) -> str:
+        return W.server_relative_point(webid_type, self.point_id)
 
 
 @dataclass(eq=False)
@@ -65,6 +80,8 @@ class SimAttribute(WebIdForms):
     def uom(self) -> str:
         return self.tag.uom
 
+    def relative_webid(self, webid_type: str) -> str:
+        return W.server_relative_attribute(webid_type, self.element.guid, self.guid)
 
 
 @dataclass(eq=False)
@@ -76,6 +93,9 @@ class SimElement(WebIdForms):
     id_webid: str
     guid: uuid.UUID
     attributes: List[SimAttribute] = field(default_factory=list)
+
+    def relative_webid(self, webid_type: str) -> str:
+        return W.server_relative_element(webid_type, self.guid)
 
 
 
@@ -93,21 +113,17 @@ class PIModel:
         self.server_guid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{server_name}.{seed}.pi-simulator")
         self.dataserver_webid = W.full_dataserver(self.server_guid, server_name)
         self.dataserver_path = f"\\\\PIServers[{server_name}]"
+        self.seed, self.rate, self.uom = seed, rate, uom
         kind_list = kinds_for(tags, kinds)
         every = list(tag_every or [1])
-        self.tags: List[SimTag] = []
-        for i in range(tags):
-            name = f"{tag_prefix}{i:06d}"
-            path = f"\\\\{server_name}\\{name}"
-            kind = kind_list[i]
-            tag = SimTag(i, name, path, W.full_point(self.server_guid, i + 1, path), W.path_only(path),
-                         Generator(kind, tag_seed(seed, i), rate), uom if kind in NUMERIC_KINDS else "",
-                         every=max(1, int(every[i % len(every)])), id_webid=W.id_only_point(self.server_guid, i + 1))
-            self.tags.append(tag)
-        self.by_path: Dict[str, object] = {t.path.upper(): t for t in self.tags}
+        self.tags: List[SimTag] = [self.new_tag(i, f"{tag_prefix}{i:06d}", kind_list[i], every[i % len(every)])
+                                   for i in range(tags)]
+        self.by_path: Dict[str, object] = {}
         self.by_webid: Dict[str, object] = {}
+        self.by_point_id: Dict[int, SimTag] = {}
+        self.by_guid: Dict[uuid.UUID, object] = {}          # elements and attributes
         for t in self.tags:
-            self.by_webid[t.webid] = self.by_webid[t.path_webid] = self.by_webid[t.id_webid] = t
+            self.index(t)
 
         # AF: \\SIMAF\SimDB\Unit1 … with attributes Temperature, Pressure, … → points 0, 1, …
         self.af_server, self.af_database = af_server, af_database
@@ -136,10 +152,58 @@ class PIModel:
                                     W.path_only(apath, W.MARKER_ATTRIBUTE),
                                     W.id_only_attribute(self.af_guid, eguid, aguid), aguid, el, self.tags[idx])
                 el.attributes.append(attr)
-                self.by_path[apath.upper()] = attr
-                for w in (attr.webid, attr.path_webid, attr.id_webid):
-                    self.by_webid[w] = attr
+                self.index(attr)
             self.elements.append(el)
-            self.by_path[epath.upper()] = el
-            for w in (el.webid, el.path_webid, el.id_webid):
-                self.by_webid[w] = el
+            self.index(el)
+
+    def new_tag(self, index: int, name: str, kind: str, every: int = 1) -> SimTag:
+        """Point ``index`` (point ID ``index + 1``) on the data server; not yet indexed."""
+        path = f"\\\\{self.server_name}\\{name}"
+        return SimTag(index, name, path, W.full_point(self.server_guid, index + 1, path), W.path_only(path),
+                      Generator(kind, tag_seed(self.seed, index), self.rate),
+                      self.uom if kind in NUMERIC_KINDS else "", every=max(1, int(every)),
+                      id_webid=W.id_only_point(self.server_guid, index + 1))
+
+    def index(self, obj: Any) -> None:
+        """Make ``obj`` findable by path and by every WebID form."""
+        self.by_path[obj.path.upper()] = obj
+        for w in obj.forms():
+            self.by_webid[w] = obj
+        if isinstance(obj, SimTag):
+            self.by_point_id[obj.point_id] = obj
+        else:
+            self.by_guid[obj.guid] = obj
+
+    def unindex(self, obj: Any) -> None:
+        """``obj`` is gone (deleted): no path or WebID finds it any more."""
+        self.by_path.pop(obj.path.upper(), None)
+        for w in obj.forms():
+            self.by_webid.pop(w, None)
+        if isinstance(obj, SimTag):
+            self.by_point_id.pop(obj.point_id, None)
+        else:
+            self.by_guid.pop(obj.guid, None)
+
+    def resolve(self, webid: str) -> Optional[Any]:
+        """The point, element or attribute behind a WebID 2.0 of any type, as PI Web API finds it:
+        by the IDs it encodes, else (Full, PathOnly) by its path; None when nothing matches. A
+        Full WebID whose name part is stale (a renamed point) still finds the point by its IDs."""
+        obj = self.by_webid.get(webid)
+        if obj is not None:
+            return obj
+        try:
+            parts = W.decode_parts(webid)
+        except ValueError:
+            return None
+        own_server = self.server_guid if parts.marker == W.MARKER_POINT else self.af_guid
+        if parts.server_guid is None or parts.server_guid == own_server:
+            if parts.point_id is not None:
+                obj = self.by_point_id.get(parts.point_id)
+            elif parts.attribute_guid is not None:
+                obj = self.by_guid.get(parts.attribute_guid)
+            elif parts.element_guid is not None:
+                obj = self.by_guid.get(parts.element_guid)
+        if obj is None and parts.path is not None:
+            obj = self.by_path.get(parts.path)
+        want = {W.MARKER_POINT: SimTag, W.MARKER_ELEMENT: SimElement, W.MARKER_ATTRIBUTE: SimAttribute}[parts.marker]
+        return obj if isinstance(obj, want) else None

@@ -123,10 +123,22 @@ class RestAPI:
             ("POST", r"simulator/faults/(?P<fault>[a-z_]+)", self.control),
             ("GET", r"simulator/stats", self.sim_stats),
         ]
-        self.routes = [(m, re.compile(p + r"/?", re.IGNORECASE), h) for m, p, h in table]
+        self.routes: List[Tuple[str, Any, Callable[[Req], Resp]]] = []
+        self.add_routes(table)
+
+    def add_routes(self, table: List[Tuple[str, str, Callable[[Req], Resp]]]) -> None:
+        """Serve more endpoints: ``(method, path regex below the base path, handler)``; ``{webId}``
+        style groups are ``(?P<name>[^/]+)``. Handlers get a ``Req`` and return a ``Resp`` (raise
+        ``PIError`` for PI's error shape); they run for HTTP requests and inside ``batch`` alike,
+        and endpoint faults (``fail_endpoint``, ``missing_endpoints``) apply to them too."""
+        self.routes.extend((m, re.compile(p + r"/?", re.IGNORECASE), h) for m, p, h in table)
 
     # ---- dispatch ------------------------------------------------------------------------------
     def dispatch(self, req: Req) -> Resp:
+        if not req.path.lower().startswith("simulator/"):
+            failed = self.sim.endpoint_failure(req.path)
+            if failed is not None:
+                return failed
         allowed = False
         for method, rx, handler in self.routes:
             m = rx.fullmatch(req.path)
@@ -137,6 +149,8 @@ class RestAPI:
                 continue
             req.match = {k: unquote(v) for k, v in m.groupdict().items()}
             try:
+                if req.q("webIdType") is not None:
+                    self.webid_type(req)          # a bad value is refused even where no WebID is returned
                 resp = handler(req)
                 fields = req.q("selectedFields")
                 if fields and resp.status == 200 and method == "GET":
@@ -154,7 +168,7 @@ class RestAPI:
     def lookup(self, webid: str, want: Tuple[type, ...] = (SimTag, SimAttribute)) -> Any:
         if len(webid) < 4 or webid[0] not in "FIPLD" or webid[1] != "1":
             raise PIError(400, f"Unknown or invalid WebID format: '{webid}'.")
-        obj = self.model.by_webid.get(webid)
+        obj = self.model.resolve(webid)
         if obj is None:
             marker = webid[2:4]
             what = {"DP": "PI Point", "Ab": "attribute", "Em": "element", "DS": "PI Data Archive server",
@@ -179,7 +193,8 @@ class RestAPI:
         for known in WEBID_TYPES:
             if known.lower() == t.lower():
                 return known
-        raise PIError(400, f"The WebIdType '{t}' is not supported; use one of {', '.join(WEBID_TYPES)}.")
+        raise PIError(400, f"The parameter 'webIdType' has an invalid value '{t}'; "
+                           f"allowed: {', '.join(WEBID_TYPES)}.")
 
     def streams_of(self, req: Req) -> List[Any]:
         """Streams named by the request: ``{webId}`` of an element (its attributes), or ``webId=…``."""

@@ -19,7 +19,7 @@ from ..pitime import MICROS
 from .archive import Archive
 from .channels import ChannelHub
 from .encoding import Encoder
-from .faults import FaultsMixin
+from .faults import FaultsMixin, endpoint_pattern
 from .model import PIModel, SimAttribute, SimElement, SimTag
 from .rest_api import PIError, Req, Resp, RestAPI, error_resp
 
@@ -69,6 +69,9 @@ class SimConfig:
     control: bool = True                 # POST {base}/simulator/faults/{name} (fault injection)
     af_elements: int = 10                # AF elements \\SIMAF\SimDB\Unit1…
     attributes_per_element: int = 10
+    # endpoints this PI Web API version lacks (404 as for any unknown resource), e.g.
+    # ("streamsets/end",); patterns as in fail_endpoint
+    missing_endpoints: Tuple[str, ...] = ()
 
 
 class PISimulator(FaultsMixin):
@@ -98,6 +101,11 @@ class PISimulator(FaultsMixin):
             raise ValueError(f"auth must be anonymous, basic, bearer or kerberos, not {cfg.auth!r}")
         if cfg.message_shape not in ("items", "value", "spec"):
             raise ValueError(f"message_shape must be items, value or spec, not {cfg.message_shape!r}")
+        if isinstance(cfg.missing_endpoints, str) or not all(isinstance(e, str) for e in cfg.missing_endpoints):
+            raise ValueError(f"missing_endpoints must be a list of endpoint patterns such as ['streamsets/end'], "
+                             f"not {cfg.missing_endpoints!r}")
+        for endpoint in cfg.missing_endpoints:
+            endpoint_pattern(endpoint)
         if cfg.auth == "bearer" and not cfg.token:
             cfg.token = secrets.token_urlsafe(24)
         self.model = PIModel(tags=cfg.tags, seed=cfg.seed, kinds=cfg.kinds, rate=cfg.rate,
@@ -120,7 +128,7 @@ class PISimulator(FaultsMixin):
                                       "rest_requests": 0, "heartbeats_sent": 0, "bytes_sent": 0,
                                       "faults_injected": 0, "upgrades_refused": 0, "tokens_issued": 0,
                                       "expired_tokens_refused": 0, "channels_closed_token_expired": 0,
-                                      "token_requests_refused": 0, "auth_refused": 0}
+                                      "token_requests_refused": 0, "auth_refused": 0, "endpoint_faults_served": 0}
         self.stalled = False
         self.forbidden: Set[str] = set()
         self.tokens: Dict[str, float] = {cfg.token: float("inf")} if cfg.token else {}   # token → expiry (monotonic)
@@ -131,6 +139,7 @@ class PISimulator(FaultsMixin):
         self.ca_file: Optional[str] = None
         self._reject_upgrades: List[int] = []           # statuses for the next channel upgrades
         self._fail_requests: List[Tuple[int, Optional[str]]] = []
+        self._endpoint_faults: List[Any] = []            # faults.EndpointFault, in the order set
         self._web_exceptions = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -167,7 +176,9 @@ class PISimulator(FaultsMixin):
 
     def stream(self, webid: str) -> Any:
         """The point or attribute behind any WebID form of it."""
-        obj = self.model.by_webid[webid]
+        obj = self.model.resolve(webid)
+        if obj is None:
+            raise KeyError(f"no point or attribute has the WebID {webid!r}")
         if isinstance(obj, SimElement):
             raise KeyError(f"{webid} is an element, not a stream")
         return obj
@@ -361,6 +372,9 @@ class PISimulator(FaultsMixin):
 
     async def _channel(self, request: web.Request) -> web.StreamResponse:
         req = self._req(request, request.path)
+        failed = self.endpoint_failure(request.path[len(self.config.base_path.rstrip("/")):])
+        if failed is not None:
+            return self._web(failed)
         try:
             if self._reject_upgrades:
                 status = self._reject_upgrades.pop(0)
