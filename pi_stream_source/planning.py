@@ -214,13 +214,16 @@ def group_ranges(ranges: Sequence[ArchiveRange], per_partition: int, chunk: int)
     while i < len(todo):
         a = todo[i].lo
         group = [todo[i]]
+        keys = {todo[i].stream.key}
         i += 1
-        while i < len(todo) and todo[i].lo - a <= chunk:
+        # a stream appears once per slice (two ranges of one stream in one batch: two slices)
+        while i < len(todo) and todo[i].lo - a <= chunk and todo[i].stream.key not in keys:
             b = max(r.hi for r in group + [todo[i]])
             per = per_partition * max(1, chunk // max(1, b - a))
             if len(group) >= per:
                 break
             group.append(todo[i])
+            keys.add(todo[i].stream.key)
             i += 1
         b = max(r.hi for r in group)
         t = a

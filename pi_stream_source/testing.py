@@ -28,7 +28,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 def checkpoint_start(checkpoint: str) -> int:
-    """The start time (epoch µs) of a pi_websocket query, from its checkpoint's first offset."""
+    """The start time (epoch µs, floored from the offset's 100-ns ticks) of a pi_websocket query,
+    from its checkpoint's first offset."""
     import json
     import os
 
@@ -43,11 +44,7 @@ def checkpoint_start(checkpoint: str) -> int:
         if isinstance(doc, str):
             doc = json.loads(doc)
         if isinstance(doc, dict) and doc.get("start") is not None:
-            return int(doc["start"])
-        if isinstance(doc, dict) and "shards" in doc:
-            shard = next(iter(doc["shards"].values()))
-            return int(shard["since"]) if shard["run"] == "initial" else min(
-                int(s["since"]) for s in doc["shards"].values())
+            return int(doc["start"]) // 10
     raise ValueError(f"no pi_websocket offset in {checkpoint}/offsets/0")
 
 
