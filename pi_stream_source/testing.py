@@ -169,3 +169,68 @@ def wait_landed(spark: Any, table: str, webids: Any, after: int, timeout: float 
         return all(by_tag.get(w) and by_tag[w][-1][0] > after for w in webids)
 
     wait_until(done, timeout, interval=1.0, what="rows past the fault in the table")
+
+
+class ReaderDriver:
+    """Drives a ``pi_websocket`` stream reader the way Spark's micro-batch engine does
+    (``initialOffset`` → ``latestOffset`` → ``partitions`` → ``read`` on each partition → ``commit``),
+    in this process, without Spark: for fast, exact tests of planning, rebuilds and restarts
+    against the simulator. ``rows`` collects (tag_webid, timestamp µs, value, source) of every
+    batch read; ``crash()`` leaves a planned batch uncommitted, as a killed driver does, and a
+    new driver started from ``offsets`` rebuilds it."""
+
+    def __init__(self, options: Dict[str, Any], offsets: Any = None) -> None:
+        from .options import parse_options
+        from .source import PIStreamReader
+
+        self.reader = PIStreamReader(parse_options(options))
+        self.log: List[Any] = list(offsets or [])        # committed and planned offsets, oldest first
+        if not self.log:
+            self.log.append(self.reader.initialOffset())
+        self.committed = len(self.log) - 1 if offsets is None else len(self.log) - 2
+        self.rows: List[Tuple[str, int, Any, str]] = []
+
+    def _read(self, start: Any, end: Any) -> int:
+        n = 0
+        for part in self.reader.partitions(start, end):
+            for batch in self.reader.read(part):
+                d = batch.to_pydict()
+                micros = batch.column("timestamp").cast("int64").to_pylist()
+                self.rows += list(zip(d["tag_webid"], micros, d["value"], d["source"]))
+                n += batch.num_rows
+        return n
+
+    def resume(self) -> int:
+        """A restart: the batch planned but not committed (if any) is read again first."""
+        if self.committed < len(self.log) - 1:
+            start, end = self.log[-2], self.log[-1]
+            n = self._read(start, end)
+            self.reader.commit(end)
+            self.committed = len(self.log) - 1
+            return n
+        return 0
+
+    def step(self, limit: Any = None, commit: bool = True) -> int:
+        """One trigger: plan the next batch, read it, commit it (unless ``commit`` is False).
+        Returns the rows read (0 and no batch when nothing is new)."""
+        from .source import ReadAllAvailable, ReadMaxRows
+
+        start = self.log[-1]
+        end = self.reader.latestOffset(start, ReadMaxRows(limit) if limit else ReadAllAvailable())
+        if end is start or end == start:
+            return 0
+        self.log.append(end)
+        n = self._read(start, end)
+        if commit:
+            self.reader.commit(end)
+            self.committed = len(self.log) - 1
+        return n
+
+    def run_for(self, seconds: float, every: float = 0.3) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.step()
+            time.sleep(every)
+
+    def stop(self) -> None:
+        self.reader.stop()
