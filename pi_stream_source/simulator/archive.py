@@ -83,19 +83,26 @@ class Archive:
             return self.edits[key]
         return tag.gen.value(k)
 
+    def last_of(self, tag: SimTag) -> int:
+        """``tag``'s newest step so far (its last one if it was deleted)."""
+        last = self.last_tick()
+        return last if tag.until is None else min(last, tag.until)
+
     def has_tick(self, tag: SimTag, k: int) -> bool:
-        return 0 <= k <= self.last_tick() and k % tag.every == 0
+        return tag.since <= k <= self.last_of(tag) and k % tag.every == 0
 
     def ticks(self, tag: SimTag, first: int, last: int) -> range:
-        """The steps of ``tag`` in [first, last] (inclusive)."""
-        first = max(first, 0)
+        """The steps of ``tag`` in [first, last] (inclusive), within its life (added, deleted)."""
+        first = max(first, tag.since)
+        if tag.until is not None:
+            last = min(last, tag.until)
         e = tag.every
         return range(-(-first // e) * e, last + 1, e)
 
     def steps_in(self, tag: SimTag, start: int, end: int) -> range:
         """``tag``'s steps with a stamp in [start, end] (ticks), up to now."""
         first = max(0, -(-(start - self.t0_ticks - MAX_OFFSET) // self.period))
-        last = min(self.last_tick(), (end - self.t0_ticks) // self.period)
+        last = min(self.last_of(tag), (end - self.t0_ticks) // self.period)
         steps = self.ticks(tag, first, last)
         # only the end steps can have a stamp outside: offsets are below one period
         if steps and self.stamp(tag, steps[0]) < start:
@@ -126,11 +133,11 @@ class Archive:
 
     def before(self, tag: SimTag, ts: int) -> Optional[Point]:
         """The newest point strictly before ``ts`` (boundaryType=Outside)."""
-        k = min((ts - 1 - self.t0_ticks) // self.period, self.last_tick())
+        k = min((ts - 1 - self.t0_ticks) // self.period, self.last_of(tag))
         k -= k % tag.every
         if k >= 0 and self.stamp(tag, k) >= ts:
             k -= tag.every
-        best: Optional[Point] = (self.stamp(tag, k), k, None) if k >= 0 else None
+        best: Optional[Point] = (self.stamp(tag, k), k, None) if k >= max(0, tag.since) else None
         for lts in list(self.late.get(tag.index, {})):
             if lts < ts and (best is None or lts > best[0]):
                 best = (lts, None, None)
@@ -139,11 +146,11 @@ class Archive:
     def after(self, tag: SimTag, ts: int) -> Optional[Point]:
         """The oldest point strictly after ``ts`` that exists now (boundaryType=Outside)."""
         e = tag.every
-        k = max(0, (ts - self.t0_ticks - MAX_OFFSET) // self.period)
+        k = max(tag.since, (ts - self.t0_ticks - MAX_OFFSET) // self.period)
         k = -(-k // e) * e
         while self.stamp(tag, k) <= ts:
             k += e
-        best: Optional[Point] = (self.stamp(tag, k), k, None) if k <= self.last_tick() else None
+        best: Optional[Point] = (self.stamp(tag, k), k, None) if k <= self.last_of(tag) else None
         for lts in list(self.late.get(tag.index, {})):
             if ts < lts and (best is None or lts < best[0]):
                 best = (lts, None, None)
@@ -155,7 +162,7 @@ class Archive:
 
     def current(self, tag: SimTag) -> Point:
         """The snapshot: the newest point."""
-        p = self.before(tag, self.stamp(tag, self.last_tick() + 1) + 1)
+        p = self.before(tag, self.stamp(tag, self.last_of(tag) + 1) + 1)
         assert p is not None, "no value yet"
         return p
 

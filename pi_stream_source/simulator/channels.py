@@ -155,7 +155,7 @@ class ChannelHub:
             if len(self._cache) >= 8:
                 for old in sorted(self._cache)[:-4]:
                     del self._cache[old]
-            vals = self._cache[k] = [None] * len(self.sim.tags)
+            vals = self._cache[k] = [None] * self.sim.model.next_index
         return vals
 
     def invalidate(self, tag_index: int, k: int) -> None:
@@ -248,7 +248,7 @@ class ChannelHub:
             vals = per_stream[j]
             if repeat and ch.ranges:
                 prev = ch.last_tick - ch.last_tick % tag.every
-                if prev >= ch.ranges[0][0]:
+                if prev >= ch.ranges[0][0] and arch.has_tick(tag, prev):
                     vals.append(self.encoder.value_bytes(tag, prev))
             for a, b in intervals:
                 for k in arch.ticks(tag, a, b):
@@ -401,6 +401,18 @@ class ChannelHub:
     def wake_all(self) -> None:
         for ch in self.channels.values():
             ch.wake.set()
+
+    def point_added(self) -> None:
+        """Room for a new point's values in the per-step cache."""
+        for vals in self._cache.values():
+            vals.extend([None] * (self.sim.model.next_index - len(vals)))
+
+    def point_deleted(self, tag: Any) -> None:
+        """Channels carrying ``tag`` keep running for their other streams: they leave the fast
+        path (which sends every stream at every step) so the deleted point's values stop."""
+        for ch in self.channels.values():
+            if tag.index in ch.tag_indices:
+                ch.every1 = False
 
     def queue_point(self, tag: Any, p: Point) -> int:
         """Send ``p`` (an edit or a late value) on every open channel carrying ``tag``."""

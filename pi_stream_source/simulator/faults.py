@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Pattern, Tuple
 
 from ..pitime import MICROS
+from .encoding import Encoder
+from .model import SimElement, SimTag
 from .rest_api import PIError, Resp, error_resp
 from .ticks import TICKS_PER_US, parse_pi_time_ticks
 
@@ -217,6 +219,13 @@ class FaultsMixin(_Base):
     def _out(self, stamp: int, ticks: bool) -> int:
         return stamp if ticks else stamp // TICKS_PER_US
 
+    def _live_tag(self, webid: str) -> SimTag:
+        """The point behind a stream's WebID that exists now (writes to a deleted one fail)."""
+        obj = self.model.resolve(webid)
+        if obj is None or isinstance(obj, SimElement):
+            raise KeyError(f"no current point or attribute has the WebID {webid!r}")
+        return obj.tag
+
     def write_value(self, webid: str, ts: Any, value: Any, *, ticks: bool = False,
                     substituted: Optional[bool] = None) -> int:
         """Write ``value`` at ``ts`` into the archive, as a PI client or interface does, and send
@@ -226,7 +235,7 @@ class FaultsMixin(_Base):
         value; not ``Substituted`` by default). ``ts``: µs (the value whose µs view it is, else
         that whole µs), 100-ns ticks with ``ticks=True``, or a PI time string. Returns the stamp
         (ticks with ``ticks``, else its µs view)."""
-        tag = self.stream(webid).tag
+        tag = self._live_tag(webid)
 
         def apply() -> int:
             arch = self.archive_store
@@ -250,7 +259,7 @@ class FaultsMixin(_Base):
         and send the edit, flagged ``Substituted``, on open channels carrying the stream. ``ts``
         as in ``write_value``. Returns (timestamp, new value); KeyError when nothing is archived
         there."""
-        tag = self.stream(webid).tag
+        tag = self._live_tag(webid)
 
         def apply() -> Tuple[int, Any]:
             arch = self.archive_store
@@ -272,13 +281,43 @@ class FaultsMixin(_Base):
         """Archive a new value with a past stamp between steps (a late write); ``ts`` as in
         ``write_value`` (µs: that whole µs). Open channels carrying the stream receive it out of
         order; with none open it is only in the archive. Returns the timestamp."""
-        tag = self.stream(webid).tag
+        tag = self._live_tag(webid)
 
         def apply() -> int:
             t = self._stamp(tag, ts, ticks, existing=False)
             self.archive_store.add_late(tag, t, value)
             self.hub.queue_point(tag, (t, None, None))
             return self._out(t, ticks)
+        return self._run(apply)
+
+    def delete_point(self, name_or_webid: str) -> SimTag:
+        """Delete a PI point (by name, path or any WebID form) while running. From now on REST
+        lookups and reads of it answer 404 in PI's shape, new channels naming it are refused
+        (404), and open channels carrying it keep sending their other streams but no more values
+        of it (how PI shows a deletion on a channel is not documented: REFERENCE §1.6). AF
+        attributes referencing it stay, without new values. ``archive(webid)`` still reports what
+        was archived up to the deletion. Returns the deleted point."""
+        def apply() -> SimTag:
+            tag = self.model.find_point(name_or_webid)
+            self.model.delete_tag(tag, self.archive_store.last_tick())
+            self.hub.point_deleted(tag)
+            self.stats["points_deleted"] += 1
+            return tag
+        return self._run(apply)
+
+    def add_point(self, name: str, kind: str = "sine", every: int = 1) -> str:
+        """Create a PI point while running, with the next point ID: values (``kind``, one every
+        ``every`` steps) from the next step on; lookups, ``nameFilter`` and
+        ``dataservers/{id}/points`` include it, and ``sim.tags`` lists it. Returns its Full WebID."""
+        if int(every) < 1:
+            raise ValueError(f"every must be a positive number of steps, not {every!r}")
+
+        def apply() -> str:
+            tag = self.model.add_tag(name, kind, int(every), self.archive_store.last_tick() + 1)
+            tag.prefix = Encoder.stream_prefix(tag)
+            self.hub.point_added()
+            self.stats["points_added"] += 1
+            return tag.webid
         return self._run(apply)
 
     def restart(self, downtime: float = 0.0) -> None:

@@ -120,7 +120,6 @@ class PISimulator(FaultsMixin):
             t.prefix = Encoder.stream_prefix(t)
         self.elements: List[SimElement] = self.model.elements
         self.attributes: List[SimAttribute] = [a for e in self.elements for a in e.attributes]
-        self.by_webid: Dict[str, SimTag] = {w: o for w, o in self.model.by_webid.items() if isinstance(o, SimTag)}
         self.server_guid = self.model.server_guid
         self.dataserver_webid = self.model.dataserver_webid
         self.archive_store = Archive(cfg.rate, cfg.history_seconds, cfg.sub_microsecond)
@@ -132,7 +131,7 @@ class PISimulator(FaultsMixin):
                                       "faults_injected": 0, "upgrades_refused": 0, "tokens_issued": 0,
                                       "expired_tokens_refused": 0, "channels_closed_token_expired": 0,
                                       "token_requests_refused": 0, "auth_refused": 0, "endpoint_faults_served": 0,
-                                      "values_written": 0}
+                                      "values_written": 0, "points_added": 0, "points_deleted": 0}
         self.stalled = False
         self.forbidden: Set[str] = set()
         self.tokens: Dict[str, float] = {cfg.token: float("inf")} if cfg.token else {}   # token → expiry (monotonic)
@@ -187,9 +186,15 @@ class PISimulator(FaultsMixin):
     def value_at(self, tag: SimTag, k: int) -> Any:
         return self.archive_store.value_at(tag, k)
 
+    @property
+    def by_webid(self) -> Dict[str, SimTag]:
+        """Every current point by each of its WebID forms."""
+        return {w: o for w, o in self.model.by_webid.items() if isinstance(o, SimTag)}
+
     def stream(self, webid: str) -> Any:
-        """The point or attribute behind any WebID form of it."""
-        obj = self.model.resolve(webid)
+        """The point or attribute behind any WebID form of it (a deleted point too, for the
+        oracle: its archive ends where it was deleted)."""
+        obj = self.model.resolve(webid) or self.model.retired.get(webid)
         if obj is None:
             raise KeyError(f"no point or attribute has the WebID {webid!r}")
         if isinstance(obj, SimElement):
