@@ -4,6 +4,12 @@ import requests
 from websockets.sync.client import connect
 
 from pi_stream_source.pitime import format_ts, parse_ts
+from pi_stream_source.simulator.ticks import format_ticks
+
+
+def through(us: int) -> str:
+    """An endTime that ends with µs ``us`` (its last 100-ns tick): stamps carry a 7th digit."""
+    return format_ticks(us * 10 + 9)
 
 
 def test_recorded_matches_archive_and_pages(simulator):
@@ -11,8 +17,9 @@ def test_recorded_matches_archive_and_pages(simulator):
     w = [t.webid for t in sim.tags]
     end = sim.tick_time(sim.last_tick())
     start = end - 10_000_000
+    k0 = sim.last_tick() - 20
     r = requests.get(sim.url + "/streamsets/recorded", timeout=10,
-                     params={"webId": w, "startTime": format_ts(start), "endTime": format_ts(end)})
+                     params={"webId": w, "startTime": format_ts(start), "endTime": through(end)})
     assert r.status_code == 200
     body = r.json()
     assert [s["WebId"] for s in body["Items"]] == w
@@ -21,8 +28,9 @@ def test_recorded_matches_archive_and_pages(simulator):
         assert got == sim.archive(stream["WebId"], start, end)
         assert len(got) == 21                                   # inclusive of both ends at 2 Hz
     r = requests.get(sim.url + f"/streams/{w[0]}/recorded", timeout=10,
-                     params={"startTime": format_ts(start), "endTime": format_ts(end), "maxCount": 5})
-    assert [i["Timestamp"] for i in r.json()["Items"]] == [format_ts(start + k * 500_000) for k in range(5)]
+                     params={"startTime": format_ts(start), "endTime": through(end), "maxCount": 5})
+    assert [i["Timestamp"] for i in r.json()["Items"]] == [format_ticks(sim.stamp(w[0], k0 + k)) for k in range(5)]
+    assert [parse_ts(i["Timestamp"]) for i in r.json()["Items"]] == [start + k * 500_000 for k in range(5)]
     r = requests.get(sim.url + "/streamsets/recorded", timeout=10, params={"webId": w, "maxCount": 10**9})
     assert r.status_code == 400 and "maximum allowed" in r.json()["Errors"][0]
 
@@ -64,7 +72,7 @@ def test_expected_archive_and_sent_values_agree_with_a_reader(simulator):
     assert set(expected) == set(webids)
     assert all(len(v) == (end - sim.t0) // sim.period_us + 1 for v in expected.values())     # every tick since t0
     r = requests.get(sim.url + "/streamsets/recorded", timeout=10, params={
-        "webId": webids, "startTime": format_ts(sim.t0), "endTime": format_ts(end)})
+        "webId": webids, "startTime": format_ts(sim.t0), "endTime": through(end)})
     for s in r.json()["Items"]:
         assert [(parse_ts(i["Timestamp"]), i["Value"]) for i in s["Items"]] == expected[s["WebId"]]
     assert sim.sent_values() == {}                        # nothing on channels yet

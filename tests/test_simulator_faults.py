@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from websockets.sync.client import connect
 
 from pi_stream_source.pitime import format_ts, parse_ts
+from pi_stream_source.simulator.ticks import format_ticks
 from pi_stream_source.simulator.cli import run_command
 from pi_stream_source.testing import wait_until
 from pi_swagger import validate
@@ -194,7 +195,7 @@ def test_time_jump_archives_the_skipped_ticks_but_channels_skip_them(simulator):
     skipped = sim.archive(w, sim.tick_time(first), sim.tick_time(last))
     assert len(skipped) == last - first + 1                              # ... the archive did not
     r = requests.get(sim.url + f"/streams/{w}/recorded", timeout=10, params={
-        "startTime": format_ts(sim.tick_time(first)), "endTime": format_ts(sim.tick_time(last)), "maxCount": 10000})
+        "startTime": format_ts(sim.tick_time(first)), "endTime": format_ticks(sim.stamp(w, last)), "maxCount": 10000})
     assert len(r.json()["Items"]) == len(skipped)
 
 
@@ -216,7 +217,7 @@ def test_edit_is_resent_substituted_and_archived(simulator):
         sim.set_stalled(True)
         collect(ws, 0.3, got)
     r = requests.get(sim.url + f"/streams/{w}/recorded", timeout=10,
-                     params={"startTime": format_ts(ts), "endTime": format_ts(ts)})
+                     params={"startTime": format_ts(ts), "endTime": format_ticks(ts * 10 + 9)})   # all of that µs
     (item,) = r.json()["Items"]
     assert item["Value"] == new and item["Substituted"] is True
     assert dict(sim.sent_values()[w])[ts] == new

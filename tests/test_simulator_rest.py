@@ -12,6 +12,7 @@ from websockets.sync.client import connect
 
 from pi_stream_source import webid as W
 from pi_stream_source.pitime import format_ts, parse_ts
+from pi_stream_source.simulator.ticks import format_ticks, parse_ticks
 from pi_swagger import response_definition, validate
 from test_simulator_channels import adhoc, recv_json
 
@@ -39,7 +40,8 @@ def test_recorded_boundaries_order_time_strings_and_cap(simulator):
     assert parse_ts(interp[0]["Timestamp"]) == start + 250_000
     (_, a), (_, b) = sim.archive(w, start, start + 500_000)
     assert interp[0]["Value"] == pytest.approx((a + b) / 2)
-    desc = get(sim, f"/streams/{w}/recorded", startTime=format_ts(end), endTime=format_ts(start)).json()["Items"]
+    desc = get(sim, f"/streams/{w}/recorded", startTime=format_ticks(end * 10 + 9),
+               endTime=format_ts(start)).json()["Items"]
     assert [parse_ts(i["Timestamp"]) for i in desc] == list(range(end, start - 1, -500_000))
     default = get(sim, f"/streams/{w}/recorded").json()["Items"]       # *-1d .. *, maxCount 1000 > archive
     assert [(parse_ts(i["Timestamp"]), i["Value"]) for i in default] == sim.archive(w)
@@ -65,24 +67,25 @@ def test_recorded_boundaries_order_time_strings_and_cap(simulator):
 def test_streamset_recorded_pages_like_the_client_does(simulator):
     sim = simulator(tags=3, rate=10, history_seconds=20)
     webids = [t.webid for t in sim.tags]
-    start = sim.t0
-    end = sim.tick_time(sim.last_tick())
+    start = sim.t0 * 10
+    end = sim.stamp(webids[-1], sim.last_tick())         # 100-ns ticks: stamps have 7 digits
     got = {w: [] for w in webids}
     frm = {w: start for w in webids}
     for _ in range(20):                           # page by maxCount and time, as REFERENCE §2 describes
         pending = [w for w in webids if frm[w] is not None]
         if not pending:
             break
-        body = get(sim, "/streamsets/recorded", webId=pending, startTime=format_ts(min(frm[w] for w in pending)),
-                   endTime=format_ts(end), maxCount=70).json()
+        body = get(sim, "/streamsets/recorded", webId=pending, startTime=format_ticks(min(frm[w] for w in pending)),
+                   endTime=format_ticks(end), maxCount=70).json()
         validate(body, "Items[StreamValues]")
         for s in body["Items"]:
-            items = [(parse_ts(i["Timestamp"]), i["Value"]) for i in s["Items"]]
+            items = [(parse_ticks(i["Timestamp"]), i["Value"]) for i in s["Items"]]
             items = [p for p in items if not got[s["WebId"]] or p[0] > got[s["WebId"]][-1][0]]
             got[s["WebId"]].extend(items)
             frm[s["WebId"]] = items[-1][0] if len(s["Items"]) == 70 else None
     for w in webids:
-        assert got[w] == sim.archive(w, start, end)
+        assert got[w] == sim.archive(w, start, end, ticks=True)
+        assert len(got[w]) >= 200                       # 20 s of history at 10 Hz
 
 
 def test_value_end_and_streamset_value(simulator):
@@ -98,7 +101,7 @@ def test_value_end_and_streamset_value(simulator):
     v = get(sim, f"/streams/{w}/value", time=format_ts(at + 50_000)).json()
     (_, a), (_, b) = sim.archive(w, at, at + 100_000)
     assert v["Value"] == pytest.approx((a + b) / 2)
-    exact = get(sim, f"/streams/{w}/recordedattime", time=format_ts(at)).json()
+    exact = get(sim, f"/streams/{w}/recordedattime", time=format_ticks(sim.stamp(w, sim.last_tick() - 20))).json()
     assert (parse_ts(exact["Timestamp"]), exact["Value"]) == (at, a)
     after = get(sim, f"/streams/{w}/recordedattime", time=format_ts(at + 1), retrievalMode="AtOrAfter").json()
     assert (parse_ts(after["Timestamp"]), after["Value"]) == (at + 100_000, b)
@@ -360,8 +363,8 @@ def test_selected_fields(simulator):
 def test_outside_boundary_keeps_a_value_on_the_boundary(simulator):
     sim = simulator(tags=1, rate=2, history_seconds=30)
     w = sim.tags[0].webid
-    end = sim.tick_time(sim.last_tick() - 4)
-    start = end - 2_000_000
-    items = get(sim, f"/streams/{w}/recorded", startTime=format_ts(start), endTime=format_ts(end),
+    last = sim.last_tick() - 4
+    start, end = sim.stamp(w, last - 4), sim.stamp(w, last)      # 100-ns stamps with a 7th digit
+    items = get(sim, f"/streams/{w}/recorded", startTime=format_ticks(start), endTime=format_ticks(end),
                 boundaryType="Outside").json()["Items"]
-    assert [parse_ts(i["Timestamp"]) for i in items] == list(range(start, end + 1, 500_000))
+    assert [parse_ticks(i["Timestamp"]) for i in items] == [sim.stamp(w, k) for k in range(last - 4, last + 1)]

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from .archive import Point
 from .encoding import Encoder
+from .ticks import TICKS_PER_US
 
 if TYPE_CHECKING:
     from .server import PISimulator
@@ -112,10 +113,13 @@ class ChannelHub:
         ch.wake.set()
 
     # ---- what was sent -------------------------------------------------------------------------
-    def sent_values(self) -> Dict[str, List[Tuple[int, Any]]]:
+    def sent_values(self, ticks: bool = False) -> Dict[str, List[Tuple[int, Any]]]:
+        """Per WebID as sent, (stamp, value) in time order: stamps in 100-ns ticks with ``ticks``,
+        else their µs view (floored)."""
         arch = self.archive
         edits = arch.edits
         out: Dict[str, Dict[int, Any]] = {}
+        tags: Dict[str, Any] = {}                       # WebID as sent → its point (even if deleted since)
 
         def tick_value(tag: Any, k: int) -> Any:
             key = (tag.index, k)
@@ -128,18 +132,19 @@ class ChannelHub:
                 continue
             for s in ch.streams:
                 d = out.setdefault(s.webid_for(ch.webid_type), {})
-                tag = s.tag
+                tag = tags[s.webid_for(ch.webid_type)] = s.tag
                 for a, b in ch.ranges:
                     for k in arch.ticks(tag, a, b):
-                        d[arch.tick_time(k)] = k
+                        d[arch.stamp(tag, k)] = k
         for webid, extra in self.sent_extra.items():
             d = out.setdefault(webid, {})
             for ts, (tag, k, value) in extra.items():
+                tags[webid] = tag
                 d[ts] = (tag, value) if k is None else k
         result: Dict[str, List[Tuple[int, Any]]] = {}
         for webid, d in out.items():
-            stream = self.sim.model.resolve(webid)
-            result[webid] = [(ts, tick_value(stream.tag, v) if isinstance(v, int) else v[1])
+            result[webid] = [(ts if ticks else ts // TICKS_PER_US,
+                              tick_value(tags[webid], v) if isinstance(v, int) else v[1])
                              for ts, v in sorted(d.items())]
         return result
 
@@ -150,7 +155,7 @@ class ChannelHub:
             if len(self._cache) >= 8:
                 for old in sorted(self._cache)[:-4]:
                     del self._cache[old]
-            vals = self._cache[k] = [None] * len(self.sim.tags)
+            vals = self._cache[k] = [None] * self.sim.model.next_index
         return vals
 
     def invalidate(self, tag_index: int, k: int) -> None:
@@ -163,14 +168,15 @@ class ChannelHub:
         vals = self._values(k)
         edits = self.archive.edits
         enc = self.encoder
-        tables: Dict[Tuple[str, int, str], List[Optional[bytes]]] = {}
+        tables: Dict[Tuple[str, int, str, int], List[Optional[bytes]]] = {}
+        offset = self.archive.offset
         for tag in ch.tags:
             i = tag.index
             if vals[i] is not None:
                 continue
             g = tag.gen
             if g.period and (not edits or (i, k) not in edits):
-                fk = (g.kind, g.period, tag.uom)
+                fk = (g.kind, g.period, tag.uom, offset(tag, k))
                 tab = tables.get(fk)
                 if tab is None:
                     tab = tables[fk] = enc.table(k, tag, _SEPC)
@@ -242,7 +248,7 @@ class ChannelHub:
             vals = per_stream[j]
             if repeat and ch.ranges:
                 prev = ch.last_tick - ch.last_tick % tag.every
-                if prev >= ch.ranges[0][0]:
+                if prev >= ch.ranges[0][0] and arch.has_tick(tag, prev):
                     vals.append(self.encoder.value_bytes(tag, prev))
             for a, b in intervals:
                 for k in arch.ticks(tag, a, b):
@@ -395,6 +401,18 @@ class ChannelHub:
     def wake_all(self) -> None:
         for ch in self.channels.values():
             ch.wake.set()
+
+    def point_added(self) -> None:
+        """Room for a new point's values in the per-step cache."""
+        for vals in self._cache.values():
+            vals.extend([None] * (self.sim.model.next_index - len(vals)))
+
+    def point_deleted(self, tag: Any) -> None:
+        """Channels carrying ``tag`` keep running for their other streams: they leave the fast
+        path (which sends every stream at every step) so the deleted point's values stop."""
+        for ch in self.channels.values():
+            if tag.index in ch.tag_indices:
+                ch.every1 = False
 
     def queue_point(self, tag: Any, p: Point) -> int:
         """Send ``p`` (an edit or a late value) on every open channel carrying ``tag``."""

@@ -1,8 +1,8 @@
 """JSON bytes for values and streams, built from cached templates.
 
 At 100k values/s a dict plus ``orjson.dumps`` per value costs more than the rest of the server, so a
-value is ``head + value + b"}"`` where the head (timestamp, units, flags) is cached per tick and
-unit, and each stream header is encoded once per WebID type. Odd values (errors, flags other than
+value is ``head + value + b"}"`` where the head (timestamp, units, flags) is cached per step,
+sub-µs offset and unit, and each stream header is encoded once per WebID type. Odd values (errors, flags other than
 good, edits, late values) take the general path through a dict.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import orjson
 
-from ..pitime import format_ts
 from .archive import Archive, Point
 from .generators import GOOD
+from .ticks import format_ticks
 
 _INF = math.inf
 
@@ -31,7 +31,7 @@ class Encoder:
     def __init__(self, archive: Archive, bool_strings: bool = False) -> None:
         self.archive = archive
         self.bool_strings = bool_strings
-        self._heads: Dict[Tuple[int, str, bool], bytes] = {}
+        self._heads: Dict[Tuple[int, int, str, bool], bytes] = {}
         self._tables: Dict[Tuple[Any, ...], List[Optional[bytes]]] = {}
 
     def _flag(self, b: bool) -> Any:
@@ -39,25 +39,30 @@ class Encoder:
             return "true" if b else "false"
         return b
 
-    def head(self, k: int, uom: str) -> bytes:
-        """``{"Timestamp":…,"UnitsAbbreviation":…,<good flags>,"Value":`` for tick ``k``."""
-        key = (k, uom, self.bool_strings)
+    def head(self, tag: Any, k: int) -> bytes:
+        """``{"Timestamp":…,"UnitsAbbreviation":…,<good flags>,"Value":`` of ``tag`` at step ``k``
+        (shared by the tags with the same unit and sub-µs offset there)."""
+        uom = tag.uom
+        off = self.archive.offset(tag, k)
+        key = (k, off, uom, self.bool_strings)
         h = self._heads.get(key)
         if h is None:
             if len(self._heads) > 20_000:
                 self._heads.clear()
             f = self._flag
-            h = orjson.dumps({"Timestamp": format_ts(self.archive.tick_time(k)), "UnitsAbbreviation": uom,
+            ts = self.archive.stamp(tag, k)
+            h = orjson.dumps({"Timestamp": format_ticks(ts), "UnitsAbbreviation": uom,
                               "Good": f(True), "Questionable": f(False), "Substituted": f(False),
                               "Annotated": f(False)})[:-1] + b',"Value":'
             self._heads[key] = h
         return h
 
     def table(self, k: int, tag: Any, suffix: bytes = b"") -> List[Optional[bytes]]:
-        """Encoded values of tick ``k`` for every tag of ``tag``'s family (same kind, period and
-        unit), indexed by position in the cycle and filled on first use; each ends with ``suffix``."""
+        """Encoded values of step ``k`` for every tag of ``tag``'s family (same kind, period, unit
+        and sub-µs offset), indexed by position in the cycle and filled on first use; each ends
+        with ``suffix``."""
         g = tag.gen
-        key = (k, g.kind, g.period, tag.uom, self.bool_strings, suffix)
+        key = (k, g.kind, g.period, tag.uom, self.archive.offset(tag, k), self.bool_strings, suffix)
         tab = self._tables.get(key)
         if tab is None:
             if len(self._tables) > 256:
@@ -71,8 +76,8 @@ class Encoder:
         """The encoding of position ``n`` of the cycle at tick ``k`` (not cached)."""
         g = tag.gen
         if g.plain:
-            return self.head(k, tag.uom) + json_value(g.canonical(n)) + b"}" + suffix
-        return self.timed_value(tag, self.archive.tick_time(k), g.canonical(n), False,
+            return self.head(tag, k) + json_value(g.canonical(n)) + b"}" + suffix
+        return self.timed_value(tag, self.archive.stamp(tag, k), g.canonical(n), False,
                                 g.canonical_quality(n), g.canonical_errors(n)) + suffix
 
     def value_bytes(self, tag: Any, k: int, suffix: bytes = b"", shared: bool = True) -> bytes:
@@ -81,8 +86,8 @@ class Encoder:
         archive reads over long ranges encode directly instead."""
         g = tag.gen
         if (tag.index, k) in self.archive.edits:
-            return self.timed_value(tag, self.archive.tick_time(k), self.archive.edits[(tag.index, k)],
-                                    True, g.quality(k), None) + suffix
+            return self.timed_value(tag, self.archive.stamp(tag, k), self.archive.edits[(tag.index, k)],
+                                    (tag.index, k) not in self.archive.unflagged, g.quality(k), None) + suffix
         if g.period and not shared:
             return self.cycle_value(tag, k, (k + g.phase) % g.period, suffix)
         if g.period:
@@ -92,7 +97,7 @@ class Encoder:
             if v is None:
                 v = tab[n] = self.cycle_value(tag, k, n, suffix)
             return v
-        return self.head(k, tag.uom) + json_value(g.value(k)) + b"}" + suffix
+        return self.head(tag, k) + json_value(g.value(k)) + b"}" + suffix
 
     def point_bytes(self, tag: Any, p: Point, shared: bool = True) -> bytes:
         ts, k, _ = p
@@ -105,7 +110,8 @@ class Encoder:
                     quality: Tuple[bool, bool, bool] = GOOD, errors: Optional[list] = None) -> bytes:
         f = self._flag
         good, questionable, annotated = quality
-        d = {"Timestamp": format_ts(ts), "UnitsAbbreviation": tag.uom, "Good": f(good),
+        """A TimedValue at stamp ``ts`` (100-ns ticks)."""
+        d = {"Timestamp": format_ticks(ts), "UnitsAbbreviation": tag.uom, "Good": f(good),
              "Questionable": f(questionable), "Substituted": f(substituted), "Annotated": f(annotated)}
         if errors:
             d["Errors"] = errors

@@ -9,8 +9,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Pattern, Tuple
 
-from ..pitime import MICROS, parse_pi_time
+from ..pitime import MICROS
+from .encoding import Encoder
+from .model import SimElement, SimTag
 from .rest_api import PIError, Resp, error_resp
+from .ticks import TICKS_PER_US, parse_pi_time_ticks
 
 if TYPE_CHECKING:
     from .server import PISimulator
@@ -196,48 +199,125 @@ class FaultsMixin(_Base):
             return before + 1, after - 1
         return self._run(apply)
 
-    def _ts(self, ts: Any) -> int:
+    def _stamp(self, tag: Any, ts: Any, ticks: bool, existing: bool) -> int:
+        """A stamp (100-ns ticks) from what a caller gives: None (the value two steps ago), a PI
+        time string (ISO 8601 keeps its 7th digit), ticks (``ticks=True``) or µs. A µs time of an
+        ``existing`` value means the archived value whose µs view it is."""
+        arch = self.archive_store
         if ts is None:
-            return self.tick_time(self.last_tick() - 2)
+            return arch.stamp(tag, arch.last_tick() - 2 - (arch.last_tick() - 2) % tag.every)
         if isinstance(ts, str):
-            return parse_pi_time(ts, self.now())
-        return int(ts)
+            return parse_pi_time_ticks(ts, arch.now_ticks())
+        if isinstance(ts, bool) or not isinstance(ts, int):
+            raise TypeError(f"a timestamp is an int (µs, or 100-ns ticks with ticks=True) or a PI time "
+                            f"string, not {ts!r}")
+        if ticks:
+            return ts
+        found = arch.find(tag, ts) if existing else None
+        return found if found is not None else ts * TICKS_PER_US
 
-    def edit_value(self, webid: str, ts: Any = None, value: Any = None) -> Tuple[int, Any]:
-        """Change an archived value (default: the one two ticks ago) and send the edit, flagged
-        ``Substituted``, on open channels carrying the stream. Returns (timestamp, new value)."""
-        stream = self.stream(webid)
-        tag = stream.tag
+    def _out(self, stamp: int, ticks: bool) -> int:
+        return stamp if ticks else stamp // TICKS_PER_US
+
+    def _live_tag(self, webid: str) -> SimTag:
+        """The point behind a stream's WebID that exists now (writes to a deleted one fail)."""
+        obj = self.model.resolve(webid)
+        if obj is None or isinstance(obj, SimElement):
+            raise KeyError(f"no current point or attribute has the WebID {webid!r}")
+        return obj.tag
+
+    def write_value(self, webid: str, ts: Any, value: Any, *, ticks: bool = False,
+                    substituted: Optional[bool] = None) -> int:
+        """Write ``value`` at ``ts`` into the archive, as a PI client or interface does, and send
+        it on every open channel that carries the stream (out of order, as PI sends late values
+        and edits). A value already archived at that stamp is replaced (an edit; ``Substituted``
+        by default, as PI marks edits); else a new value is archived (a late or out-of-order
+        value; not ``Substituted`` by default). ``ts``: µs (the value whose µs view it is, else
+        that whole µs), 100-ns ticks with ``ticks=True``, or a PI time string. Returns the stamp
+        (ticks with ``ticks``, else its µs view)."""
+        tag = self._live_tag(webid)
+
+        def apply() -> int:
+            arch = self.archive_store
+            t = self._stamp(tag, ts, ticks, existing=True)
+            if t > arch.now_ticks():
+                raise ValueError(f"PI archives no future values here: {t} is after now ({arch.now_ticks()}, 100-ns ticks)")
+            k = arch.tick_at(tag, t)
+            if k is not None or t in arch.late.get(tag.index, {}):
+                arch.edit(tag, t, value, True if substituted is None else substituted)
+                if k is not None:
+                    self.hub.invalidate(tag.index, k)
+            else:
+                arch.add_late(tag, t, value, bool(substituted))
+            self.hub.queue_point(tag, (t, k, None))
+            self.stats["values_written"] += 1
+            return self._out(t, ticks)
+        return self._run(apply)
+
+    def edit_value(self, webid: str, ts: Any = None, value: Any = None, *, ticks: bool = False) -> Tuple[int, Any]:
+        """Change an archived value (default: the one two steps ago; default value: old + 1000)
+        and send the edit, flagged ``Substituted``, on open channels carrying the stream. ``ts``
+        as in ``write_value``. Returns (timestamp, new value); KeyError when nothing is archived
+        there."""
+        tag = self._live_tag(webid)
 
         def apply() -> Tuple[int, Any]:
             arch = self.archive_store
-            t = self._ts(ts)
-            k = arch.tick_at(t)
-            old = arch.value_at(tag, k) if k is not None and arch.has_tick(tag, k) else \
-                arch.late.get(tag.index, {}).get(t, (None,))[0]
+            t = self._stamp(tag, ts, ticks, existing=True)
+            k = arch.tick_at(tag, t)
+            if k is None and t not in arch.late.get(tag.index, {}):
+                raise KeyError(f"{tag.name} has no archived value at {ts!r}")
+            old = arch.point_value(tag, (t, k, None))
             new = value
             if new is None:
                 numeric = isinstance(old, (int, float)) and not isinstance(old, bool)
                 new = round(old + 1000.0, 6) if numeric else "edited"
-            k = arch.edit(tag, t, new)
-            if k is not None:
-                self.hub.invalidate(tag.index, k)
-            self.hub.queue_point(tag, (t, k, None))
+            self.write_value(webid, t, new, ticks=True)
             self.stats["faults_injected"] += 1
-            return t, new
+            return self._out(t, ticks), new
         return self._run(apply)
 
-    def add_late_value(self, webid: str, ts: Any, value: Any) -> int:
-        """Archive a value with an old timestamp between ticks (a late write). Open channels
-        carrying the stream receive it out of order; with none open it is only in the archive.
-        Returns the timestamp."""
-        tag = self.stream(webid).tag
+    def add_late_value(self, webid: str, ts: Any, value: Any, *, ticks: bool = False) -> int:
+        """Archive a new value with a past stamp between steps (a late write); ``ts`` as in
+        ``write_value`` (µs: that whole µs). Open channels carrying the stream receive it out of
+        order; with none open it is only in the archive. Returns the timestamp."""
+        tag = self._live_tag(webid)
 
         def apply() -> int:
-            t = self._ts(ts)
+            t = self._stamp(tag, ts, ticks, existing=False)
             self.archive_store.add_late(tag, t, value)
             self.hub.queue_point(tag, (t, None, None))
-            return t
+            return self._out(t, ticks)
+        return self._run(apply)
+
+    def delete_point(self, name_or_webid: str) -> SimTag:
+        """Delete a PI point (by name, path or any WebID form) while running. From now on REST
+        lookups and reads of it answer 404 in PI's shape, new channels naming it are refused
+        (404), and open channels carrying it keep sending their other streams but no more values
+        of it (how PI shows a deletion on a channel is not documented: REFERENCE §1.6). AF
+        attributes referencing it stay, without new values. ``archive(webid)`` still reports what
+        was archived up to the deletion. Returns the deleted point."""
+        def apply() -> SimTag:
+            tag = self.model.find_point(name_or_webid)
+            self.model.delete_tag(tag, self.archive_store.last_tick())
+            self.hub.point_deleted(tag)
+            self.stats["points_deleted"] += 1
+            return tag
+        return self._run(apply)
+
+    def add_point(self, name: str, kind: str = "sine", every: int = 1) -> str:
+        """Create a PI point while running, with the next point ID: values (``kind``, one every
+        ``every`` steps) from the next step on; lookups, ``nameFilter`` and
+        ``dataservers/{id}/points`` include it, and ``sim.tags`` lists it. Returns its Full WebID."""
+        if int(every) < 1:
+            raise ValueError(f"every must be a positive number of steps, not {every!r}")
+
+        def apply() -> str:
+            tag = self.model.add_tag(name, kind, int(every), self.archive_store.last_tick() + 1)
+            tag.prefix = Encoder.stream_prefix(tag)
+            self.hub.point_added()
+            self.stats["points_added"] += 1
+            return tag.webid
         return self._run(apply)
 
     def restart(self, downtime: float = 0.0) -> None:
@@ -256,7 +336,7 @@ class FaultsMixin(_Base):
     def fault(self, name: str, **kw: Any) -> Any:
         """Fault injection by name (the CLI and ``POST {base}/simulator/faults/{name}`` use it):
         drop, reset, stall, freeze, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
-        edit, late, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
+        edit, late, write, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
         ch = kw.get("channel")
         if name == "drop":
             return self._inline(lambda: self.hub.drop(False, ch))
@@ -284,6 +364,9 @@ class FaultsMixin(_Base):
             return self.edit_value(kw.get("webid") or self.tags[0].webid, kw.get("ts"), kw.get("value"))
         if name == "late":
             return self.add_late_value(kw.get("webid") or self.tags[0].webid, kw.get("ts"), kw.get("value", 0.5))
+        if name == "write":
+            return self.write_value(kw.get("webid") or self.tags[0].webid, kw.get("ts"), kw.get("value"),
+                                    ticks=bool(kw.get("ticks", False)), substituted=kw.get("substituted"))
         if name == "fail":
             return self.fail_next_requests(int(kw.get("count", 1)), int(kw.get("status", 500)), kw.get("path"),
                                            bool(kw.get("web_exception", False)))

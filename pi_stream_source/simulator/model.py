@@ -48,6 +48,8 @@ class SimTag(WebIdForms):
     uom: str
     every: int = 1
     id_webid: str = ""
+    since: int = 0                       # first step with a value (a point added at run time)
+    until: Optional[int] = None          # last step with a value (a point deleted at run time)
     prefix: bytes = b""                  # pre-encoded stream header (Full WebID) for channel messages
     _prefixes: Dict[Any, bytes] = field(default_factory=dict, repr=False)
 
@@ -122,6 +124,8 @@ class PIModel:
         self.by_webid: Dict[str, object] = {}
         self.by_point_id: Dict[int, SimTag] = {}
         self.by_guid: Dict[uuid.UUID, object] = {}          # elements and attributes
+        self.retired: Dict[str, SimTag] = {}                # every WebID form of a deleted point → it
+        self.next_index = tags                              # point IDs are never reused
         for t in self.tags:
             self.index(t)
 
@@ -163,6 +167,37 @@ class PIModel:
                       Generator(kind, tag_seed(self.seed, index), self.rate),
                       self.uom if kind in NUMERIC_KINDS else "", every=max(1, int(every)),
                       id_webid=W.id_only_point(self.server_guid, index + 1))
+
+    def find_point(self, name_or_webid: str) -> SimTag:
+        """A current point by name, path or any WebID form; KeyError when there is none."""
+        key = name_or_webid.upper()
+        obj = self.resolve(name_or_webid) or self.by_path.get(key) or next(
+            (t for t in self.tags if t.name.upper() == key), None)
+        if not isinstance(obj, SimTag):
+            raise KeyError(f"no PI point named {name_or_webid!r} (a name, a path or a WebID)")
+        return obj
+
+    def add_tag(self, name: str, kind: str, every: int, since: int) -> SimTag:
+        """A new point with the next point ID, values from step ``since``; indexed."""
+        if not name or any(c in name for c in "\\*?|"):
+            raise ValueError(f"a point name must be non-empty, without \\ * ? |: {name!r}")
+        if any(t.name.upper() == name.upper() for t in self.tags):
+            raise ValueError(f"a point named {name!r} exists already")
+        tag = self.new_tag(self.next_index, name, kind, every)
+        tag.since = since
+        self.next_index += 1
+        self.tags.append(tag)
+        self.index(tag)
+        return tag
+
+    def delete_tag(self, tag: SimTag, until: int) -> None:
+        """``tag`` is deleted: its last value is at step ``until``; no lookup finds it any more
+        (``retired`` keeps it for the oracle)."""
+        tag.until = until
+        self.tags.remove(tag)
+        self.unindex(tag)
+        for w in tag.forms():
+            self.retired[w] = tag
 
     def index(self, obj: Any) -> None:
         """Make ``obj`` findable by path and by every WebID form."""

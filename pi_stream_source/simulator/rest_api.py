@@ -14,8 +14,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
-from ..pitime import format_ts, parse_pi_time
+from ..pitime import format_ts
 from .model import WEBID_TYPES, SimAttribute, SimElement, SimTag
+from .ticks import parse_pi_time_ticks
 
 if TYPE_CHECKING:
     from .server import PISimulator
@@ -389,7 +390,7 @@ class RestAPI:
             edges = [(lo, 0), (hi, len(items))] if not desc else [(hi, 0), (lo, len(items))]
             have = {p[0] for p in pts}
             for ts, pos in reversed(edges):
-                if ts not in have and ts <= arch.now():
+                if ts not in have and ts <= arch.now_ticks():
                     v = self.interpolate(tag, ts)
                     if v is not None:
                         items.insert(pos, enc.timed_value(tag, ts, v))
@@ -410,9 +411,10 @@ class RestAPI:
         return bv
 
     def _recorded_args(self, req: Req) -> Tuple[int, int, int, str]:
-        now = self.archive.now()
-        start = parse_pi_time(req.q("startTime", "*-1d"), now)
-        end = parse_pi_time(req.q("endTime", "*"), now)
+        # at PI's resolution: a 7-digit endTime is honoured to the 100 ns, both ends inclusive
+        now = self.archive.now_ticks()
+        start = parse_pi_time_ticks(req.q("startTime", "*-1d"), now)
+        end = parse_pi_time_ticks(req.q("endTime", "*"), now)
         max_count = req.qint("maxCount", 1000)
         cap = self.sim.config.max_returned_items
         if max_count > cap:
@@ -459,7 +461,7 @@ class RestAPI:
         t = req.q("time")
         if t is None or t.strip() in ("", "*"):
             return self.encoder.point_bytes(tag, arch.current(tag))
-        ts = parse_pi_time(t, arch.now())
+        ts = parse_pi_time_ticks(t, arch.now_ticks())
         p = arch.before(tag, ts + 1)
         if p is not None and p[0] == ts:
             return self.encoder.point_bytes(tag, p)
@@ -480,7 +482,7 @@ class RestAPI:
         raw = req.q("time")
         if not raw:
             raise PIError(400, "The parameter 'time' is required.")
-        ts = parse_pi_time(raw, arch.now())
+        ts = parse_pi_time_ticks(raw, arch.now_ticks())
         mode = (req.q("retrievalMode") or "Auto").lower()
         pick = {"auto": lambda: arch.before(tag, ts + 1), "atorbefore": lambda: arch.before(tag, ts + 1),
                 "before": lambda: arch.before(tag, ts), "atorafter": lambda: arch.after(tag, ts - 1),

@@ -20,6 +20,7 @@ from .archive import Archive
 from .channels import ChannelHub
 from .encoding import Encoder
 from .faults import FaultsMixin, endpoint_pattern
+from .ticks import TICKS_PER_US
 from .model import PIModel, SimAttribute, SimElement, SimTag
 from .rest_api import PIError, Req, Resp, RestAPI, error_resp
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PISimulator", "SimConfig", "SimTag"]
 
+_END = 1 << 62                      # "no upper bound" for archive reads (ticks)
 _NEGOTIATE_REPLY = web.RequestKey("negotiate_reply", str) if hasattr(web, "RequestKey") else "negotiate_reply"
 
 
@@ -54,6 +56,7 @@ class SimConfig:
     keyfile: Optional[str] = None
     tls: bool = False                    # serve https/wss with a certificate from a generated CA (ca_file)
     history_seconds: float = 3600.0      # archive that exists before the simulator starts
+    sub_microsecond: bool = True         # stamps carry a 7th fractional digit (100 ns); False: whole µs
     max_returned_items: int = 150_000    # PI's MaxReturnedItemsPerCall: maxCount above it → 400
     cap_whole_call: bool = False         # also 400 when a streamset call would return more values
     max_url_length: int = 0              # > 0: longer request URLs answer 414 (servers/proxies limit them)
@@ -117,10 +120,9 @@ class PISimulator(FaultsMixin):
             t.prefix = Encoder.stream_prefix(t)
         self.elements: List[SimElement] = self.model.elements
         self.attributes: List[SimAttribute] = [a for e in self.elements for a in e.attributes]
-        self.by_webid: Dict[str, SimTag] = {w: o for w, o in self.model.by_webid.items() if isinstance(o, SimTag)}
         self.server_guid = self.model.server_guid
         self.dataserver_webid = self.model.dataserver_webid
-        self.archive_store = Archive(cfg.rate, cfg.history_seconds)
+        self.archive_store = Archive(cfg.rate, cfg.history_seconds, cfg.sub_microsecond)
         self.encoder = Encoder(self.archive_store, cfg.bool_strings)
         self.hub = ChannelHub(self)
         self.rest = RestAPI(self)
@@ -128,7 +130,8 @@ class PISimulator(FaultsMixin):
                                       "rest_requests": 0, "heartbeats_sent": 0, "bytes_sent": 0,
                                       "faults_injected": 0, "upgrades_refused": 0, "tokens_issued": 0,
                                       "expired_tokens_refused": 0, "channels_closed_token_expired": 0,
-                                      "token_requests_refused": 0, "auth_refused": 0, "endpoint_faults_served": 0}
+                                      "token_requests_refused": 0, "auth_refused": 0, "endpoint_faults_served": 0,
+                                      "values_written": 0, "points_added": 0, "points_deleted": 0}
         self.stalled = False
         self.forbidden: Set[str] = set()
         self.tokens: Dict[str, float] = {cfg.token: float("inf")} if cfg.token else {}   # token → expiry (monotonic)
@@ -163,7 +166,16 @@ class PISimulator(FaultsMixin):
         return self.archive_store.clock_offset
 
     def now(self) -> int:
+        """The simulated clock, µs."""
         return self.archive_store.now()
+
+    def now_ticks(self) -> int:
+        """The simulated clock, 100-ns ticks."""
+        return self.archive_store.now_ticks()
+
+    def stamp(self, webid: str, k: int) -> int:
+        """The stamp (100-ns ticks) of ``webid``'s value at step ``k`` (``tick_time(k)`` is its µs view)."""
+        return self.archive_store.stamp(self.stream(webid).tag, k)
 
     def last_tick(self) -> int:
         return self.archive_store.last_tick()
@@ -174,33 +186,49 @@ class PISimulator(FaultsMixin):
     def value_at(self, tag: SimTag, k: int) -> Any:
         return self.archive_store.value_at(tag, k)
 
+    @property
+    def by_webid(self) -> Dict[str, SimTag]:
+        """Every current point by each of its WebID forms."""
+        return {w: o for w, o in self.model.by_webid.items() if isinstance(o, SimTag)}
+
     def stream(self, webid: str) -> Any:
-        """The point or attribute behind any WebID form of it."""
-        obj = self.model.resolve(webid)
+        """The point or attribute behind any WebID form of it (a deleted point too, for the
+        oracle: its archive ends where it was deleted)."""
+        obj = self.model.resolve(webid) or self.model.retired.get(webid)
         if obj is None:
             raise KeyError(f"no point or attribute has the WebID {webid!r}")
         if isinstance(obj, SimElement):
             raise KeyError(f"{webid} is an element, not a stream")
         return obj
 
-    def archive(self, webid: str, start: Optional[int] = None, end: Optional[int] = None) -> List[Tuple[int, Any]]:
-        """(timestamp micros, value) pairs PI holds for ``webid`` in [start, end] (default: all)."""
+    def archive(self, webid: str, start: Optional[int] = None, end: Optional[int] = None,
+                ticks: bool = False) -> List[Tuple[int, Any]]:
+        """(timestamp, value) pairs PI holds for ``webid`` in [start, end] (both inclusive; default:
+        all). With ``ticks`` the bounds and stamps are 100-ns ticks, compared at PI's resolution;
+        else µs, as a table of µs timestamps holds them: each stamp is floored to µs (as a reader
+        truncates the 7th digit) and compared with the bounds after flooring."""
         # read in the caller's thread: the archive copies what it iterates, and a loop round trip
         # per call would make oracles over many tags slow
-        return self.archive_store.values(self.stream(webid).tag, self.t0 if start is None else start,
-                                         self.now() if end is None else end)
+        tag = self.stream(webid).tag
+        if ticks:
+            return self.archive_store.values(tag, self.t0 * TICKS_PER_US if start is None else start,
+                                             _END if end is None else end)
+        lo = self.t0 * TICKS_PER_US if start is None else start * TICKS_PER_US
+        hi = _END if end is None else end * TICKS_PER_US + TICKS_PER_US - 1
+        return [(ts // TICKS_PER_US, v) for ts, v in self.archive_store.values(tag, lo, hi)]
 
     def expected_archive(self, webids: Optional[Sequence[str]] = None, start_us: Optional[int] = None,
-                         end_us: Optional[int] = None) -> Dict[str, List[Tuple[int, Any]]]:
+                         end_us: Optional[int] = None, ticks: bool = False) -> Dict[str, List[Tuple[int, Any]]]:
         """What a client that missed nothing holds for ``webids`` over [start, end]: the archive,
-        keyed by the WebIDs given (every point by default)."""
+        keyed by the WebIDs given (every point by default); ``ticks`` as in ``archive``."""
         webids = list(webids) if webids is not None else [t.webid for t in self.tags]
-        return {w: self.archive(w, start_us, end_us) for w in webids}
+        return {w: self.archive(w, start_us, end_us, ticks=ticks) for w in webids}
 
-    def sent_values(self) -> Dict[str, List[Tuple[int, Any]]]:
+    def sent_values(self, ticks: bool = False) -> Dict[str, List[Tuple[int, Any]]]:
         """Per WebID (as sent), the (timestamp, value) pairs written to any channel socket so far,
-        in time order; a value re-sent as an edit appears with its edited value."""
-        return self._run(self.hub.sent_values)
+        in time order; a value re-sent as an edit appears with its edited value. Stamps in µs
+        (floored), or 100-ns ticks with ``ticks``."""
+        return self._run(lambda: self.hub.sent_values(ticks))
 
     # ---- HTTP plumbing -------------------------------------------------------------------------
     def _make_certificate(self) -> None:

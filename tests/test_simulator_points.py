@@ -1,0 +1,96 @@
+"""Points deleted and added while the simulator runs, as a plant retires and creates PI points."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from pi_stream_source.simulator.ticks import parse_ticks
+from pi_swagger import validate
+from test_simulator_channels import adhoc, recv_json
+
+
+def get(sim, resource, **params):
+    return requests.get(sim.url + resource, params=params, timeout=10)
+
+
+def stamps_by_stream(ws, seconds):
+    """{WebId: [stamp ticks]} of what ``ws`` receives for ``seconds``."""
+    got = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            msg = recv_json(ws, timeout=max(0.05, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        validate(msg, "Items[StreamValues]")
+        for s in msg["Items"]:
+            got.setdefault(s["WebId"], []).extend(parse_ticks(i["Timestamp"]) for i in s["Items"])
+    return got
+
+
+def test_a_deleted_point_is_gone_from_rest_and_its_channel_values_stop(simulator):
+    sim = simulator(tags=4, rate=10, history_seconds=5)
+    gone, kept = sim.tags[1], sim.tags[2]
+    forms = gone.forms()
+    with connect(adhoc(sim, [gone.webid, kept.webid]), open_timeout=10) as ws:
+        before = stamps_by_stream(ws, 0.5)
+        assert before[gone.webid] and before[kept.webid]
+        deleted = sim.delete_point(gone.name)
+        assert deleted is gone and gone not in sim.tags
+        stamps_by_stream(ws, 0.15)                        # a message built before the delete may follow
+        after = stamps_by_stream(ws, 1.0)
+    assert gone.webid not in after and len(after[kept.webid]) >= 5     # the others go on
+    for w in forms:
+        for resource in (f"/points/{w}", f"/streams/{w}/end", f"/streams/{w}/recorded"):
+            r = get(sim, resource)
+            assert r.status_code == 404, resource
+            validate(r.json(), "Errors")
+        r = get(sim, "/streamsets/recorded", webId=[kept.webid, w])
+        assert r.status_code == 404 and "PI Point" in r.json()["Errors"][0]
+    assert get(sim, "/points", path=gone.path).status_code == 404
+    names = [p["Name"] for p in get(sim, f"/dataservers/{sim.dataserver_webid}/points").json()["Items"]]
+    assert gone.name not in names and kept.name in names
+    r = requests.get(sim.url + "/streamsets/channel", params={"webId": gone.webid}, timeout=10)
+    assert r.status_code == 404                                   # a new channel naming it is refused
+    with pytest.raises(KeyError):
+        sim.write_value(gone.webid, sim.now(), 1.0)
+    with pytest.raises(KeyError):
+        sim.delete_point(gone.name)
+    # the oracle still knows what was archived up to the deletion, and nothing after it
+    archived = sim.archive(gone.webid, ticks=True)
+    assert archived and archived[-1][0] == sim.stamp(gone.webid, gone.until)
+    sent = sim.sent_values(ticks=True)[gone.webid]
+    assert sent[-1][0] <= archived[-1][0] and set(sent) <= set(archived)
+
+
+def test_an_added_point_gets_values_from_then_on_and_is_listed(simulator):
+    sim = simulator(tags=3, rate=10, history_seconds=5)
+    first = sim.last_tick() + 1
+    w = sim.add_point("SIM.NewFlow", kind="ramp")
+    tag = sim.stream(w)
+    assert tag in sim.tags and tag.point_id == 4 and w.startswith("F1DP")
+    assert w == get(sim, "/points", path="\\\\SIMSRV\\SIM.NewFlow").json()["WebId"]
+    point = get(sim, f"/points/{tag.webid_for('IDOnly')}").json()
+    validate(point, "Point")
+    assert point["Name"] == "SIM.NewFlow" and point["Id"] == 4
+    names = [p["Name"] for p in get(sim, f"/dataservers/{sim.dataserver_webid}/points", nameFilter="SIM.New*").json()["Items"]]
+    assert names == ["SIM.NewFlow"]
+    with connect(adhoc(sim, [w, sim.tags[0].webid], "&includeInitialValues=false"), open_timeout=10) as ws:
+        got = stamps_by_stream(ws, 1.0)
+    assert len(got[w]) >= 5
+    archived = sim.archive(w, ticks=True)
+    assert archived[0][0] == sim.stamp(w, first)                  # no history before it was created
+    assert set(got[w]) <= {t for t, _ in archived}
+    body = get(sim, "/streamsets/recorded", webId=w, startTime="*-1h").json()
+    assert [parse_ticks(i["Timestamp"]) for i in body["Items"][0]["Items"]] == [t for t, _ in sim.archive(w, ticks=True)][
+        :len(body["Items"][0]["Items"])]
+    # point IDs are never reused: a deleted point's ID stays unused
+    sim.delete_point(w)
+    assert sim.stream(sim.add_point("SIM.Other")).point_id == 5
+    with pytest.raises(ValueError, match="exists"):
+        sim.add_point("sim.other")
+    with pytest.raises(ValueError, match="kind"):
+        sim.add_point("SIM.Bad", kind="nope")
