@@ -140,7 +140,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._plans: Dict[str, _Plan] = {}
         self._marks_cache: Tuple[Optional[str], O.Marks] = (None, {})
         self._lost: List[Dict[str, Any]] = []
-        self._counts = {"coveredDropped": 0, "lateKept": 0}
+        self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
+        self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
 
     def __getstate__(self) -> Dict[str, Any]:
         # Executors get a pickled copy: no sockets, threads or buffers travel with it.
@@ -331,6 +332,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             shard[i].name or shard[i].webid, format_ticks(lo), format_ticks(cut))
             self._counts["coveredDropped"] += sp.covered
             self._counts["lateKept"] += sp.late
+            self._counts["archiveRanges"] += len(sp.ranges)
+            self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
             merge = merge or sp.merge or (bool(sp.ranges) and not fresh)
             seq[str(k)] = [stop, ep1]
             if sp.rows:
@@ -399,9 +402,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def reportLatestOffset(self) -> Optional[Dict[str, Any]]:
         if not self._started:
             return None
-        shards = {str(i): r.metrics() for i, r in enumerate(self._receivers)}
+        shards = {str(i): {**r.metrics(), "gapFills": self._gap_fills.get(i, 0)} for i, r in enumerate(self._receivers)}
         totals = {k: sum(m[k] for m in shards.values()) for k in
-                  ("received", "buffered", "reconnects", "failedAttempts", "malformedFrames",
+                  ("received", "buffered", "reconnects", "gapFills", "failedAttempts", "malformedFrames",
                    "valueErrors", "repeatsDropped", "unknownWebIds")}
         totals.update(self._counts)
         totals["unknownStreams"] = len(self.unknown)

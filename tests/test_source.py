@@ -137,26 +137,6 @@ def test_snapshot_query_restarted_lands_each_value_once(spark, simulator, tmp_pa
     assert sum(1 for r in rows if r[3] == "backfill") >= 4        # the restart's gap came from the archive
 
 
-def test_bridged_snapshot_rows_are_left_to_the_archive():
-    """The planner's filter on its own: snapshot rows inside a stream's bridged range go (the
-    archive's copy lands), all else stays."""
-    from pi_stream_source.source import _without_bridged_snapshot
-
-    batch = pa.RecordBatch.from_pydict({
-        "tag_webid": ["A", "A", "B", "B", "C", "A", "X"],
-        "timestamp": [5, 10, 20, 31, 7, 12, 15],
-        "source": ["snapshot", "snapshot", "snapshot", "snapshot", "live", "live", "snapshot"],
-    })
-    lo, hi = np.array([10, 20, 0]), np.array([15, 30, 100])          # A: [10, 15], B: [20, 30], C: [0, 100]
-    out = _without_bridged_snapshot(batch, ["A", "B", "C"], lo, hi).to_pydict()
-    # A@5 is older than its range (kept: the point of a snapshot); A@10 and B@20 are inside (dropped);
-    # B@31 is newer; live rows stay; X is no stream of the shard (kept, and flagged elsewhere)
-    assert list(zip(out["tag_webid"], out["timestamp"], out["source"])) == [
-        ("A", 5, "snapshot"), ("B", 31, "snapshot"), ("C", 7, "live"), ("A", 12, "live"), ("X", 15, "snapshot")]
-    plain = batch.filter(pa.array([False, False, False, False, True, True, False]))
-    assert _without_bridged_snapshot(plain, ["A", "B", "C"], lo, hi) is plain
-
-
 def test_every_value_kind_lands(spark, simulator, tmp_path):
     sim = simulator(tags=8, rate=4, kinds="mixed", seed=21)
     q, table, ck = run(spark, sim, tmp_path, seconds_of_values=2)
@@ -194,7 +174,8 @@ def test_wrong_password_and_unknown_webid_fail_clearly(spark, simulator, tmp_pat
     text = str(info.value)
     assert "401" in text and "credentials refused" in text and "not-the-password-123" not in text
     q = start_stream(spark, sim, str(tmp_path / "b"), str(tmp_path / "b_ck"), webids=[sim.tags[0].webid, "F1DPnosuchpoint"],
-                     authType="basic", username=sim.config.username, password=sim.config.password)
+                     authType="basic", username=sim.config.username, password=sim.config.password,
+                     failOnUnknownStreams="true")
     with pytest.raises(StreamingQueryException) as info:
         q.awaitTermination(60)
     assert "F1DPnosuchpoint" in str(info.value) and "unknown" in str(info.value).lower()

@@ -1,0 +1,100 @@
+"""The planner on its own (``planning.py``): buffered rows and connection cutoffs in, rows to land
+and archive ranges out. Timestamps are 100-ns ticks; stream positions follow ``streams``."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pi_stream_source.channel import Epoch
+from pi_stream_source.errors import PIDataLossError
+from pi_stream_source.planning import ArchiveRange, Stream, group_ranges, keep_in_ranges, plan_shard
+
+A, B = Stream("F1DPa", "A", None), Stream("F1DPb", "B", None)
+
+
+def rows(*items):
+    """(webid, ticks, source, substituted) → a buffer-like batch."""
+    w, t, s, sub = zip(*items)
+    return pa.RecordBatch.from_pydict({"tag_webid": list(w), "timestamp": list(t), "source": list(s),
+                                       "substituted": list(sub)})
+
+
+def keys(plan):
+    return [(w, t, s) for b in plan.rows for w, t, s in zip(b.column("tag_webid").to_pylist(),
+                                                            b.column("timestamp").to_pylist(), b.column("source").to_pylist())]
+
+
+def test_a_connection_reads_up_to_its_cutoff_and_drops_only_what_that_read_returns():
+    # marks 100/100; the connection opened with cutoffs 150 (A) and 120 (B)
+    ep = Epoch(0, 0, np.array([150, 120]))
+    batch = rows(("F1DPa", 140, "live", False),    # inside (100, 150]: the archive read returns it → dropped
+                 ("F1DPa", 90, "live", False),     # older than the mark: a late value → kept, merged
+                 ("F1DPa", 145, "live", True),     # an edit inside the range → kept (merged on the key)
+                 ("F1DPb", 121, "live", False),    # after B's cutoff → kept
+                 ("F1DPa", 151, "live", False))
+    plan = plan_shard([A, B], [(0, batch)], [ep], (0, 1), np.array([100, 100]), np.array([True, True]),
+                      max_backfill=10_000)
+    assert [(r.stream.webid, r.lo, r.hi) for r in plan.ranges] == [("F1DPa", 100, 150), ("F1DPb", 100, 120)]
+    assert keys(plan) == [("F1DPa", 90, "live"), ("F1DPa", 145, "live"), ("F1DPb", 121, "live"), ("F1DPa", 151, "live")]
+    assert plan.marks.tolist() == [151, 121]
+    assert plan.reach == {0: 89} and plan.merge and plan.covered == 1
+
+
+def test_rows_of_a_connection_planned_earlier_are_never_dropped():
+    ep = Epoch(0, 0, np.array([150, 120]))
+    batch = rows(("F1DPa", 149, "live", False))     # arrived after the range was planned: maybe not in the read
+    plan = plan_shard([A, B], [(10, batch)], [ep], (1, 1), np.array([160, 130]), np.array([True, True]),
+                      max_backfill=10_000)
+    assert keys(plan) == [("F1DPa", 149, "live")] and plan.merge and not plan.ranges
+    assert plan.reach == {0: 148}
+
+
+def test_reconnect_inside_a_batch_reads_the_gap_from_the_newest_row_before_it():
+    e0, e1 = Epoch(0, 0, np.array([100, 100])), Epoch(1, 2, np.array([300, 310]))
+    first = rows(("F1DPa", 110, "live", False), ("F1DPb", 105, "live", False))
+    after = rows(("F1DPa", 301, "live", False))
+    plan = plan_shard([A, B], [(0, first), (2, after)], [e0, e1], (1, 2), np.array([100, 100]),
+                      np.array([True, True]), max_backfill=10_000)
+    assert [(r.stream.name, r.lo, r.hi) for r in plan.ranges] == [("A", 110, 300), ("B", 105, 310)]
+    assert plan.marks.tolist() == [301, 310] and not plan.reach
+
+
+def test_snapshot_rows_new_streams_keep_old_values_known_streams_drop_them():
+    ep = Epoch(0, 0, np.array([500, 500]))
+    batch = rows(("F1DPa", 50, "snapshot", False), ("F1DPb", 60, "snapshot", False))
+    # A is new (starts at 200: its snapshot is older, the point of a snapshot); B has a mark
+    plan = plan_shard([A, B], [(0, batch)], [ep], (0, 1), np.array([200, 400]), np.array([False, True]),
+                      max_backfill=10_000)
+    assert keys(plan) == [("F1DPa", 50, "snapshot")]
+    assert plan.reach == {0: 49}
+
+
+def test_a_gap_longer_than_max_backfill_fails_or_is_cut_and_reported():
+    ep = Epoch(0, 0, np.array([10_000, 150]))
+    args = ([A, B], [], [ep], (0, 1), np.array([100, 100]), np.array([True, True]))
+    with pytest.raises(PIDataLossError, match="maxBackfill"):
+        plan_shard(*args, max_backfill=1_000)
+    plan = plan_shard(*args, max_backfill=1_000, fail_on_data_loss=False)
+    assert plan.lost == [(0, 100, 9_000)] and plan.ranges[0].lo == 9_000
+
+
+def test_bridge_overlap_rereads_known_streams_but_not_before_the_query_start():
+    ep = Epoch(0, 0, np.array([1_000, 1_000]))
+    plan = plan_shard([A, B], [], [ep], (0, 1), np.array([500, 205]), np.array([True, True]), bridge_overlap=100,
+                      floor=200, max_backfill=10_000)
+    assert [(r.lo, r.hi) for r in plan.ranges] == [(400, 1_000), (200, 1_000)]
+
+
+def test_slices_hold_each_stream_once_and_keep_rows_in_their_own_range():
+    ranges = [ArchiveRange(A, 0, 10), ArchiveRange(B, 2, 8), ArchiveRange(A, 20, 30)]
+    slices = group_ranges(ranges, per_partition=10, chunk=100)
+    assert all(len({s.webid for s in sl.streams}) == len(sl.streams) for sl in slices)
+    assert sorted((s.webid, lo, hi) for sl in slices for s, lo, hi in zip(sl.streams, sl.lo, sl.hi)) == \
+        [("F1DPa", 0, 10), ("F1DPa", 20, 30), ("F1DPb", 2, 8)]
+    first = next(sl for sl in slices if 0 in sl.lo)
+    got = keep_in_ranges(rows(("F1DPa", 0, "backfill", False), ("F1DPa", 10, "backfill", False),
+                              ("F1DPb", 8, "backfill", False), ("F1DPb", 9, "backfill", False),
+                              ("F1DPc", 5, "backfill", False)), first)
+    assert list(zip(got.column("tag_webid").to_pylist(), got.column("timestamp").to_pylist())) == \
+        [("F1DPa", 10), ("F1DPb", 8)]
