@@ -4,10 +4,17 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 
 import pytest
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# Nothing may depend on a time zone: the whole suite runs with this process (and so Spark's JVM
+# and workers) in one zone and the Spark session in a third, neither UTC.
+# PI_STREAM_TEST_TZ / PI_STREAM_TEST_SESSION_TZ change them (e.g. to UTC).
+os.environ["TZ"] = os.environ.get("PI_STREAM_TEST_TZ", "Asia/Kolkata")
+time.tzset()
+SESSION_TZ = os.environ.get("PI_STREAM_TEST_SESSION_TZ", "America/Los_Angeles")
 # every process of the run (this one, Spark's Python workers) logs pi_stream_source to one file,
 # so tests can search the log for secrets (set before Spark starts: workers inherit it)
 if not os.environ.get("PI_STREAM_LOG_FILE"):
@@ -22,6 +29,7 @@ def spark(tmp_path_factory):
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     session = get_spark("pi_stream_source-tests", warehouse=str(warehouse))
+    session.conf.set("spark.sql.session.timeZone", SESSION_TZ)
     register(session)
     yield session
     for q in session.streams.active:
