@@ -95,6 +95,9 @@ class Epoch:
     index: int
     first_seq: int
     cutoff: np.ndarray
+    lower: Optional[np.ndarray] = None      # where its archive ranges start (set when first planned)
+    done: Optional[np.ndarray] = None       # how far they are planned (ranges in slices over batches)
+    rate: Optional[float] = None            # values/s per stream its slices are sized with
 
 
 class ShardBuffer:
@@ -215,6 +218,15 @@ class ChannelReceiver(threading.Thread):
                 "valueErrors": self.stats.value_errors, "repeatsDropped": self.stats.repeats_dropped,
                 "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag,
                 "lastError": (last or self.stats.last_error or "")[:300] or None}
+
+    def value_rate(self) -> float:
+        """Values per second per stream seen on this channel (at least 1): sizes archive slices."""
+        if not self.connected_at or not self.webids:
+            return 1.0
+        seconds = (now_micros() - self.connected_at) / 1e6
+        if seconds < 5:
+            return 1.0
+        return max(1.0, self.stats.values / seconds / len(self.webids))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:

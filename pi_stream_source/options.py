@@ -65,7 +65,11 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "maxReconnectAttempts": ("20", "failed attempts in a row before the query fails (0: never give up)"),
     "startingPosition": ("latest", "latest | snapshot | a time (ISO 8601 or PI time such as *-2h)"),
     "maxRecordsPerTrigger": (None, "most rows in one micro-batch (admission control)"),
-    "maxBufferRecords": ("2000000", "rows held in memory before the reader stops reading (backpressure)"),
+    "maxArchiveRecordsPerTrigger": ("1000000", "most archive values (start from a time, restart and reconnect gaps) "
+                                              "one micro-batch reads, estimated at each channel's live rate (at least "
+                                              "1 value/s per stream); longer ranges are read in slices over several "
+                                              "batches (maxRecordsPerTrigger bounds them too)"),
+    "maxBufferRecords": ("2000000", "rows all channels together hold in memory before they stop reading (backpressure)"),
     "recordedPageSize": ("10000", "maxCount of each streamsets/recorded call when filling gaps"),
     "connectTimeout": ("30s", "timeout for HTTP requests and the WebSocket handshake"),
     "maxBackfill": ("7d", "longest gap filled from the archive (after a restart or reconnect, or from a "
@@ -196,6 +200,7 @@ class SourceOptions:
     fail_on_data_loss: bool = True
     late_data_overlap: float = 10.0
     fail_on_unknown_streams: bool = False
+    max_archive_records_per_trigger: int = 1_000_000
     replay_tags_per_partition: int = 200
     replay_chunk: float = 3600.0
     rows_per_partition: int = 200_000
@@ -378,6 +383,7 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         max_backfill=max_backfill,
         fail_on_data_loss=fail,
         fail_on_unknown_streams=_bool(opts, "failOnUnknownStreams"),
+        max_archive_records_per_trigger=_int(opts, "maxArchiveRecordsPerTrigger", 1),
         late_data_overlap=_duration(opts, "lateDataOverlap"),
         replay_tags_per_partition=_int(opts, "replayTagsPerPartition", 1),
         replay_chunk=_duration(opts, "replayChunk"),

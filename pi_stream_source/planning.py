@@ -59,6 +59,8 @@ class ShardPlan:
     covered: int = 0                        # live rows dropped: the archive read returns them
     late: int = 0                           # rows kept at or below a cutoff or mark (merged)
     lost: List[Tuple[int, int, int]] = field(default_factory=list)   # (position, from, to) not read (maxBackfill)
+    stop: Optional[int] = None              # rows from this sequence on wait: a connection's ranges go on
+    epochs_done: int = 0                    # connections whose ranges are all planned
 
 
 def _positions(webids: pa.Array, streams: Sequence[Stream]) -> np.ndarray:
@@ -77,16 +79,22 @@ def _positions(webids: pa.Array, streams: Sequence[Stream]) -> np.ndarray:
 
 def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordBatch]], epochs: Sequence[Epoch],
                planned: Tuple[int, int], marks: np.ndarray, known: np.ndarray, *, bridge_overlap: int = 0,
-               floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True) -> ShardPlan:
+               floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True,
+               archive_budget: Optional[float] = None, rate: float = 1.0) -> ShardPlan:
     """Plan one shard's share of a batch.
 
     ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
     ``epochs``: the shard's connections, from the one the first row belongs to on; those whose
-    index is in ``planned`` = [first, end) have their archive ranges planned in this batch.
+    index is in ``planned`` = [first, end) have their archive ranges planned in this batch (the
+    first may be one whose ranges an earlier batch began).
     ``marks``: each stream's mark at the start (ticks); ``known``: whether it had one (a stream
-    without one starts at ``marks``, its lower bound, and its rows never count as late).
+    without one starts at ``marks``, its lower bound).
     ``bridge_overlap``: for the first connection of a run, read this much before known marks
-    (late data; never below ``floor``). Gaps longer than ``max_backfill`` are data loss."""
+    (late data; never below ``floor``). Gaps longer than ``max_backfill`` are data loss.
+    ``archive_budget``: the most archive values this batch may read, estimated at ``rate``
+    values/s per stream; a connection whose ranges need more is planned in time slices over
+    several batches, and its rows (and later ones) wait in the buffer until its last slice
+    (``ShardPlan.stop``/``epochs_done``)."""
     n = len(streams)
     start = marks.astype(np.int64).copy()
     marks = start.copy()
@@ -94,10 +102,13 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     for i in np.nonzero(~known)[0]:
         plan.reach[int(i)] = int(start[i])
     first, end = planned
+    plan.epochs_done = end
     by_index = {e.index: e for e in epochs}
     firsts = np.array([e.first_seq for e in epochs], dtype=np.int64)
+    budget = [archive_budget]
 
-    def gap(epoch: Epoch) -> np.ndarray:
+    def begin_gap(epoch: Epoch) -> None:
+        """First look at a connection: where its ranges start, per stream (data loss checked)."""
         lower = marks.copy()
         if epoch.index == 0 and bridge_overlap:
             # re-read a little before known marks (late data), but not before the query's start
@@ -106,44 +117,79 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                 moved = np.maximum(moved, np.minimum(floor, lower))
             lower = np.where(known, moved, lower)
         for i in range(n):
-            hi = int(epoch.cutoff[i])
-            lo = int(lower[i])
-            if hi <= lo:
-                continue
+            hi, lo = int(epoch.cutoff[i]), int(lower[i])
             if hi - lo > max_backfill:
                 cut = hi - max_backfill
                 if fail_on_data_loss:
                     raise PIDataLossError(_loss_message(streams, i, lo, cut, max_backfill))
                 plan.lost.append((i, lo, cut))
-                lo = cut
-            plan.ranges.append(ArchiveRange(streams[i], lo, hi))
-        np.maximum(marks, epoch.cutoff, out=marks)
-        return lower
+                lower[i] = cut
+        epoch.lower = lower
+        epoch.done = lower.copy()
+        epoch.rate = rate
 
-    lowers: Dict[int, np.ndarray] = {}
+    def gap(epoch: Epoch) -> bool:
+        """Plan the connection's next archive slice; True when its ranges are all planned."""
+        if epoch.done is None:
+            begin_gap(epoch)
+        lo, hi = epoch.done, epoch.cutoff.astype(np.int64)
+        r = epoch.rate or rate
+        if budget[0] is not None:
+            need = np.clip(hi - lo, 0, None) * (r / TICKS)
+            if need.sum() > budget[0]:
+                hi = np.minimum(hi, _horizon(lo, hi, r, budget[0]))
+            budget[0] = max(0.0, budget[0] - float((np.clip(hi - lo, 0, None) * (r / TICKS)).sum()))
+        for i in np.nonzero(hi > lo)[0]:
+            plan.ranges.append(ArchiveRange(streams[i], int(lo[i]), int(hi[i])))
+        np.maximum(marks, hi, out=marks)
+        epoch.done = np.maximum(lo, hi)
+        return bool((hi >= epoch.cutoff).all())
+
     done_gaps = set()
+    held = False
     for seq, batch in chunks:
-        if not batch.num_rows:
+        if not batch.num_rows or held:
             continue
         rseq = seq + np.arange(batch.num_rows, dtype=np.int64)
         which = np.searchsorted(firsts, rseq, side="right") - 1
         for e_pos in np.unique(which):
             epoch = epochs[int(e_pos)] if e_pos >= 0 else None
-            # a connection's range is planned before its first row is looked at
+            # a connection's ranges are planned before its first row is looked at
             for idx in range(first, end):
                 if idx not in done_gaps and idx in by_index and (epoch is None or idx <= epoch.index):
-                    lowers[idx] = gap(by_index[idx])
                     done_gaps.add(idx)
+                    if not gap(by_index[idx]):
+                        held, plan.stop, plan.epochs_done = True, by_index[idx].first_seq, idx
+                        break
+            if held:
+                break
             sel = np.nonzero(which == e_pos)[0]
             part = batch.take(pa.array(sel)) if len(sel) != batch.num_rows else batch
-            plan.rows.append(_admit(plan, part, streams, epoch, lowers.get(epoch.index) if epoch else None,
-                                    start, known, marks))
+            plan.rows.append(_admit(plan, part, streams, epoch, epoch.lower if epoch is not None and
+                                    epoch.index in done_gaps else None, start, known, marks))
     for idx in range(first, end):                       # connections without rows yet
-        if idx not in done_gaps and idx in by_index:
-            gap(by_index[idx])
+        if not held and idx not in done_gaps and idx in by_index:
+            done_gaps.add(idx)
+            if not gap(by_index[idx]):
+                held, plan.stop, plan.epochs_done = True, by_index[idx].first_seq, idx
     plan.rows = [b for b in plan.rows if b.num_rows]
     plan.marks = marks
     return plan
+
+
+def _horizon(lo: np.ndarray, hi: np.ndarray, rate: float, budget: float) -> int:
+    """The time H such that reading every stream's (lo, min(hi, H)] takes about ``budget`` values
+    at ``rate`` values/s each (at least one second past the earliest start: progress is certain)."""
+    a, b = int(lo.min()), int(hi.max())
+    for _ in range(64):
+        mid = (a + b) // 2
+        if (np.clip(np.minimum(hi, mid) - lo, 0, None) * (rate / TICKS)).sum() > budget:
+            b = mid
+        else:
+            a = mid
+        if b - a <= 1:
+            break
+    return max(a, int(lo.min()) + TICKS)
 
 
 def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], epoch: Optional[Epoch],

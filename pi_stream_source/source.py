@@ -295,8 +295,10 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 avail = min(avail, self._target.get(k, avail))
             states[k] = (begin, ep0, next_seq, epochs)
             pending[str(k)] = max(0, avail - begin)
+        budget = float(self.opts.max_archive_records_per_trigger)
         if isinstance(limit, ReadMaxRows):
             pending = _fair_share(pending, limit.max_rows)
+            budget = min(budget, float(limit.max_rows))
         selected = {s.key for shard in shards for s in shard}
         m1 = {k: v for k, v in m0.items() if k in selected}
         reach: Dict[str, int] = {}
@@ -316,10 +318,12 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             shard = shards[k]
             marks = np.array([m0.get(s.key, default) for s in shard], dtype=np.int64)
             known = np.array([s.key in m0 for s in shard], dtype=bool)
+            first_look = not (same_run and str(k) in start["seq"])
             sp = plan_shard(shard, self._buffers[k].slice_seq(begin, stop), epochs, (ep0, ep1), marks, known,
-                            bridge_overlap=0 if initial else int(self.opts.late_data_overlap * TICKS),
+                            bridge_overlap=0 if initial or not first_look else int(self.opts.late_data_overlap * TICKS),
                             floor=int(start["start"]), max_backfill=int(self.opts.max_backfill * TICKS),
-                            fail_on_data_loss=self.opts.fail_on_data_loss)
+                            fail_on_data_loss=self.opts.fail_on_data_loss,
+                            archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate())
             for i, s in enumerate(shard):
                 if known[i] or ep1 > 0:
                     m1[s.key] = int(sp.marks[i])
@@ -335,7 +339,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._counts["archiveRanges"] += len(sp.ranges)
             self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
             merge = merge or sp.merge or (bool(sp.ranges) and not fresh)
-            seq[str(k)] = [stop, ep1]
+            seq[str(k)] = [stop if sp.stop is None else sp.stop, sp.epochs_done]
             if sp.rows:
                 plan.live.append((k, sp.rows))
             plan.ranges += sp.ranges

@@ -98,3 +98,24 @@ def test_slices_hold_each_stream_once_and_keep_rows_in_their_own_range():
                               ("F1DPc", 5, "backfill", False)), first)
     assert list(zip(got.column("tag_webid").to_pylist(), got.column("timestamp").to_pylist())) == \
         [("F1DPa", 10), ("F1DPb", 8)]
+
+
+def test_a_long_range_is_read_in_slices_and_its_rows_wait_for_the_last_one():
+    sec = 10_000_000
+    ep = Epoch(0, 0, np.array([100 * sec, 100 * sec]))
+    live = rows(("F1DPa", 100 * sec - 3, "live", False), ("F1DPa", 100 * sec + 5, "live", False))
+    marks, known = np.array([0, 0]), np.array([True, True])
+    spans = []
+    for _ in range(20):
+        plan = plan_shard([A, B], [(0, live)], [ep], (0, 1), marks, known, max_backfill=1000 * sec,
+                          archive_budget=50, rate=1.0)              # 2 streams × 1 value/s: 25 s a slice
+        spans += [(r.lo, r.hi) for r in plan.ranges if r.stream is A]
+        marks = plan.marks
+        if plan.stop is None:
+            break
+        assert plan.stop == 0 and plan.epochs_done == 0 and not plan.rows     # the live rows wait
+        assert sum(r.hi - r.lo for r in plan.ranges) <= 50 * sec + 2 * sec
+    assert spans[0][0] == 0 and spans[-1][1] == 100 * sec and len(spans) >= 4
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))              # contiguous, no overlap
+    # the last slice admits the rows: the one inside the whole range is the archive's, the newer lands
+    assert keys(plan) == [("F1DPa", 100 * sec + 5, "live")] and plan.epochs_done == 1
