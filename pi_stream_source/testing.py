@@ -179,7 +179,9 @@ class ReaderDriver:
     batch read; ``crash()`` leaves a planned batch uncommitted, as a killed driver does, and a
     new driver started from ``offsets`` rebuilds it."""
 
-    def __init__(self, options: Dict[str, Any], offsets: Any = None) -> None:
+    def __init__(self, options: Dict[str, Any], offsets: Any = None, uncommitted: bool = False) -> None:
+        """``offsets``: the offset log of an earlier run (oldest first); ``uncommitted``: its last
+        batch was planned but not committed (a killed driver)."""
         from .options import parse_options
         from .source import PIStreamReader
 
@@ -187,7 +189,7 @@ class ReaderDriver:
         self.log: List[Any] = list(offsets or [])        # committed and planned offsets, oldest first
         if not self.log:
             self.log.append(self.reader.initialOffset())
-        self.committed = len(self.log) - 1 if offsets is None else len(self.log) - 2
+        self.committed = len(self.log) - (2 if uncommitted else 1)
         self.rows: List[Tuple[str, int, Any, str]] = []
 
     def _read(self, start: Any, end: Any) -> int:

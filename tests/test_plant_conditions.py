@@ -245,7 +245,7 @@ def _rebuild_covers(sim, drv_options, setup=None):
     finally:
         a.stop()
     assert lost, "the uncommitted batch held values"
-    b = ReaderDriver(drv_options, offsets=a.log)
+    b = ReaderDriver(drv_options, offsets=a.log, uncommitted=True)
     try:
         b.resume()
     finally:
@@ -279,7 +279,7 @@ def test_rebuilt_snapshot_batch_zero_keeps_the_current_values(simulator):
     start = a.log[0]["start"] // 10
     snap = {(w, ts) for w, ts, s in batch0 if s == "snapshot"}
     assert snap and all(ts < start for _, ts in snap)
-    b = ReaderDriver(opts, offsets=a.log)
+    b = ReaderDriver(opts, offsets=a.log, uncommitted=True)
     try:
         b.resume()
     finally:
