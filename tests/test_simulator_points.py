@@ -94,3 +94,22 @@ def test_an_added_point_gets_values_from_then_on_and_is_listed(simulator):
         sim.add_point("sim.other")
     with pytest.raises(ValueError, match="kind"):
         sim.add_point("SIM.Bad", kind="nope")
+
+
+def test_points_change_over_the_control_api(simulator):
+    import orjson
+
+    sim = simulator(tags=2)
+    xrw = {"X-Requested-With": "x"}
+    r = requests.post(sim.url + "/simulator/faults/add_point", headers=xrw, timeout=10,
+                      data=orjson.dumps({"point": "SIM.Added", "kind": "int"}))
+    w = r.json()["Result"]
+    assert r.status_code == 200 and get(sim, f"/points/{w}").json()["Name"] == "SIM.Added"
+    r = requests.post(sim.url + "/simulator/faults/delete_point", headers=xrw, timeout=10,
+                      data=orjson.dumps({"point": "SIM.Added"}))
+    assert r.json()["Result"] == w and get(sim, f"/points/{w}").status_code == 404
+    r = requests.post(sim.url + "/simulator/faults/delete_point", headers=xrw, timeout=10, data=b"{}")
+    assert r.status_code == 400 and "point" in r.json()["Errors"][0]            # a clear error, not a 500
+    r = requests.post(sim.url + "/simulator/faults/delete_point", headers=xrw, timeout=10,
+                      data=orjson.dumps({"point": "SIM.Added"}))
+    assert r.status_code == 400 and "SIM.Added" in r.json()["Errors"][0]

@@ -336,7 +336,7 @@ class FaultsMixin(_Base):
     def fault(self, name: str, **kw: Any) -> Any:
         """Fault injection by name (the CLI and ``POST {base}/simulator/faults/{name}`` use it):
         drop, reset, stall, freeze, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
-        edit, late, write, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
+        edit, late, write, delete_point, add_point, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
         ch = kw.get("channel")
         if name == "drop":
             return self._inline(lambda: self.hub.drop(False, ch))
@@ -370,6 +370,10 @@ class FaultsMixin(_Base):
         if name == "fail":
             return self.fail_next_requests(int(kw.get("count", 1)), int(kw.get("status", 500)), kw.get("path"),
                                            bool(kw.get("web_exception", False)))
+        if name == "delete_point":
+            return self.delete_point(str(kw["point"])).webid
+        if name == "add_point":
+            return self.add_point(str(kw["point"]), str(kw.get("kind", "sine")), int(kw.get("every", 1)))
         if name == "fail_endpoint":
             return self.fail_endpoint(str(kw["endpoint"]), int(kw.get("status", 500)), kw.get("times"), kw.get("message"))
         if name == "clear_endpoint_faults":

@@ -603,7 +603,12 @@ class RestAPI:
             args = orjson.loads(req.body) if req.body else {}
         except orjson.JSONDecodeError:
             raise PIError(400, "The body must be a JSON object of arguments.") from None
-        result = self.sim.fault(req.match["fault"], **(args or {}))
+        if not isinstance(args, dict):
+            raise PIError(400, "The body must be a JSON object of arguments.")
+        try:
+            result = self.sim.fault(req.match["fault"], **args)
+        except (TypeError, KeyError) as exc:
+            raise PIError(400, f"Bad arguments for fault '{req.match['fault']}': {exc}") from None
         return json_resp({"Fault": req.match["fault"], "Result": result})
 
 
