@@ -7,7 +7,7 @@ import asyncio
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Pattern, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Pattern, Tuple
 
 from ..pitime import MICROS
 from .encoding import Encoder

@@ -188,9 +188,10 @@ class RestAPI:
             raise PIError(404, PATH_NOT_FOUND)
         return obj
 
-    @staticmethod
-    def webid_type(req: Req) -> str:
-        t = req.q("webIdType") or "Full"
+    def webid_type(self, req: Req) -> str:
+        """The request's ``webIdType`` (case-insensitive), else the server's default (PI's
+        ``WebIDType`` configuration item, ``SimConfig.default_webid_type``)."""
+        t = req.q("webIdType") or self.sim.config.default_webid_type
         for known in WEBID_TYPES:
             if known.lower() == t.lower():
                 return known
