@@ -20,9 +20,9 @@ from .archive import Archive
 from .channels import ChannelHub
 from .encoding import Encoder
 from .faults import FaultsMixin, endpoint_pattern
-from .ticks import TICKS_PER_US
 from .model import WEBID_TYPES, PIModel, SimAttribute, SimElement, SimTag
 from .rest_api import PIError, Req, Resp, RestAPI, error_resp
+from .ticks import TICKS_PER_US
 
 log = logging.getLogger(__name__)
 
