@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Pattern, Tuple
 
 from ..pitime import MICROS
 from .encoding import Encoder
+from .generators import SYSTEM_STATES
 from .model import SimElement, SimTag
 from .rest_api import PIError, Resp, error_resp
 from .ticks import TICKS_PER_US, parse_pi_time_ticks
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     _Base = PISimulator
 else:
     _Base = object
+
+
+PT_CREATED = {"Name": "Pt Created", "Value": dict(SYSTEM_STATES)["Pt Created"], "IsSystem": True}
 
 
 def endpoint_pattern(endpoint: str) -> Pattern[str]:
@@ -306,15 +310,18 @@ class FaultsMixin(_Base):
         return self._run(apply)
 
     def add_point(self, name: str, kind: str = "sine", every: int = 1) -> str:
-        """Create a PI point while running, with the next point ID: values (``kind``, one every
-        ``every`` steps) from the next step on; lookups, ``nameFilter`` and
+        """Create a PI point while running, with the next point ID. Like PI, its first value is
+        the system state "Pt Created" (code 251, not good) at the creation time; then values
+        (``kind``, one every ``every`` steps) from the next step on. Lookups, ``nameFilter`` and
         ``dataservers/{id}/points`` include it, and ``sim.tags`` lists it. Returns its Full WebID."""
         if int(every) < 1:
             raise ValueError(f"every must be a positive number of steps, not {every!r}")
 
         def apply() -> str:
-            tag = self.model.add_tag(name, kind, int(every), self.archive_store.last_tick() + 1)
+            arch = self.archive_store
+            tag = self.model.add_tag(name, kind, int(every), arch.last_tick() + 1)
             tag.prefix = Encoder.stream_prefix(tag)
+            arch.add_late(tag, arch.now_ticks(), dict(PT_CREATED))
             self.hub.point_added()
             self.stats["points_added"] += 1
             return tag.webid
