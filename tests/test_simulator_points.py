@@ -98,7 +98,9 @@ def test_an_added_point_gets_values_from_then_on_and_is_listed(simulator):
         :len(body["Items"][0]["Items"])]
     # point IDs are never reused: a deleted point's ID stays unused
     sim.delete_point(w)
-    assert sim.stream(sim.add_point("SIM.Other")).point_id == 5
+    other = sim.add_point("SIM.Other", pt_created=False)
+    assert sim.stream(other).point_id == 5
+    assert all(isinstance(v, float) for _, v in sim.archive(other))
     with pytest.raises(ValueError, match="exists"):
         sim.add_point("sim.other")
     with pytest.raises(ValueError, match="kind"):

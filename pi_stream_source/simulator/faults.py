@@ -309,9 +309,10 @@ class FaultsMixin(_Base):
             return tag
         return self._run(apply)
 
-    def add_point(self, name: str, kind: str = "sine", every: int = 1) -> str:
+    def add_point(self, name: str, kind: str = "sine", every: int = 1, pt_created: bool = True) -> str:
         """Create a PI point while running, with the next point ID. Like PI, its first value is
-        the system state "Pt Created" (code 251, not good) at the creation time; then values
+        the system state "Pt Created" (code 251, not good) at the creation time (unless
+        ``pt_created=False``, for oracles that compare numbers only); then values
         (``kind``, one every ``every`` steps) from the next step on. Lookups, ``nameFilter`` and
         ``dataservers/{id}/points`` include it, and ``sim.tags`` lists it. Returns its Full WebID."""
         if int(every) < 1:
@@ -321,7 +322,8 @@ class FaultsMixin(_Base):
             arch = self.archive_store
             tag = self.model.add_tag(name, kind, int(every), arch.last_tick() + 1)
             tag.prefix = Encoder.stream_prefix(tag)
-            arch.add_late(tag, arch.now_ticks(), dict(PT_CREATED))
+            if pt_created:
+                arch.add_late(tag, arch.now_ticks(), dict(PT_CREATED))
             self.hub.point_added()
             self.stats["points_added"] += 1
             return tag.webid
@@ -380,7 +382,8 @@ class FaultsMixin(_Base):
         if name == "delete_point":
             return self.delete_point(str(kw["point"])).webid
         if name == "add_point":
-            return self.add_point(str(kw["point"]), str(kw.get("kind", "sine")), int(kw.get("every", 1)))
+            return self.add_point(str(kw["point"]), str(kw.get("kind", "sine")), int(kw.get("every", 1)),
+                                  bool(kw.get("pt_created", True)))
         if name == "fail_endpoint":
             return self.fail_endpoint(str(kw["endpoint"]), int(kw.get("status", 500)), kw.get("times"), kw.get("message"))
         if name == "clear_endpoint_faults":
