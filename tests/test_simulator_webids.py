@@ -121,6 +121,7 @@ def test_channels_take_any_form_and_answer_in_the_type_asked_for(simulator, want
     extra = "" if want is None else f"&webIdType={want}"
     for given_type in TYPES:
         given = tag.webid_for(given_type)
+        assert given[:4] == given_type[0] + "1DP"                 # really that type (L1DP…, D1DP…)
         for url in (adhoc(sim, [given, sim.tags[2].webid_for(given_type)], extra),
                     ws_url(sim, f"/streams/{given}/channel?includeInitialValues=true{extra}")):
             with connect(url, open_timeout=10) as ws:
