@@ -68,8 +68,13 @@ def test_a_deleted_point_is_gone_from_rest_and_its_channel_values_stop(simulator
 
 def test_an_added_point_gets_values_from_then_on_and_is_listed(simulator):
     sim = simulator(tags=3, rate=10, history_seconds=5)
-    first = sim.last_tick() + 1
+    before = sim.last_tick()
     w = sim.add_point("SIM.NewFlow", kind="ramp")
+    first = sim.stream(w).since                                   # its first step: after the creation
+    assert first > before
+    end = get(sim, f"/streams/{w}/end").json()                    # at once: its "Pt Created" snapshot
+    validate(end, "TimedValue")
+    assert end["Value"]["Name"] == "Pt Created" or parse_ticks(end["Timestamp"]) >= sim.stamp(w, first)
     tag = sim.stream(w)
     assert tag in sim.tags and tag.point_id == 4 and w.startswith("F1DP")
     assert w == get(sim, "/points", path="\\\\SIMSRV\\SIM.NewFlow").json()["WebId"]
@@ -82,15 +87,40 @@ def test_an_added_point_gets_values_from_then_on_and_is_listed(simulator):
         got = stamps_by_stream(ws, 1.0)
     assert len(got[w]) >= 5
     archived = sim.archive(w, ticks=True)
-    assert archived[0][0] == sim.stamp(w, first)                  # no history before it was created
+    # no history before it was created: "Pt Created" (not good) at creation, then its values
+    assert archived[0][1] == {"Name": "Pt Created", "Value": 251, "IsSystem": True}
+    assert sim.tick_time(first - 1) * 10 < archived[0][0] < archived[1][0] == sim.stamp(w, first)
+    created = get(sim, f"/streams/{w}/recorded", startTime="*-1h", maxCount=1).json()["Items"][0]
+    assert created["Good"] is False and created["Value"]["Name"] == "Pt Created"
     assert set(got[w]) <= {t for t, _ in archived}
     body = get(sim, "/streamsets/recorded", webId=w, startTime="*-1h").json()
     assert [parse_ticks(i["Timestamp"]) for i in body["Items"][0]["Items"]] == [t for t, _ in sim.archive(w, ticks=True)][
         :len(body["Items"][0]["Items"])]
     # point IDs are never reused: a deleted point's ID stays unused
     sim.delete_point(w)
-    assert sim.stream(sim.add_point("SIM.Other")).point_id == 5
+    other = sim.add_point("SIM.Other", pt_created=False)
+    assert sim.stream(other).point_id == 5
+    assert all(isinstance(v, float) for _, v in sim.archive(other))
     with pytest.raises(ValueError, match="exists"):
         sim.add_point("sim.other")
     with pytest.raises(ValueError, match="kind"):
         sim.add_point("SIM.Bad", kind="nope")
+
+
+def test_points_change_over_the_control_api(simulator):
+    import orjson
+
+    sim = simulator(tags=2)
+    xrw = {"X-Requested-With": "x"}
+    r = requests.post(sim.url + "/simulator/faults/add_point", headers=xrw, timeout=10,
+                      data=orjson.dumps({"point": "SIM.Added", "kind": "int"}))
+    w = r.json()["Result"]
+    assert r.status_code == 200 and get(sim, f"/points/{w}").json()["Name"] == "SIM.Added"
+    r = requests.post(sim.url + "/simulator/faults/delete_point", headers=xrw, timeout=10,
+                      data=orjson.dumps({"point": "SIM.Added"}))
+    assert r.json()["Result"] == w and get(sim, f"/points/{w}").status_code == 404
+    r = requests.post(sim.url + "/simulator/faults/delete_point", headers=xrw, timeout=10, data=b"{}")
+    assert r.status_code == 400 and "point" in r.json()["Errors"][0]            # a clear error, not a 500
+    r = requests.post(sim.url + "/simulator/faults/delete_point", headers=xrw, timeout=10,
+                      data=orjson.dumps({"point": "SIM.Added"}))
+    assert r.status_code == 400 and "SIM.Added" in r.json()["Errors"][0]

@@ -121,6 +121,7 @@ def test_channels_take_any_form_and_answer_in_the_type_asked_for(simulator, want
     extra = "" if want is None else f"&webIdType={want}"
     for given_type in TYPES:
         given = tag.webid_for(given_type)
+        assert given[:4] == given_type[0] + "1DP"                 # really that type (L1DP…, D1DP…)
         for url in (adhoc(sim, [given, sim.tags[2].webid_for(given_type)], extra),
                     ws_url(sim, f"/streams/{given}/channel?includeInitialValues=true{extra}")):
             with connect(url, open_timeout=10) as ws:
@@ -152,3 +153,18 @@ def test_batch_sub_requests_take_any_form_and_webidtype(simulator):
     assert out["end"]["Status"] == 200
     assert out["end"]["Content"]["Items"][0]["WebId"] == tag.webid_for("LocalIDOnly")
     assert out["bad"]["Status"] == 400 and "webIdType" in out["bad"]["Content"]["Errors"][0]
+
+
+def test_a_server_whose_default_webid_type_is_not_full(simulator):
+    """PI's WebIDType configuration item sets the form of answers that ask for none."""
+    sim = simulator(tags=2, rate=10, default_webid_type="IDOnly")
+    tag = sim.tags[0]
+    assert get(sim, "/streamsets/end", webId=tag.webid).json()["Items"][0]["WebId"] == tag.webid_for("IDOnly")
+    assert get(sim, "/streamsets/end", webId=tag.webid, webIdType="Full").json()["Items"][0]["WebId"] == tag.webid
+    assert get(sim, f"/points/{tag.webid}").json()["WebId"] == tag.webid_for("IDOnly")
+    with connect(adhoc(sim, [tag.webid]), open_timeout=10) as ws:
+        assert recv_json(ws)["Items"][0]["WebId"] == tag.webid_for("IDOnly")
+    assert tag.webid_for("IDOnly") in sim.sent_values()
+    from pi_stream_source.simulator import PISimulator
+    with pytest.raises(ValueError, match="default_webid_type"):
+        PISimulator(default_webid_type="Short")

@@ -58,9 +58,11 @@ class Archive:
         return self.t0 + k * self.period_us
 
     def offset(self, tag: SimTag, k: int) -> int:
-        """Sub-µs part (ticks) of ``tag``'s stamp at step ``k``: 1–9, different for neighbouring
-        tags and steps, so a 7th fractional digit is always there; 0 without ``sub_microsecond``."""
-        return 1 + (tag.index + k) % MAX_OFFSET if self.sub_microsecond else 0
+        """Sub-µs part (ticks) of ``tag``'s stamp at step ``k``: 1–9, so a 7th fractional digit is
+        always there; it cycles through 1–9 from step to step and neighbouring tags are three
+        apart (three variants per step keep the shared per-step encodings few); 0 without
+        ``sub_microsecond``."""
+        return 1 + (k + tag.off_phase) % MAX_OFFSET if self.sub_microsecond else 0
 
     def stamp(self, tag: SimTag, k: int) -> int:
         """``tag``'s stamp (ticks) at step ``k``."""

@@ -168,15 +168,15 @@ class ChannelHub:
         vals = self._values(k)
         edits = self.archive.edits
         enc = self.encoder
+        # a family shares encodings at a step: same kind, period, unit and stamp offset (its phase)
         tables: Dict[Tuple[str, int, str, int], List[Optional[bytes]]] = {}
-        offset = self.archive.offset
         for tag in ch.tags:
             i = tag.index
             if vals[i] is not None:
                 continue
             g = tag.gen
             if g.period and (not edits or (i, k) not in edits):
-                fk = (g.kind, g.period, tag.uom, offset(tag, k))
+                fk = (g.kind, g.period, tag.uom, tag.off_phase)
                 tab = tables.get(fk)
                 if tab is None:
                     tab = tables[fk] = enc.table(k, tag, _SEPC)

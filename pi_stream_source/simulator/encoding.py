@@ -104,7 +104,9 @@ class Encoder:
         if k is not None:
             return self.value_bytes(tag, k, shared=shared)
         value, substituted = self.archive.late[tag.index][ts]
-        return self.timed_value(tag, ts, value, substituted)
+        # a system state written into the archive (e.g. "Pt Created") is not a good value
+        bad = isinstance(value, dict) and value.get("IsSystem") is True
+        return self.timed_value(tag, ts, value, substituted, (False, False, False) if bad else GOOD)
 
     def timed_value(self, tag: Any, ts: int, value: Any, substituted: bool = False,
                     quality: Tuple[bool, bool, bool] = GOOD, errors: Optional[list] = None) -> bytes:

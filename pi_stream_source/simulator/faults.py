@@ -7,10 +7,11 @@ import asyncio
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Pattern, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Pattern, Tuple
 
 from ..pitime import MICROS
 from .encoding import Encoder
+from .generators import SYSTEM_STATES
 from .model import SimElement, SimTag
 from .rest_api import PIError, Resp, error_resp
 from .ticks import TICKS_PER_US, parse_pi_time_ticks
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     _Base = PISimulator
 else:
     _Base = object
+
+
+PT_CREATED = {"Name": "Pt Created", "Value": dict(SYSTEM_STATES)["Pt Created"], "IsSystem": True}
 
 
 def endpoint_pattern(endpoint: str) -> Pattern[str]:
@@ -305,16 +309,21 @@ class FaultsMixin(_Base):
             return tag
         return self._run(apply)
 
-    def add_point(self, name: str, kind: str = "sine", every: int = 1) -> str:
-        """Create a PI point while running, with the next point ID: values (``kind``, one every
-        ``every`` steps) from the next step on; lookups, ``nameFilter`` and
+    def add_point(self, name: str, kind: str = "sine", every: int = 1, pt_created: bool = True) -> str:
+        """Create a PI point while running, with the next point ID. Like PI, its first value is
+        the system state "Pt Created" (code 251, not good) at the creation time (unless
+        ``pt_created=False``, for oracles that compare numbers only); then values
+        (``kind``, one every ``every`` steps) from the next step on. Lookups, ``nameFilter`` and
         ``dataservers/{id}/points`` include it, and ``sim.tags`` lists it. Returns its Full WebID."""
         if int(every) < 1:
             raise ValueError(f"every must be a positive number of steps, not {every!r}")
 
         def apply() -> str:
-            tag = self.model.add_tag(name, kind, int(every), self.archive_store.last_tick() + 1)
+            arch = self.archive_store
+            tag = self.model.add_tag(name, kind, int(every), arch.last_tick() + 1)
             tag.prefix = Encoder.stream_prefix(tag)
+            if pt_created:
+                arch.add_late(tag, arch.now_ticks(), dict(PT_CREATED))
             self.hub.point_added()
             self.stats["points_added"] += 1
             return tag.webid
@@ -336,7 +345,7 @@ class FaultsMixin(_Base):
     def fault(self, name: str, **kw: Any) -> Any:
         """Fault injection by name (the CLI and ``POST {base}/simulator/faults/{name}`` use it):
         drop, reset, stall, freeze, resume, restart, malformed, fragment, big, reject, accept_delay, jump,
-        edit, late, write, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
+        edit, late, write, delete_point, add_point, fail, fail_endpoint, clear_endpoint_faults, repeat, out_of_order."""
         ch = kw.get("channel")
         if name == "drop":
             return self._inline(lambda: self.hub.drop(False, ch))
@@ -370,6 +379,11 @@ class FaultsMixin(_Base):
         if name == "fail":
             return self.fail_next_requests(int(kw.get("count", 1)), int(kw.get("status", 500)), kw.get("path"),
                                            bool(kw.get("web_exception", False)))
+        if name == "delete_point":
+            return self.delete_point(str(kw["point"])).webid
+        if name == "add_point":
+            return self.add_point(str(kw["point"]), str(kw.get("kind", "sine")), int(kw.get("every", 1)),
+                                  bool(kw.get("pt_created", True)))
         if name == "fail_endpoint":
             return self.fail_endpoint(str(kw["endpoint"]), int(kw.get("status", 500)), kw.get("times"), kw.get("message"))
         if name == "clear_endpoint_faults":

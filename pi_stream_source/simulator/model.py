@@ -48,6 +48,7 @@ class SimTag(WebIdForms):
     uom: str
     every: int = 1
     id_webid: str = ""
+    off_phase: int = 0                   # 0, 3 or 6: where its stamps' sub-µs offsets start (archive.offset)
     since: int = 0                       # first step with a value (a point added at run time)
     until: Optional[int] = None          # last step with a value (a point deleted at run time)
     prefix: bytes = b""                  # pre-encoded stream header (Full WebID) for channel messages
@@ -166,7 +167,7 @@ class PIModel:
         return SimTag(index, name, path, W.full_point(self.server_guid, index + 1, path), W.path_only(path),
                       Generator(kind, tag_seed(self.seed, index), self.rate),
                       self.uom if kind in NUMERIC_KINDS else "", every=max(1, int(every)),
-                      id_webid=W.id_only_point(self.server_guid, index + 1))
+                      id_webid=W.id_only_point(self.server_guid, index + 1), off_phase=3 * (index % 3))
 
     def find_point(self, name_or_webid: str) -> SimTag:
         """A current point by name, path or any WebID form; KeyError when there is none."""

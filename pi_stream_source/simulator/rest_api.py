@@ -188,9 +188,10 @@ class RestAPI:
             raise PIError(404, PATH_NOT_FOUND)
         return obj
 
-    @staticmethod
-    def webid_type(req: Req) -> str:
-        t = req.q("webIdType") or "Full"
+    def webid_type(self, req: Req) -> str:
+        """The request's ``webIdType`` (case-insensitive), else the server's default (PI's
+        ``WebIDType`` configuration item, ``SimConfig.default_webid_type``)."""
+        t = req.q("webIdType") or self.sim.config.default_webid_type
         for known in WEBID_TYPES:
             if known.lower() == t.lower():
                 return known
@@ -603,7 +604,12 @@ class RestAPI:
             args = orjson.loads(req.body) if req.body else {}
         except orjson.JSONDecodeError:
             raise PIError(400, "The body must be a JSON object of arguments.") from None
-        result = self.sim.fault(req.match["fault"], **(args or {}))
+        if not isinstance(args, dict):
+            raise PIError(400, "The body must be a JSON object of arguments.")
+        try:
+            result = self.sim.fault(req.match["fault"], **args)
+        except (TypeError, KeyError) as exc:
+            raise PIError(400, f"Bad arguments for fault '{req.match['fault']}': {exc}") from None
         return json_resp({"Fault": req.match["fault"], "Result": result})
 
 

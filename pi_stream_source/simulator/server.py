@@ -20,9 +20,9 @@ from .archive import Archive
 from .channels import ChannelHub
 from .encoding import Encoder
 from .faults import FaultsMixin, endpoint_pattern
-from .ticks import TICKS_PER_US
-from .model import PIModel, SimAttribute, SimElement, SimTag
+from .model import WEBID_TYPES, PIModel, SimAttribute, SimElement, SimTag
 from .rest_api import PIError, Req, Resp, RestAPI, error_resp
+from .ticks import TICKS_PER_US
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class SimConfig:
     # endpoints this PI Web API version lacks (404 as for any unknown resource), e.g.
     # ("streamsets/end",); patterns as in fail_endpoint
     missing_endpoints: Tuple[str, ...] = ()
+    default_webid_type: str = "Full"     # PI's WebIDType config item: the form answers take without webIdType
 
 
 class PISimulator(FaultsMixin):
@@ -104,6 +105,9 @@ class PISimulator(FaultsMixin):
             raise ValueError(f"auth must be anonymous, basic, bearer or kerberos, not {cfg.auth!r}")
         if cfg.message_shape not in ("items", "value", "spec"):
             raise ValueError(f"message_shape must be items, value or spec, not {cfg.message_shape!r}")
+        if cfg.default_webid_type not in WEBID_TYPES:
+            raise ValueError(f"default_webid_type must be one of {', '.join(WEBID_TYPES)}, "
+                             f"not {cfg.default_webid_type!r}")
         if isinstance(cfg.missing_endpoints, str) or not all(isinstance(e, str) for e in cfg.missing_endpoints):
             raise ValueError(f"missing_endpoints must be a list of endpoint patterns such as ['streamsets/end'], "
                              f"not {cfg.missing_endpoints!r}")
