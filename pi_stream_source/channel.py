@@ -185,6 +185,7 @@ class ChannelReceiver(threading.Thread):
         self.rest, self.initial_values, self.element = rest, initial_values, element
         self.known = dict(known) if known else {w: (None, None) for w in webids}
         self._position = {stream_key(w): i for i, w in enumerate(webids)}
+        self.retired: List[str] = []              # streams PI no longer knows (deleted points): not subscribed
         self.connected_at: Optional[int] = None   # when the first channel opened (µs)
         self.since = 0                            # earliest cutoff of the first connection (ticks; 0: not open yet)
         self.since_by_tag: Dict[str, int] = {}    # each stream's cutoff at the first connection (ticks)
@@ -238,8 +239,32 @@ class ChannelReceiver(threading.Thread):
             except Exception:   # closing a broken socket: nothing more to do
                 pass
 
+    @property
+    def active(self) -> List[str]:
+        return [w for w in self.webids if w not in self.retired] if self.retired else self.webids
+
+    def _retire_unknown(self) -> bool:
+        """After a 404: which of this channel's streams does PI no longer know (a deleted point)?
+        They leave the subscription (each one logged and counted); the others go on. True when
+        some were retired."""
+        if self.element or len(self.active) < 1:
+            return False
+        from .rest import describe_webids
+
+        missing: List[str] = []
+        describe_webids(self.rest, self.active, missing, cached=False)
+        gone = [m.split(" ", 1)[0] for m in missing]
+        if not gone or len(gone) == len(self.active):
+            return False
+        for w in gone:
+            log.warning("channel %d: stream %s is unknown to PI Web API now (deleted?); its subscription ends, "
+                        "the channel's other %d streams go on", self.shard, w, len(self.active) - len(gone))
+        self.retired += gone
+        self.stats.unknown_webids += len(gone)
+        return True
+
     def _connect(self, initial: bool) -> websocket.WebSocket:
-        url = channel_url(self.opts, self.webids, initial, self.element)
+        url = channel_url(self.opts, self.active, initial, self.element)
         try:
             return self._upgrade(url)
         except PIAuthError as exc:
@@ -280,6 +305,12 @@ class ChannelReceiver(threading.Thread):
             self.state = "connecting"
             try:
                 ws = self._connect(initial=first and self.initial_values)
+            except PINotFoundError as exc:
+                if self._retire_unknown():
+                    continue
+                if self._give_up(exc, fatal=True):
+                    return
+                continue
             except PIStreamError as exc:
                 # a refused upgrade (4xx: wrong URL, WebID, credentials; TLS) will not get better
                 if self._give_up(exc, fatal=isinstance(exc, (PIAuthError, PITLSError)) or
@@ -402,11 +433,13 @@ class ChannelReceiver(threading.Thread):
                     t = None
                 if t is not None and t > ends.get(pos, MIN_TICKS):
                     ends[pos] = t
-        if len(ends) < len(self.webids):
+        if len(ends) < len(self.active):
             log.warning("channel %d: PI gave no current value for %d of %d streams; using the newest "
-                        "timestamp of the others as their cutoff", self.shard, len(self.webids) - len(ends), len(self.webids))
+                        "timestamp of the others as their cutoff", self.shard, len(self.active) - len(ends), len(self.active))
         default = max(ends.values()) if ends else now
         cutoff = np.array([ends.get(i, default) for i in range(len(self.webids))], dtype=np.int64)
+        for w in self.retired:                      # nothing to read for a stream PI no longer has
+            cutoff[self._position[stream_key(w)]] = MIN_TICKS
         if first:
             self.since_by_tag = dict(zip(self.webids, cutoff.tolist()))
             self.connected_at = now // TICKS_PER_MICRO
@@ -416,13 +449,15 @@ class ChannelReceiver(threading.Thread):
     def _current_values(self) -> List[Any]:
         params: Dict[str, Any] = {"webIdType": WEBID_TYPE}
         if not self.element:
-            params["webId"] = [url_webid(w) for w in self.webids]
+            params["webId"] = [url_webid(w) for w in self.active]
         base = f"streamsets/{self.element}" if self.element else "streamsets"
         if not self._end_missing:
             try:
                 doc = self.rest.get(f"{base}/end", params=params)
                 return doc.get("Items", []) if isinstance(doc, dict) else []
             except PINotFoundError:
+                if self._retire_unknown():
+                    return self._current_values()
                 log.info("channel %d: this PI Web API has no %s/end; using %s/value", self.shard, base, base)
                 self._end_missing = True
         doc = self.rest.get(f"{base}/value", params=params)

@@ -191,10 +191,19 @@ class PIRestClient:
             pending = {}
             calls = [(key, part) for key, ws in groups.items()
                      for part in split_for_call(ws, page_size, max_url_length, len(self.base_url) + 200)]
-            for (frm, skip), ws in calls:
-                doc = self.get("streamsets/recorded", params={
-                    "webId": ws, "startTime": format_ticks(frm), "endTime": format_ticks(end),
-                    "maxCount": page_size, "boundaryType": "Inside", "webIdType": WEBID_TYPE})
+            while calls:
+                (frm, skip), ws = calls.pop(0)
+                try:
+                    doc = self.get("streamsets/recorded", params={
+                        "webId": ws, "startTime": format_ticks(frm), "endTime": format_ticks(end),
+                        "maxCount": page_size, "boundaryType": "Inside", "webIdType": WEBID_TYPE})
+                except PINotFoundError:
+                    if len(ws) == 1:
+                        # a stream PI no longer knows (a deleted point): skipped, the others are read
+                        log.warning("streamsets/recorded: stream %s is unknown to PI Web API (deleted?); skipped", ws[0])
+                        continue
+                    calls[:0] = [((frm, skip), [w]) for w in ws]
+                    continue
                 streams = doc.get("Items", []) if isinstance(doc, dict) else []
                 # odd entries are left for parse_streams to count and report; here only paging
                 for stream in streams if isinstance(streams, list) else []:
@@ -338,7 +347,8 @@ def resolve_paths(client: "PIRestClient", paths: Sequence[str], missing: Optiona
                         lambda p, c: (c.get("WebId") or p, c.get("Name"), c.get("Path")), missing)
 
 
-def describe_webids(client: "PIRestClient", webids: Sequence[str], missing: Optional[List[str]] = None) -> List[StreamMeta]:
+def describe_webids(client: "PIRestClient", webids: Sequence[str], missing: Optional[List[str]] = None,
+                    cached: bool = True) -> List[StreamMeta]:
     """Check that every WebID exists and get each stream's Full WebID (its identity in rows and
     offsets, whatever form the user gave), name and path. Unknown ones go to ``missing`` (else raise)."""
     def resource(w: str) -> str:
@@ -349,7 +359,10 @@ def describe_webids(client: "PIRestClient", webids: Sequence[str], missing: Opti
             return f"attributes/{w}?selectedFields=WebId;Name;Path&webIdType={WEBID_TYPE}"
         return f"streams/{w}/value"
 
-    results = _cached(client, "webids", "|".join(webids), lambda: batch_get(client, [resource(w) for w in webids]))
+    def fetch() -> List[Tuple[int, Any]]:
+        return batch_get(client, [resource(w) for w in webids])
+
+    results = _cached(client, "webids", "|".join(webids), fetch) if cached else fetch()
     return _split_found("WebIDs", webids, results,
                         lambda w, c: (c.get("WebId") if isinstance(c.get("WebId"), str) and w[2:4] in ("DP", "Ab") else w,
                                       c.get("Name"), c.get("Path")), missing)

@@ -349,3 +349,28 @@ def test_start_in_the_past_is_read_in_bounded_batches(simulator):
         have = sorted(got[t.webid])
         assert len(have) == len(set(have)), "a value read twice"
         assert have == [ts for ts, _ in sim.archive(t.webid, start, have[-1])]
+
+
+def test_a_point_deleted_while_running_ends_only_its_own_subscription(simulator):
+    sim = simulator(tags=4, rate=5, seed=75)
+    webids = [t.webid for t in sim.tags]
+    drv = ReaderDriver({"url": sim.url, "webIds": ",".join(webids), "reconnectBackoff": "0.1s"})
+    try:
+        drv.run_for(2)
+        sim.delete_point(webids[1])
+        sim.drop_channels(abrupt=True)                 # the reconnect names a point PI no longer has
+        drv.run_for(3)
+        sim.set_stalled(True)
+        drv.run_for(1.5)
+        rec = drv.reader._receivers[0]
+        assert rec.failure is None and rec.state == "open" and rec.retired == [webids[1]]
+    finally:
+        drv.stop()
+        sim.set_stalled(False)
+    start = drv.log[0]["start"] // 10
+    got = {}
+    for w, ts, _, _ in drv.rows:
+        got.setdefault(w, []).append(ts)
+    for w in webids[:1] + webids[2:]:
+        have = sorted(got[w])
+        assert len(have) == len(set(have)) and have == [ts for ts, _ in sim.archive(w, start, have[-1])]
