@@ -95,9 +95,6 @@ class Epoch:
     index: int
     first_seq: int
     cutoff: np.ndarray
-    lower: Optional[np.ndarray] = None      # where its archive ranges start (set when first planned)
-    done: Optional[np.ndarray] = None       # how far they are planned (ranges in slices over batches)
-    rate: Optional[float] = None            # values/s per stream its slices are sized with
 
 
 class ShardBuffer:

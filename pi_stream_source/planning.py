@@ -60,6 +60,7 @@ class ShardPlan:
     late: int = 0                           # rows kept at or below a cutoff or mark (merged)
     lost: List[Tuple[int, int, int]] = field(default_factory=list)   # (position, from, to) not read (maxBackfill)
     stop: Optional[int] = None              # rows from this sequence on wait: a connection's ranges go on
+    progress: Dict[int, Tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
     epochs_done: int = 0                    # connections whose ranges are all planned
 
 
@@ -80,7 +81,8 @@ def _positions(webids: pa.Array, streams: Sequence[Stream]) -> np.ndarray:
 def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordBatch]], epochs: Sequence[Epoch],
                planned: Tuple[int, int], marks: np.ndarray, known: np.ndarray, *, bridge_overlap: int = 0,
                floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True,
-               archive_budget: Optional[float] = None, rate: float = 1.0) -> ShardPlan:
+               archive_budget: Optional[float] = None, rate: float = 1.0,
+               progress: Optional[Dict[int, Tuple[np.ndarray, np.ndarray, float]]] = None) -> ShardPlan:
     """Plan one shard's share of a batch.
 
     ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
@@ -94,7 +96,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     ``archive_budget``: the most archive values this batch may read, estimated at ``rate``
     values/s per stream; a connection whose ranges need more is planned in time slices over
     several batches, and its rows (and later ones) wait in the buffer until its last slice
-    (``ShardPlan.stop``/``epochs_done``)."""
+    (``ShardPlan.stop``/``epochs_done``). ``progress``: per connection begun before, (where its
+    ranges start, how far they are planned, its rate) as of ``marks``' offset; the plan returns
+    the same after the batch in ``ShardPlan.progress`` (planning has no side effects: the same
+    start planned twice gives the same batch)."""
     n = len(streams)
     start = marks.astype(np.int64).copy()
     marks = start.copy()
@@ -106,6 +111,8 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     by_index = {e.index: e for e in epochs}
     firsts = np.array([e.first_seq for e in epochs], dtype=np.int64)
     budget = [archive_budget]
+    state: Dict[int, Tuple[np.ndarray, np.ndarray, float]] = dict(progress or {})
+    plan.progress = state
 
     def begin_gap(epoch: Epoch) -> None:
         """First look at a connection: where its ranges start, per stream (data loss checked)."""
@@ -124,16 +131,14 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                     raise PIDataLossError(_loss_message(streams, i, lo, cut, max_backfill))
                 plan.lost.append((i, lo, cut))
                 lower[i] = cut
-        epoch.lower = lower
-        epoch.done = lower.copy()
-        epoch.rate = rate
+        state[epoch.index] = (lower, lower.copy(), rate)
 
     def gap(epoch: Epoch) -> bool:
         """Plan the connection's next archive slice; True when its ranges are all planned."""
-        if epoch.done is None:
+        if epoch.index not in state:
             begin_gap(epoch)
-        lo, hi = epoch.done, epoch.cutoff.astype(np.int64)
-        r = epoch.rate or rate
+        lower, lo, r = state[epoch.index]
+        hi = epoch.cutoff.astype(np.int64)
         if budget[0] is not None:
             need = np.clip(hi - lo, 0, None) * (r / TICKS)
             if need.sum() > budget[0]:
@@ -142,7 +147,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
         for i in np.nonzero(hi > lo)[0]:
             plan.ranges.append(ArchiveRange(streams[i], int(lo[i]), int(hi[i])))
         np.maximum(marks, hi, out=marks)
-        epoch.done = np.maximum(lo, hi)
+        state[epoch.index] = (lower, np.maximum(lo, hi), r)
         return bool((hi >= epoch.cutoff).all())
 
     done_gaps = set()
@@ -165,7 +170,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                 break
             sel = np.nonzero(which == e_pos)[0]
             part = batch.take(pa.array(sel)) if len(sel) != batch.num_rows else batch
-            plan.rows.append(_admit(plan, part, streams, epoch, epoch.lower if epoch is not None and
+            plan.rows.append(_admit(plan, part, streams, epoch, state[epoch.index][0] if epoch is not None and
                                     epoch.index in done_gaps else None, start, known, marks))
     for idx in range(first, end):                       # connections without rows yet
         if not held and idx not in done_gaps and idx in by_index:

@@ -138,6 +138,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._initial: Optional[Dict[str, Any]] = None
         self._target: Optional[Dict[int, int]] = None
         self._plans: Dict[str, _Plan] = {}
+        self._progress: Dict[Tuple[int, str], Dict[int, Any]] = {}
         self._marks_cache: Tuple[Optional[str], O.Marks] = (None, {})
         self._lost: List[Dict[str, Any]] = []
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
@@ -307,6 +308,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         merge = False
         changed = False
         fresh = initial and self.opts.start_time is None
+        start_key = json.dumps(start, sort_keys=True)
+        progress: Dict[int, Any] = {}
         for k, (begin, ep0, _, epochs) in states.items():
             stop = begin + pending[str(k)]
             ep1 = 1 + max((e.index for e in epochs if e.first_seq <= stop), default=ep0 - 1)
@@ -323,7 +326,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             bridge_overlap=0 if initial or not first_look else int(self.opts.late_data_overlap * TICKS),
                             floor=int(start["start"]), max_backfill=int(self.opts.max_backfill * TICKS),
                             fail_on_data_loss=self.opts.fail_on_data_loss,
-                            archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate())
+                            archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate(),
+                            progress=self._progress.get((k, start_key)))
             for i, s in enumerate(shard):
                 if known[i] or ep1 > 0:
                     m1[s.key] = int(sp.marks[i])
@@ -340,6 +344,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
             merge = merge or sp.merge or (bool(sp.ranges) and not fresh)
             seq[str(k)] = [stop if sp.stop is None else sp.stop, sp.epochs_done]
+            progress[k] = {i: v for i, v in sp.progress.items() if i >= sp.epochs_done - 1}
             if sp.rows:
                 plan.live.append((k, sp.rows))
             plan.ranges += sp.ranges
@@ -352,6 +357,16 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                "marks": O.encode_marks(m1), "merge": merge}
         if reach:
             end["from"] = O.encode_marks(reach)
+        # where each connection's archive ranges stand after this batch, for the batch after it
+        # (kept per offset: planning the same start again, Spark's right, gives the same batch)
+        end_key = json.dumps(end, sort_keys=True)
+        for k in range(len(shards)):
+            if k in progress:
+                self._progress[(k, end_key)] = progress[k]
+            elif (k, start_key) in self._progress:
+                self._progress[(k, end_key)] = self._progress[(k, start_key)]
+        while len(self._progress) > 16 * max(1, len(shards)):
+            self._progress.pop(next(iter(self._progress)))
         return end, plan
 
     # -- planning -------------------------------------------------------------------------------

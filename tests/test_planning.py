@@ -105,12 +105,15 @@ def test_a_long_range_is_read_in_slices_and_its_rows_wait_for_the_last_one():
     ep = Epoch(0, 0, np.array([100 * sec, 100 * sec]))
     live = rows(("F1DPa", 100 * sec - 3, "live", False), ("F1DPa", 100 * sec + 5, "live", False))
     marks, known = np.array([0, 0]), np.array([True, True])
-    spans = []
+    spans, progress = [], None
     for _ in range(20):
         plan = plan_shard([A, B], [(0, live)], [ep], (0, 1), marks, known, max_backfill=1000 * sec,
-                          archive_budget=50, rate=1.0)              # 2 streams × 1 value/s: 25 s a slice
+                          archive_budget=50, rate=1.0, progress=progress)   # 2 streams × 1 value/s: 25 s a slice
+        again = plan_shard([A, B], [(0, live)], [ep], (0, 1), marks, known, max_backfill=1000 * sec,
+                           archive_budget=50, rate=1.0, progress=progress)
+        assert [(r.lo, r.hi) for r in again.ranges] == [(r.lo, r.hi) for r in plan.ranges]   # no side effects
         spans += [(r.lo, r.hi) for r in plan.ranges if r.stream is A]
-        marks = plan.marks
+        marks, progress = plan.marks, plan.progress
         if plan.stop is None:
             break
         assert plan.stop == 0 and plan.epochs_done == 0 and not plan.rows     # the live rows wait
