@@ -104,15 +104,6 @@ def _keys(spark, table):
                   key=lambda k: (k[0], k[1] is not None, k[1] or 0, k[2]))   # keyless rows first
 
 
-@pytest.fixture(params=["America/New_York", "Asia/Kolkata", "Europe/Berlin"])
-def session_zone(spark, request):
-    """The Spark session in a zone other than the process's (UTC or TZ), reset afterwards."""
-    before = spark.conf.get("spark.sql.session.timeZone")
-    spark.conf.set("spark.sql.session.timeZone", request.param)
-    yield request.param
-    spark.conf.set("spark.sql.session.timeZone", before)
-
-
 # 2026-10-25 00:59:59.5 and 01:00:00.5 UTC: both sides of Europe/Berlin's fall-back hour, and of midnight
 # in Asia/Kolkata's and New York's local dates
 FALL_BACK = 1_792_889_999_500_000
