@@ -194,6 +194,21 @@ def planned_plain(spark: SparkSession, checkpoint: str, batch_id: int) -> Option
     return not flags[0]
 
 
+def batch_mode(spark: SparkSession, checkpoint: str, batch_id: int, first: bool) -> Optional[str]:
+    """How ``write_stream`` lands a batch (``write_batch``'s ``mode``).
+
+    Only the first batch after a (re)start can already be in the table (Spark re-runs the last
+    batch whose commit it did not record). Batch 0 is always written with Delta's transaction id
+    (it is the first batch of the query's first run), which the table's snapshot keeps however many
+    commits follow: looking at the rows is enough, a re-run is skipped. A later first batch is
+    merged on the key. Every other batch is new; the source says in its offset whether it holds
+    only plain live rows, which are then appended in one job without Delta's transaction-id lookup
+    (~0.3 s a batch here)."""
+    if first:
+        return "merge" if batch_id > 0 else None
+    return "append" if planned_plain(spark, checkpoint, batch_id) else None
+
+
 def _default_staging(spark: SparkSession, table: str) -> str:
     if is_path(table):
         return table.rstrip("/") + "_pi_staging"
@@ -281,16 +296,7 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
     first = [True]
 
     def land(batch: DataFrame, batch_id: int) -> None:
-        # Only the first batch after a (re)start can already be in the table (Spark re-runs the
-        # last batch whose commit it did not record). Batch 0 is always written with Delta's
-        # transaction id (it is the first batch of the query's first run), which the table's
-        # snapshot keeps however many commits follow: looking at the rows is enough, a re-run is
-        # skipped. A later first batch is merged on the key. Every other batch is new; the source
-        # says in its offset whether it holds only plain live rows, which are then appended in one
-        # job without Delta's transaction-id lookup (~0.3 s a batch here).
-        mode: Optional[str] = "append" if planned_plain(batch.sparkSession, checkpoint, batch_id) else None
-        if first[0]:
-            mode = "merge" if batch_id > 0 else None
+        mode = batch_mode(batch.sparkSession, checkpoint, batch_id, first[0])
         first[0] = False
         counts = write_batch(batch, batch_id, table, app_id, staging, mode=mode)
         log.info("batch %d → %s: %s appended, %d merged, %s without a timestamp, %d commit conflicts retried",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pi_stream_source.delta import create_table, optimize, table_stats, vacuum, write_batch
+from pi_stream_source.delta import batch_mode, create_table, optimize, planned_plain, table_stats, vacuum, write_batch
 from pi_stream_source.schema import CONTRACT_SCHEMA
 
 
@@ -189,3 +189,23 @@ def test_merge_retries_when_a_concurrent_writer_and_optimize_commit(spark, tmp_p
     assert counts["retries"] >= 1, "no conflict met: the test proved nothing"
     assert [k for k in _keys(spark, table) if k[0] == "A"] == sorted((t, us, v) for t, us, v, _ in specs)
     assert [k[2] for k in _keys(spark, table) if k[0] == "Z"] == [0.0, 1.0, 5.0]
+
+
+def test_batch_0_run_again_after_more_than_100_commits_lands_once(spark, tmp_path):
+    """Batch 0 landed, Spark did not record it, and 101 other commits (OPTIMIZE, sibling shards)
+    reached the table before the restart runs it again: it must not land twice."""
+    table, ck = str(tmp_path / "t"), tmp_path / "ck"
+    create_table(spark, table)
+    (ck / "offsets").mkdir(parents=True)      # what the pi_websocket source records: plain live rows
+    (ck / "offsets" / "0").write_text('v1\n{"batchWatermarkMs":0,"batchTimestampMs":0,"conf":{}}\n'
+                                      '{"shards":{},"merge":false}\n')
+    assert planned_plain(spark, str(ck), 0) is True
+    batch = _rows_at(spark, [("A", FALL_BACK, 1.0, "live"), ("B", FALL_BACK, 2.0, "live")])
+    app_id = f"pi_stream_source:{ck}"
+    write_batch(batch, 0, table, app_id, mode=batch_mode(spark, str(ck), 0, first=True))
+    for n in range(101):
+        spark.sql(f"ALTER TABLE delta.`{table}` SET TBLPROPERTIES ('pi.test.commit' = '{n}')")
+    write_batch(batch, 0, table, app_id, mode=batch_mode(spark, str(ck), 0, first=True))   # after the restart
+    assert _keys(spark, table) == [("A", FALL_BACK, 1.0), ("B", FALL_BACK, 2.0)]
+    assert batch_mode(spark, str(ck), 0, first=False) == "append"      # later batches: one job, no lookup
+    assert batch_mode(spark, str(ck), 7, first=True) == "merge"

@@ -183,3 +183,4 @@ def test_batch_in_delta_but_not_in_the_checkpoint_is_not_doubled(spark, simulato
     assert q.exception() is None
     assert sum(len(r) for r in landed_by_tag(spark, table).values()) > rows_before
     assert_prefix_exact(spark, table, sim, checkpoint_start(ck))      # no key twice, nothing lost
+
