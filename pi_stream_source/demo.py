@@ -77,18 +77,20 @@ def run_demo(seconds: float = 30, tags: int = 100, rate: float = 1.0, out: str =
         sim.stop()
         return 1
 
-    # The oracle is PI's archive from the query's start to each tag's last value sent: values
-    # archived before a channel opened reach the table through the start-up bridge, not the channel.
+    # The oracle is PI's archive from the query's start to each tag's last value sent or landed
+    # (whichever is later): values archived before a channel opened, or while it was reconnecting,
+    # reach the table through the archive, not the channel.
     sent = sim.sent_values()
-    start = checkpoint_start(checkpoint)
-    archived = archive_window(sim, start, {w: v[-1][0] for w, v in sent.items() if v})
+    landed = landed_by_tag(spark, table)
+    ends = {t.webid: max([v[-1][0] for v in (sent.get(t.webid), landed.get(t.webid)) if v], default=None)
+            for t in sim.tags}
+    archived = archive_window(sim, checkpoint_start(checkpoint), {w: e for w, e in ends.items() if e is not None})
     sim.stop()
     df = spark.read.format("delta").load(table)
     total = df.count()
     per_tag = df.groupBy("tag_name").count().orderBy("tag_name").collect()
     lat = df.select(((F.col("ingestion_timestamp").cast("double") - F.col("timestamp").cast("double"))).alias("l"))
     p50, p95 = lat.approxQuantile("l", [0.5, 0.95], 0.01) if total else (float("nan"), float("nan"))
-    landed = landed_by_tag(spark, table)
     want = {(w, ts): float(v) for w, vals in archived.items() for ts, v in vals}
     got = {(w, ts): v for w, rows in landed.items() for ts, v, _ in rows}
     expected, distinct = len(want), len(got)
