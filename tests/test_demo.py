@@ -15,7 +15,7 @@ def test_demo_counts_the_start_up_bridge_as_expected(tmp_path):
             "tags_per_channel=5, simulator_options={'accept_delay': 2.0}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TZ": "Asia/Kolkata", "PYSPARK_PYTHON": sys.executable})
-    summary = out.stdout[out.stdout.rfind("table "):]
+    summary = out.stdout[out.stdout.rfind("\ntable "):]
     assert out.returncode == 0, summary + out.stderr[-3000:]
     assert "missing 0, unexpected 0, duplicates 0, wrong values 0" in summary
     assert "OK: every value PI archived since the start" in summary
