@@ -1,16 +1,19 @@
 """Landing PI rows in Delta Lake exactly once, and keeping the table healthy.
 
-``write_stream`` appends the plain live rows of each micro-batch (Delta's idempotent
-``txnAppId``/``txnVersion`` writes make a re-run batch a no-op) and MERGEs the rows that may
+``write_stream`` appends the plain live rows of each micro-batch and MERGEs the rows that may
 already be in the table — replayed, backfilled or snapshot rows, and PI edits (``substituted``) —
 on (``partition_date``, ``tag_webid``, ``timestamp``), with the batch's dates and time range in the
-condition so Delta only opens the files it must.
+condition so Delta only opens the files it must. Those bounds are UTC literals built from integers
+(epoch µs, days): nothing depends on the Python process's or the Spark session's time zone.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
-from typing import Any, Dict, Optional, Sequence, Union
+import random
+import time
+from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -18,6 +21,7 @@ from pyspark.sql import functions as F
 from .schema import CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEY = ("partition_date", "tag_webid", "timestamp")
 #: Small files are compacted by ``optimize`` (a scheduled job), not by auto-compaction inside the
@@ -58,6 +62,51 @@ def create_table(spark: SparkSession, table: str, properties: Optional[Dict[str,
     builder.comment("PI System values streamed by pi_stream_source (one row per PI value)").execute()
 
 
+#: A commit that meets a concurrent one it conflicts with (OPTIMIZE, a sibling shard's job) is tried
+#: again this many times, waiting ``CONFLICT_BACKOFF_SECONDS`` × 2^n (with jitter) in between.
+CONFLICT_RETRIES = 6
+CONFLICT_BACKOFF_SECONDS = 0.5
+#: Delta's commit conflicts, by their JVM class: nothing of the losing commit is in the table.
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+              "ConcurrentTransactionException", "ConcurrentWriteException", "MetadataChangedException",
+              "ProtocolChangedException", "DeltaConcurrentModificationException")
+
+
+def utc_timestamp_literal(micros: int) -> str:
+    """``TIMESTAMP'…+00:00'`` for an epoch-µs instant: Spark reads it as that instant in any session
+    zone, and it stays a literal (Delta skips files on literals only)."""
+    stamp = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(micros))
+    return f"TIMESTAMP'{stamp.strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'"
+
+
+def date_literal(days: int) -> str:
+    """``DATE'…'`` for a day number since 1970-01-01 (a date has no zone)."""
+    return f"DATE'{(dt.date(1970, 1, 1) + dt.timedelta(days=int(days))).isoformat()}'"
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of Delta's commit conflicts (the python class or the JVM's name)."""
+    text = f"{type(exc).__name__}: {str(exc)[:500]}"
+    return any(name in text for name in _CONFLICTS)
+
+
+def _retry_conflicts(what: str, action: Callable[[], T], retries: int = CONFLICT_RETRIES,
+                     backoff: float = CONFLICT_BACKOFF_SECONDS) -> "tuple[T, int]":
+    """Run ``action`` (one Delta commit); on a commit conflict try again, up to ``retries`` times.
+    Returns its result and the number of retries."""
+    for attempt in range(retries + 1):
+        try:
+            return action(), attempt
+        except Exception as exc:
+            if not is_conflict(exc) or attempt == retries:
+                raise
+            pause = backoff * 2 ** attempt * (0.5 + random.random())
+            log.warning("%s met a concurrent commit (%s); retry %d of %d in %.1fs", what,
+                        str(exc).splitlines()[0][:200], attempt + 1, retries, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def _needs_merge() -> Any:
     return (F.col("source") != F.lit("live")) | F.coalesce(F.col("substituted"), F.lit(False))
 
@@ -66,35 +115,47 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
                 staging: Optional[str] = None, mode: Optional[str] = None) -> Dict[str, int]:
     """Land one micro-batch in one Delta commit: an idempotent append (``txnAppId``/``txnVersion``)
     when every row is a plain live value, else one MERGE of the whole batch on the key, so a
-    reader never sees half a batch. Returns counts.
+    reader never sees half a batch. Returns counts: ``appended``, ``merged`` (rows of the batch),
+    ``keyless`` (rows without a timestamp, among them) and ``retries`` (commit conflicts met).
 
     ``mode`` skips the look at the rows when the caller knows better: ``"append"`` appends in one
     job without Delta's transaction-id lookup (only for a batch that cannot be in the table yet),
     ``"merge"`` merges whatever the rows are (a batch that may be a re-run).
 
-    Rows to merge are first staged as Parquet under ``staging`` (default: beside the table), so
-    the MERGE reads a fixed source, never the stream again."""
+    A MERGE carries ``txnAppId``/``txnVersion`` too (Delta's idempotent DML), so a re-run of a
+    merged batch is skipped as a whole: its rows without a timestamp, which no key can match, land
+    once. Rows to merge are first staged as Parquet under ``staging`` (default: beside the table),
+    so the MERGE reads a fixed source, never the stream again. A commit that conflicts with a
+    concurrent one (OPTIMIZE, another writer) is retried ``CONFLICT_RETRIES`` times."""
     spark = batch.sparkSession
     if mode == "append":
         writer = batch.write.format("delta").mode("append").option("userMetadata", f"{app_id} batch {batch_id}")
-        writer.save(table) if is_path(table) else writer.saveAsTable(table)
-        return {"appended": -1, "merged": 0}
+        _, retries = _retry_conflicts(f"append of batch {batch_id}",
+                                      lambda: writer.save(table) if is_path(table) else writer.saveAsTable(table))
+        return {"appended": -1, "merged": 0, "keyless": -1, "retries": retries}
     batch = batch.persist()
     try:
-        counts = {r["m"]: r["n"] for r in batch.groupBy(_needs_merge().alias("m")).agg(F.count("*").alias("n")).collect()}
-        plain, special = counts.get(False, 0), counts.get(True, 0)
+        counts = {(r["m"], r["k"]): r["n"] for r in batch.groupBy(
+            _needs_merge().alias("m"), F.col("timestamp").isNull().alias("k")).agg(F.count("*").alias("n")).collect()}
+        plain = sum(n for (m, _), n in counts.items() if not m)
+        special = sum(n for (m, _), n in counts.items() if m)
+        keyless = sum(n for (_, k), n in counts.items() if k)
         if mode == "merge" and plain + special:
             plain, special = 0, plain + special
         if special:
             where = f"{staging or _default_staging(spark, table)}/batch-{batch_id}"
             batch.write.mode("overwrite").parquet(where)
-            _merge(spark, spark.read.parquet(where), table, plain + special)
+            _, retries = _retry_conflicts(
+                f"MERGE of batch {batch_id}",
+                lambda: _merge(spark, spark.read.parquet(where), table, plain + special, (app_id, batch_id)))
             _remove(spark, where)
-            return {"appended": 0, "merged": plain + special}
+            return {"appended": 0, "merged": plain + special, "keyless": keyless, "retries": retries}
+        retries = 0
         if plain:
             writer = batch.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
-            writer.save(table) if is_path(table) else writer.saveAsTable(table)
-        return {"appended": plain, "merged": 0}
+            _, retries = _retry_conflicts(f"append of batch {batch_id}",
+                                          lambda: writer.save(table) if is_path(table) else writer.saveAsTable(table))
+        return {"appended": plain, "merged": 0, "keyless": keyless, "retries": retries}
     finally:
         batch.unpersist()
 
@@ -133,13 +194,19 @@ def planned_plain(spark: SparkSession, checkpoint: str, batch_id: int) -> Option
     return not flags[0]
 
 
-def _appended_before(spark: SparkSession, table: str, app_id: str, batch_id: int) -> bool:
-    """Whether a recent commit of ``table`` is this writer's append of ``batch_id``."""
-    try:
-        rows = _delta_table(spark, table).history(100).select("userMetadata").collect()
-    except Exception:   # no history to read: assume it may have been written
-        return True
-    return any(r.userMetadata == f"{app_id} batch {batch_id}" for r in rows)
+def batch_mode(spark: SparkSession, checkpoint: str, batch_id: int, first: bool) -> Optional[str]:
+    """How ``write_stream`` lands a batch (``write_batch``'s ``mode``).
+
+    Only the first batch after a (re)start can already be in the table (Spark re-runs the last
+    batch whose commit it did not record). Batch 0 is always written with Delta's transaction id
+    (it is the first batch of the query's first run), which the table's snapshot keeps however many
+    commits follow: looking at the rows is enough, a re-run is skipped. A later first batch is
+    merged on the key. Every other batch is new; the source says in its offset whether it holds
+    only plain live rows, which are then appended in one job without Delta's transaction-id lookup
+    (~0.3 s a batch here)."""
+    if first:
+        return "merge" if batch_id > 0 else None
+    return "append" if planned_plain(spark, checkpoint, batch_id) else None
 
 
 def _default_staging(spark: SparkSession, table: str) -> str:
@@ -155,21 +222,34 @@ def _remove(spark: SparkSession, path: str) -> None:
     hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
 
 
-def _merge(spark: SparkSession, rows: DataFrame, table: str, size: int = 0) -> None:
+def _merge(spark: SparkSession, rows: DataFrame, table: str, size: int = 0,
+           txn: Optional["tuple[str, int]"] = None) -> None:
     # One source row per key (MERGE refuses several): the newest received wins, so an edit replaces.
+    # Rows without a timestamp have no key: each is kept, and no condition can match it (NULL = NULL
+    # is not true), so it is inserted.
     latest = Window.partitionBy(*KEY).orderBy(F.col("received_timestamp").desc_nulls_last())
-    rows = rows.filter(F.col("timestamp").isNotNull()).withColumn("_n", F.row_number().over(latest)) \
-               .filter("_n = 1").drop("_n")
-    bounds = rows.agg(F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi"),
-                      F.collect_set("partition_date").alias("dates")).first()
-    if bounds is None or bounds.lo is None:
+    rows = rows.withColumn("_n", F.row_number().over(latest)) \
+               .filter(F.col("timestamp").isNull() | (F.col("_n") == 1)).drop("_n")
+    # The bounds as integers (epoch µs, days since 1970): a Python datetime from .first() is local
+    # to the process's zone, and a TIMESTAMP'…' literal without an offset is read in the session's.
+    bounds = rows.agg(F.min(F.unix_micros("timestamp")).alias("lo"), F.max(F.unix_micros("timestamp")).alias("hi"),
+                      F.collect_set(F.unix_date("partition_date")).alias("days")).first()
+    if bounds is None:
         return
-    dates = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(bounds.dates))
-    lo, hi = bounds.lo.strftime("%Y-%m-%d %H:%M:%S.%f"), bounds.hi.strftime("%Y-%m-%d %H:%M:%S.%f")
-    condition = (f"t.partition_date IN ({dates}) AND t.timestamp BETWEEN TIMESTAMP'{lo}' AND TIMESTAMP'{hi}' "
-                 "AND t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.timestamp = s.timestamp")
+    key = "t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.timestamp = s.timestamp"
+    if bounds.lo is None:
+        condition = f"false AND {key}"     # only rows without a timestamp: all are inserted
+    else:
+        days = ", ".join(date_literal(d) for d in sorted(bounds.days))
+        condition = (f"t.partition_date IN ({days}) AND t.timestamp BETWEEN {utc_timestamp_literal(bounds.lo)} "
+                     f"AND {utc_timestamp_literal(bounds.hi)} AND {key}")
     # The source is staged Parquet, fixed: Delta need not materialize it again.
     settings = {"spark.databricks.delta.merge.materializeSource": "none"}
+    if txn is not None:
+        # Delta's idempotent DML: a MERGE whose (app id, version) the table's snapshot already holds
+        # is skipped, so a merged batch run again cannot insert its keyless rows twice
+        settings["spark.databricks.delta.write.txnAppId"] = txn[0]
+        settings["spark.databricks.delta.write.txnVersion"] = str(txn[1])
     if size > 500_000:
         # a big batch (a restart's replay): Spark may under-estimate the staged Parquet and try to
         # broadcast millions of rows from the driver (seen in the soak run: out of memory)
@@ -216,18 +296,12 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
     first = [True]
 
     def land(batch: DataFrame, batch_id: int) -> None:
-        # Only the first batch after a (re)start can already be in the table (Spark re-runs the
-        # last batch whose commit it did not record): it is merged on the key. Every later batch
-        # is new; the source says in its offset whether it holds only plain live rows, which are
-        # then appended in one job without Delta's transaction-id lookup (~0.3 s a batch here).
-        plain = planned_plain(batch.sparkSession, checkpoint, batch_id)
-        mode: Optional[str] = "append" if plain else None
-        if first[0] and (batch_id > 0 or _appended_before(batch.sparkSession, table, app_id, batch_id)):
-            mode = "merge"
+        mode = batch_mode(batch.sparkSession, checkpoint, batch_id, first[0])
         first[0] = False
         counts = write_batch(batch, batch_id, table, app_id, staging, mode=mode)
-        log.info("batch %d → %s: %s appended, %d merged", batch_id, table,
-                 "all" if counts["appended"] < 0 else counts["appended"], counts["merged"])
+        log.info("batch %d → %s: %s appended, %d merged, %s without a timestamp, %d commit conflicts retried",
+                 batch_id, table, "all" if counts["appended"] < 0 else counts["appended"], counts["merged"],
+                 "?" if counts["keyless"] < 0 else counts["keyless"], counts["retries"])
 
     return writer.foreachBatch(land).start()
 

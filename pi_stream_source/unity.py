@@ -10,11 +10,16 @@ PI Web API usually sits in an OT network that Databricks compute cannot reach. L
    batch carries ``replay``/``backfill``/``snapshot`` rows;
 4. the staged files are deleted.
 
-Exactly once: the query id (from the checkpoint) and the batch id make the staged names, so a batch
-that is retried or replayed stages the same names and ``COPY INTO``, which remembers the files it
-loaded into a table, skips them; ``MERGE`` is idempotent by key. Each load is one statement, so a
-table never holds half a batch. A failed upload or statement is retried with exponential backoff;
-after ``max_load_attempts`` the batch raises :class:`UnityLoadError` and the query stops with it.
+Exactly once: the query id (from the checkpoint) and the batch id make the staged names. Every
+statement that loads a batch is recorded in ``<checkpoint>/unity_inflight.json`` before it is
+waited on; before a batch is staged again (a retry, or the first batch after a restart), each
+recorded statement is cancelled and waited on until it has ended, so a ``COPY INTO`` left running by
+a dead process cannot commit after, or read files overwritten by, the next load. The first batch a
+loader sees (Spark re-runs the last one whose commit it did not record) is merged, as is every batch
+with ``replay``/``backfill``/``snapshot`` rows or a PI edit (``substituted``); ``MERGE`` is
+idempotent by key. Each load is one statement, so a table never holds half a batch. A failed
+upload or statement is retried with exponential backoff; after ``max_load_attempts`` the batch
+raises :class:`UnityLoadError` and the query stops with it.
 
 Credentials come from databricks-sdk's own chain (``~/.databrickscfg`` profile, ``DATABRICKS_*``
 environment variables, OAuth M2M, …); no token is logged or put into an error message.
@@ -24,15 +29,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Deque, List, Optional, Sequence
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -51,6 +58,8 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "CLOSED"}
 #: Rows per staged file: well under the Files API's single-request upload (50 MB before multipart).
 ROWS_PER_FILE = 250_000
+#: Batches kept in ``UnityBatchLoader.loaded`` (the newest; a long run must not grow it for ever).
+LOADED_KEPT = 1000
 
 
 class UnityLoadError(PIStreamError):
@@ -97,19 +106,25 @@ def copy_into_sql(table: str, directory: str, files: Sequence[str]) -> str:
             f"FORMAT_OPTIONS ('mergeSchema' = 'false') COPY_OPTIONS ('mergeSchema' = 'false')")
 
 
-def merge_sql(table: str, directory: str, files: Sequence[str], first_date: dt.date, last_date: dt.date) -> str:
+def merge_sql(table: str, directory: str, files: Sequence[str], first_date: Optional[dt.date],
+              last_date: Optional[dt.date]) -> str:
     """Upsert staged rows on the contract key; the latest receipt of a key in the batch wins, a row
     whose value columns changed (a PI edit) replaces the landed one. The batch's date range in the
-    condition lets the warehouse skip other partitions."""
+    condition (``DATE`` literals of UTC dates: no time zone involved) lets the warehouse skip other
+    partitions; without dates (every row lacks a timestamp) nothing can match. Rows without a
+    timestamp have no key: each is inserted."""
     cols = ", ".join(f"`{f.name}`" for f in CONTRACT_SCHEMA.fields)
     # a replayed row equal to the landed one leaves it (and its files) alone; an edit replaces it
     same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in VALUE_COLUMNS)
     staged = " UNION ALL ".join(f"SELECT {cols} FROM parquet.`{directory}/{f}`" for f in files)
+    dates = (f"t.partition_date BETWEEN DATE'{first_date.isoformat()}' AND DATE'{last_date.isoformat()}'"
+             if first_date is not None and last_date is not None else "false")
     return (f"MERGE INTO {_quote(_three_part(table, 'table'))} AS t USING ("
             f"SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY tag_webid, `timestamp` "
-            f"ORDER BY received_timestamp DESC) AS _pi_rank FROM ({staged})) WHERE _pi_rank = 1) AS s "
+            f"ORDER BY received_timestamp DESC) AS _pi_rank FROM ({staged})) "
+            f"WHERE _pi_rank = 1 OR `timestamp` IS NULL) AS s "
             f"ON t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.`timestamp` = s.`timestamp` "
-            f"AND t.partition_date BETWEEN DATE'{first_date.isoformat()}' AND DATE'{last_date.isoformat()}' "
+            f"AND {dates} "
             f"WHEN MATCHED AND NOT ({same}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
 
 
@@ -132,7 +147,8 @@ class StagedBatch:
 def stage_locally(batch_df, batch_id: int, local_dir: Path, rows_per_file: int = ROWS_PER_FILE) -> StagedBatch:
     """Collect the batch as Arrow (one Spark job) and write ``batch-<id>-<n>.parquet`` files of at
     most ``rows_per_file`` rows. Names and row order are deterministic, so a retry stages the same
-    names. A batch is held in memory once: bound it with ``maxRecordsPerTrigger``."""
+    names. A batch is held in memory once: bound it with ``maxRecordsPerTrigger``. It must be merged
+    when it holds rows that may be in the table already, or PI edits (``substituted``)."""
     if local_dir.exists():
         shutil.rmtree(local_dir)
     local_dir.mkdir(parents=True)
@@ -140,13 +156,14 @@ def stage_locally(batch_df, batch_id: int, local_dir: Path, rows_per_file: int =
     if table.num_rows == 0:
         return StagedBatch(batch_id, local_dir, [], 0, False, None, None)
     sources = set(pc.unique(table.column("source")).to_pylist())
+    edited = bool(pc.any(table.column("substituted")).as_py())
     dates = pc.min_max(table.column("partition_date"))
     files = []
     for n, first in enumerate(range(0, table.num_rows, rows_per_file)):
         name = f"batch-{batch_id}-{n}.parquet"
         pq.write_table(table.slice(first, rows_per_file), local_dir / name)
         files.append(name)
-    return StagedBatch(batch_id, local_dir, files, table.num_rows, bool(sources & MERGE_SOURCES),
+    return StagedBatch(batch_id, local_dir, files, table.num_rows, bool(sources & MERGE_SOURCES) or edited,
                        dates["min"].as_py(), dates["max"].as_py())
 
 
@@ -182,33 +199,43 @@ class UnityBatchLoader:
         self.backoff = retry_backoff_seconds
         self.statement_timeout = statement_timeout_seconds
         self.local_root = Path(local_dir or tempfile.mkdtemp(prefix="pi_stream_unity_"))
+        if "://" in checkpoint and not checkpoint.startswith("file:"):
+            raise ValueError(f"checkpoint must be a local directory for the edge sink (it records the statements "
+                             f"of the batch in flight there), got {checkpoint!r}")
+        self._fence = Path(checkpoint.removeprefix("file://").removeprefix("file:")) / "unity_inflight.json"
+        #: the id of the last batch this loader loaded; None until then (the first batch is merged)
+        self._last_batch: Optional[int] = None
         self._query_id: Optional[str] = None
         self._table_ready = False
         self._last_optimize = time.monotonic()
         self._optimize_statement: Optional[str] = None
         self._lock = threading.Lock()
-        #: (batch id, rows, "COPY INTO"|"MERGE", seconds) of the batches loaded by this loader
-        self.loaded: List[tuple] = []
+        #: (batch id, rows, "COPY INTO"|"MERGE", seconds) of the last LOADED_KEPT batches loaded
+        self.loaded: Deque[tuple] = deque(maxlen=LOADED_KEPT)
 
     # -- statements ----------------------------------------------------------------------------
     def _secret_free(self, text: str) -> str:
         token = getattr(getattr(self.client, "config", None), "token", None)
         return text.replace(token, "***") if token else text
 
-    def execute(self, statement: str, wait: bool = True) -> Any:
+    def execute(self, statement: str, wait: bool = True, fence: bool = False) -> Any:
         """Run one statement on the warehouse; poll until it ends. Raises UnityLoadError unless it
-        SUCCEEDED. With ``wait=False`` returns the statement id as soon as it is accepted."""
+        SUCCEEDED. With ``wait=False`` returns the statement id as soon as it is accepted. With
+        ``fence`` the statement is submitted without waiting and its id recorded in the checkpoint
+        before anything waits on it (a process that dies leaves its id for the restart)."""
         from databricks.sdk.service.sql import ExecuteStatementRequestOnWaitTimeout
 
         api = self.client.statement_execution
-        resp = api.execute_statement(warehouse_id=self.warehouse_id, statement=statement,
-                                     wait_timeout=f"{min(10, int(self.statement_timeout))}s"
-                                     if wait and self.statement_timeout >= 5 else "0s",
+        server_wait = "0s" if fence or not wait or self.statement_timeout < 5 else \
+            f"{min(10, int(self.statement_timeout))}s"
+        resp = api.execute_statement(warehouse_id=self.warehouse_id, statement=statement, wait_timeout=server_wait,
                                      on_wait_timeout=ExecuteStatementRequestOnWaitTimeout.CONTINUE)
+        if fence:
+            self._write_fence(self._read_fence() + [resp.statement_id])
         if not wait:
             return resp.statement_id
         deadline = time.monotonic() + self.statement_timeout
-        pause = 0.1
+        pause = 0.05
         while _state(resp) not in _TERMINAL:
             if time.monotonic() > deadline:
                 # A statement left running could still commit after our retry: cancel it first.
@@ -216,7 +243,7 @@ class UnityBatchLoader:
                 raise UnityLoadError(f"statement {resp.statement_id} still {_state(resp)} after "
                                      f"{self.statement_timeout:.0f}s on warehouse {self.warehouse_id}; cancelled")
             time.sleep(pause)
-            pause = min(pause * 2, 2.0)
+            pause = min(pause * 1.5, 0.5)
             resp = api.get_statement(resp.statement_id)
         if _state(resp) != "SUCCEEDED":
             err = resp.status.error if resp.status else None
@@ -225,6 +252,58 @@ class UnityBatchLoader:
             raise UnityLoadError(f"warehouse {self.warehouse_id} answered {_state(resp)} for {verb}: "
                                  f"{detail or 'no detail'}")
         return resp
+
+    # -- the fence: statements of the batch in flight ------------------------------------------
+    def _read_fence(self) -> List[str]:
+        try:
+            return list(json.loads(self._fence.read_text())["statements"])
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UnityLoadError(f"{self._fence} is not readable ({exc}); it lists the warehouse statements of "
+                                 f"the batch in flight. Check that no statement of this query still runs on "
+                                 f"warehouse {self.warehouse_id}, then delete the file.") from None
+
+    def _write_fence(self, statements: List[str]) -> None:
+        # written whole and renamed, so a crash leaves the old list or the new one
+        self._fence.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._fence.with_name(f".{self._fence.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"statements": statements}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._fence)
+
+    def _settle_inflight(self) -> None:
+        """Cancel every recorded statement and wait until each has ended (committed, failed or
+        cancelled): only then may the batch be staged and loaded again."""
+        statements = self._read_fence()
+        if not statements:
+            return
+        api = self.client.statement_execution
+        deadline = time.monotonic() + self.statement_timeout
+        for statement_id in statements:
+            try:
+                api.cancel_execution(statement_id)
+            except Exception as exc:   # unknown or already ended: its state below says which
+                log.debug("cancel of statement %s: %s", statement_id, type(exc).__name__)
+            while True:
+                try:
+                    state = _state(api.get_statement(statement_id))
+                except Exception as exc:
+                    if type(exc).__name__ not in ("NotFound", "ResourceDoesNotExist"):
+                        raise
+                    state = "GONE"     # the warehouse no longer knows it: long ended
+                if state in _TERMINAL or state == "GONE":
+                    log.info("statement %s of the batch in flight before: %s", statement_id, state)
+                    break
+                if time.monotonic() > deadline:
+                    raise UnityLoadError(f"statement {statement_id} of an unfinished batch is still {state} on "
+                                         f"warehouse {self.warehouse_id} after {self.statement_timeout:.0f}s and "
+                                         f"cancelling it did not stop it; the batch is loaded again only after "
+                                         f"it has ended")
+                time.sleep(0.2)
+        self._write_fence([])
 
     def _retrying(self, what: str, action: Callable[[], Any]) -> Any:
         last: Optional[BaseException] = None
@@ -258,15 +337,15 @@ class UnityBatchLoader:
             self._query_id = _query_id(self.checkpoint)
         return f"{self.volume}/{self._query_id}"
 
-    def _upload_and_load(self, staged: StagedBatch, remote: str) -> None:
+    def _upload_and_load(self, staged: StagedBatch, remote: str, merge: bool) -> None:
+        self._settle_inflight()     # nothing of an earlier attempt may still read or commit
         for name in staged.files:
             with open(staged.local_dir / name, "rb") as fh:
                 self.client.files.upload(f"{remote}/{name}", fh, overwrite=True)
-        if staged.merge:
-            assert staged.first_date is not None and staged.last_date is not None
-            self.execute(merge_sql(self.table, remote, staged.files, staged.first_date, staged.last_date))
+        if merge:
+            self.execute(merge_sql(self.table, remote, staged.files, staged.first_date, staged.last_date), fence=True)
         else:
-            self.execute(copy_into_sql(self.table, remote, staged.files))
+            self.execute(copy_into_sql(self.table, remote, staged.files), fence=True)
 
     def _delete_staged(self, remote: str, files: Sequence[str]) -> None:
         for name in files:
@@ -286,12 +365,16 @@ class UnityBatchLoader:
             try:
                 if staged.rows == 0:
                     return
-                kind = "MERGE" if staged.merge else "COPY INTO"
+                # the first batch of this loader may have been loaded before its process died
+                merge = staged.merge or self._last_batch is None or batch_id <= self._last_batch
+                kind = "MERGE" if merge else "COPY INTO"
                 try:
                     self._retrying(f"loading batch {batch_id} ({staged.rows} rows, {kind}) into {self.table}",
-                                   lambda: self._upload_and_load(staged, remote))
+                                   lambda: self._upload_and_load(staged, remote, merge))
                 finally:
                     self._delete_staged(remote, staged.files)
+                self._write_fence([])
+                self._last_batch = batch_id
                 took = time.monotonic() - started
                 self.loaded.append((batch_id, staged.rows, kind, took))
                 log.info("batch %d: %d rows into %s by %s in %.2fs (%.2fs to stage locally)", batch_id,

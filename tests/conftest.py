@@ -37,6 +37,15 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(params=["America/New_York", "Asia/Kolkata", "Europe/Berlin"])
+def session_zone(spark, request):
+    """The Spark session in a zone other than the process's (UTC or TZ), reset afterwards."""
+    before = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", request.param)
+    yield request.param
+    spark.conf.set("spark.sql.session.timeZone", before)
+
+
 @pytest.fixture
 def simulator():
     """Factory: ``simulator(tags=…, rate=…)`` starts a PISimulator that is stopped after the test."""

@@ -17,7 +17,9 @@ Every request must carry ``Authorization: Bearer <token>``. Faults for tests: ``
 (the next N uploads answer 500), ``fail_statements`` (the next N statements end FAILED without
 running), ``lose_statement_responses`` (the next N statements run, commit, and then the POST answers
 500, as when the response is lost), ``slow_statements`` (the next N statements sleep
-``statement_delay`` seconds before they run, and cannot be cancelled then).
+``statement_delay`` seconds before they run, and cannot be cancelled then), ``late_copy_commits``
+(the next N ``COPY INTO`` statements read their files, then wait ``commit_delay`` seconds before their
+Delta commit and cannot be cancelled: a load still committing after the process that sent it died).
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class _Statement:
         self.submitted = time.time()
         self.finished: Optional[float] = None
         self.delay = 0.0
+        self.commit_delay = 0.0
 
     def as_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"statement_id": self.id, "status": {"state": self.state}}
@@ -108,6 +111,8 @@ class FakeWorkspace:
         self.lose_statement_responses = 0
         self.slow_statements = 0          # the next N statements wait statement_delay seconds before running
         self.statement_delay = 0.0
+        self.late_copy_commits = 0        # the next N COPY INTO read their files, then wait commit_delay to commit
+        self.commit_delay = 0.0
         self.statements: Dict[str, _Statement] = {}
         self.history: List[_Statement] = []
         self.requests: List[Tuple[str, str, int]] = []   # (method, path, status) of every request
@@ -204,10 +209,11 @@ class FakeWorkspace:
         text = _THREE_PART.sub(lambda m: hold(f"delta.`{self.table_path(m.group(0))}`"), text)
         return re.sub("\x00(\\d+)\x00", lambda m: held[int(m.group(1))], text)
 
-    def run_sql(self, sql: str) -> Tuple[List[Tuple[str, str]], List[List[Optional[str]]]]:
-        """Execute one statement; (columns, rows as strings)."""
+    def run_sql(self, sql: str, commit_delay: float = 0.0) -> Tuple[List[Tuple[str, str]], List[List[Optional[str]]]]:
+        """Execute one statement; (columns, rows as strings). ``commit_delay``: a COPY INTO waits
+        this long between reading its files and committing."""
         if _COPY.match(sql):
-            return self._copy_into(sql)
+            return self._copy_into(sql, commit_delay)
         df = self.spark.sql(self.translate(sql))
         rows = df.limit(100_000).collect()
         columns = [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
@@ -220,7 +226,7 @@ class FakeWorkspace:
         log_file = self._copy_log(self.table_path(table))
         return json.loads(log_file.read_text()) if log_file.is_file() else []
 
-    def _copy_into(self, sql: str):
+    def _copy_into(self, sql: str, commit_delay: float = 0.0):
         m = _COPY.match(sql)
         assert m is not None
         table = self.table_path(m.group("target"))
@@ -259,6 +265,10 @@ class FakeWorkspace:
             cols = [F.col(f.name).cast(f.dataType) if f.name in source.columns
                     else F.lit(None).cast(f.dataType).alias(f.name) for f in target.schema.fields]
             inserted = sum(pq.read_metadata(self.local_path(c)).num_rows for c in todo)
+            if commit_delay:
+                # read now (the files may be replaced or deleted meanwhile), commit later
+                source = self.spark.createDataFrame(source.select(*cols).toArrow())
+                time.sleep(commit_delay)
             source.select(*cols).write.format("delta").mode("append").save(str(table))  # one commit: all or nothing
             if self.on_copy_into is not None:
                 self.on_copy_into([self.local_path(c) for c in todo], time.time())
@@ -279,6 +289,9 @@ class FakeWorkspace:
             if slow:
                 self.slow_statements -= 1
                 st.delay = self.statement_delay
+            if self.late_copy_commits > 0 and _COPY.match(sql):
+                self.late_copy_commits -= 1
+                st.commit_delay = self.commit_delay
         if inject:
             st.state, st.error = "FAILED", ("INTERNAL_ERROR", "injected warehouse failure")
             st.finished = time.time()
@@ -292,7 +305,7 @@ class FakeWorkspace:
         st.state = "RUNNING"
         time.sleep(st.delay)
         try:
-            st.columns, st.rows = self.run_sql(st.text)
+            st.columns, st.rows = self.run_sql(st.text, st.commit_delay)
             st.state = "SUCCEEDED"
         except SQLError as exc:
             st.state, st.error = "FAILED", (exc.code, str(exc))

@@ -3,7 +3,9 @@
 usage: stream_child.py URL WEBIDS TABLE CHECKPOINT SECONDS [SLOW_BATCH]
 Runs simulator → pi_websocket → writer helper (merge) for SECONDS, then stops cleanly. With
 SLOW_BATCH=n, batch n sleeps before it writes anything (a batch planned but not committed), so the
-parent can kill the process at that moment; the process prints "SLOW <n>" when it gets there."""
+parent can kill the process at that moment; the process prints "SLOW <n>" when it gets there.
+PI_TEST_SESSION_ZONE sets the Spark session's zone (TZ sets the process's)."""
+import os
 import sys
 import time
 
@@ -16,6 +18,8 @@ def main() -> int:
     url, webids, table, checkpoint, seconds = sys.argv[1:6]
     slow = int(sys.argv[6]) if len(sys.argv) > 6 else -1
     spark = get_spark("stream-child")
+    if os.environ.get("PI_TEST_SESSION_ZONE"):     # a session zone other than the process's TZ
+        spark.conf.set("spark.sql.session.timeZone", os.environ["PI_TEST_SESSION_ZONE"])
     register(spark)
     create_table(spark, table)
     df = (spark.readStream.format("pi_websocket").option("url", url).option("webIds", webids)

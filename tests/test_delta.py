@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
-from pi_stream_source.delta import create_table, optimize, table_stats, vacuum, write_batch
+import pytest
+
+from pi_stream_source.delta import batch_mode, create_table, optimize, planned_plain, table_stats, vacuum, write_batch
 from pi_stream_source.schema import CONTRACT_SCHEMA
 
 
@@ -27,8 +33,8 @@ def test_append_is_idempotent_and_merge_replaces(spark, tmp_path):
     table = str(tmp_path / "t")
     create_table(spark, table)
     live = rows(spark, [("A", 1, 1.0, "live", False), ("B", 1, 2.0, "live", False)])
-    assert write_batch(live, 0, table, "app") == {"appended": 2, "merged": 0}
-    assert write_batch(live, 0, table, "app") == {"appended": 2, "merged": 0}     # batch re-run: skipped
+    assert write_batch(live, 0, table, "app") == {"appended": 2, "merged": 0, "keyless": 0, "retries": 0}
+    assert write_batch(live, 0, table, "app")["appended"] == 2                   # batch re-run: skipped
     assert content(spark, table) == [("A", 1, 1.0), ("B", 1, 2.0)]
     replay = rows(spark, [("A", 1, 1.0, "replay", False), ("A", 2, 3.0, "backfill", False),
                           ("B", 1, 9.0, "live", True)])                           # an edit (Substituted)
@@ -64,3 +70,142 @@ def test_maintain_cli_prints_stats(spark, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"rows": 1' in out.stdout and '"partitions": 1' in out.stdout
+
+
+def _utc(micros):
+    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=micros)
+
+
+def _rows_at(spark, specs):
+    """Contract rows from (tag, epoch µs or None, value, source): instants, whatever the zones."""
+    from pyspark.sql import functions as F
+
+    out = [(tag, tag.lower(), None, micros, value, source) for tag, micros, value, source in specs]
+    df = spark.createDataFrame(out, "tag_webid string, tag_name string, tag_path string, us long, value double, "
+                                    "source string")
+    ts = F.timestamp_micros("us")
+    cols = {"timestamp": ts, "value_string": F.lit(None).cast("string"),
+            "digital_state_code": F.lit(None).cast("int"), "is_system_state": F.lit(False), "good": F.lit(True),
+            "questionable": F.lit(False), "substituted": F.lit(False), "annotated": F.lit(False),
+            "uom": F.lit("m"), "error": F.when(ts.isNull(), F.lit("bad timestamp")),
+            "received_timestamp": F.timestamp_micros(F.lit(1_767_000_000_000_000)),
+            "ingestion_timestamp": F.timestamp_micros(F.lit(1_767_000_000_000_000)),
+            # the UTC date of the instant, as the source computes it
+            "partition_date": F.date_from_unix_date(F.floor(F.col("us") / 86_400_000_000).cast("int"))}
+    return df.select(*[cols.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in CONTRACT_SCHEMA.fields])
+
+
+def _keys(spark, table):
+    from pyspark.sql import functions as F
+
+    df = spark.read.format("delta").load(table)
+    return sorted(((r.tag_webid, r.us, r.value) for r in
+                   df.select("tag_webid", F.unix_micros("timestamp").alias("us"), "value").collect()),
+                  key=lambda k: (k[0], k[1] is not None, k[1] or 0, k[2]))   # keyless rows first
+
+
+# 2026-10-25 00:59:59.5 and 01:00:00.5 UTC: both sides of Europe/Berlin's fall-back hour, and of midnight
+# in Asia/Kolkata's and New York's local dates
+FALL_BACK = 1_792_889_999_500_000
+
+
+def test_merge_matches_whatever_the_session_and_process_zones(spark, tmp_path, session_zone):
+    table = str(tmp_path / "t")
+    create_table(spark, table)
+    specs = [("A", FALL_BACK, 1.0, "replay"), ("A", FALL_BACK + 1_000_000, 2.0, "replay"),
+             ("B", FALL_BACK + 3_600_000_000, 3.0, "backfill")]
+    batch = _rows_at(spark, specs)
+    assert write_batch(batch, 1, table, "zones", mode="merge")["merged"] == 3
+    assert write_batch(batch, 2, table, "zones", mode="merge")["merged"] == 3     # the same rows merged again
+    assert _keys(spark, table) == sorted((t, us, v) for t, us, v, _ in specs)
+
+
+def test_merge_in_another_process_zone(tmp_path):
+    """The Python process on local time (TZ=Europe/Berlin), the session in a third zone."""
+    code = (
+        "import sys; sys.path.insert(0, {tests!r})\n"
+        "from pi_stream_source.local_spark import get_spark\n"
+        "import test_delta as t\n"
+        "spark = get_spark('zones-child')\n"
+        "spark.conf.set('spark.sql.session.timeZone', 'America/New_York')\n"
+        "t.create_table(spark, {table!r})\n"
+        "specs = [('A', t.FALL_BACK, 1.0, 'replay'), ('A', t.FALL_BACK + 1_000_000, 2.0, 'replay'),\n"
+        "         ('B', t.FALL_BACK + 3_600_000_000, 3.0, 'backfill')]\n"
+        "batch = t._rows_at(spark, specs)\n"
+        "t.write_batch(batch, 1, {table!r}, 'zones', mode='merge')\n"
+        "t.write_batch(batch, 2, {table!r}, 'zones', mode='merge')\n"
+        "print('KEYS', t._keys(spark, {table!r}))\n"
+    ).format(tests=str(Path(__file__).parent), table=str(tmp_path / "t"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TZ": "Europe/Berlin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    keys = [line for line in out.stdout.splitlines() if line.startswith("KEYS")]
+    assert keys == ["KEYS " + repr([("A", FALL_BACK, 1.0), ("A", FALL_BACK + 1_000_000, 2.0),
+                                    ("B", FALL_BACK + 3_600_000_000, 3.0)])]
+
+
+def test_rows_without_a_timestamp_land_once_and_are_counted(spark, tmp_path):
+    table = str(tmp_path / "t")
+    create_table(spark, table)
+    batch = _rows_at(spark, [("A", FALL_BACK, 1.0, "replay"), ("A", None, 7.0, "backfill"),
+                             ("A", None, 8.0, "backfill"), ("B", None, 9.0, "live")])
+    counts = write_batch(batch, 3, table, "keyless")
+    landed = [("A", None, 7.0), ("A", None, 8.0), ("A", FALL_BACK, 1.0), ("B", None, 9.0)]
+    assert _keys(spark, table) == landed
+    assert counts["merged"] == 4 and counts["keyless"] == 3
+    write_batch(batch, 3, table, "keyless")                    # the same batch run again: not doubled
+    assert _keys(spark, table) == landed
+    only_keyless = _rows_at(spark, [("C", None, 5.0, "snapshot")])
+    assert write_batch(only_keyless, 4, table, "keyless")["keyless"] == 1
+    assert ("C", None, 5.0) in _keys(spark, table)
+
+
+def test_merge_retries_when_a_concurrent_writer_and_optimize_commit(spark, tmp_path):
+    """While a MERGE runs, a sibling writer appends into the partition it reads and OPTIMIZE
+    rewrites the files it read, for real: Delta refuses the MERGE's commit; it is tried again."""
+    table = str(tmp_path / "t")
+    create_table(spark, table)
+    other = spark.newSession()
+    for n in range(2):     # small files for OPTIMIZE to compact
+        _rows_at(other, [("Z", FALL_BACK + n, float(n), "live")]).write.format("delta").mode("append").save(table)
+    merging = threading.Event()
+
+    def sibling():
+        merging.wait(120)
+        time.sleep(0.2)   # inside the MERGE (it takes seconds here): after its read, before its commit
+        _rows_at(other, [("Z", FALL_BACK + 5, 5.0, "live")]).write.format("delta").mode("append").save(table)
+        other.sql(f"OPTIMIZE delta.`{table}`").collect()
+
+    thread = threading.Thread(target=sibling, daemon=True)
+    thread.start()
+    specs = [("A", FALL_BACK - 10_000_000, 1.0, "replay"), ("A", FALL_BACK + 10_000_000, 2.0, "backfill")]
+    batch = _rows_at(spark, specs)
+    batch.count()
+    merging.set()
+    try:
+        counts = write_batch(batch, 10, table, "conflicts", mode="merge")
+    finally:
+        thread.join(120)
+    assert counts["retries"] >= 1, "no conflict met: the test proved nothing"
+    assert [k for k in _keys(spark, table) if k[0] == "A"] == sorted((t, us, v) for t, us, v, _ in specs)
+    assert [k[2] for k in _keys(spark, table) if k[0] == "Z"] == [0.0, 1.0, 5.0]
+
+
+def test_batch_0_run_again_after_more_than_100_commits_lands_once(spark, tmp_path):
+    """Batch 0 landed, Spark did not record it, and 101 other commits (OPTIMIZE, sibling shards)
+    reached the table before the restart runs it again: it must not land twice."""
+    table, ck = str(tmp_path / "t"), tmp_path / "ck"
+    create_table(spark, table)
+    (ck / "offsets").mkdir(parents=True)      # what the pi_websocket source records: plain live rows
+    (ck / "offsets" / "0").write_text('v1\n{"batchWatermarkMs":0,"batchTimestampMs":0,"conf":{}}\n'
+                                      '{"shards":{},"merge":false}\n')
+    assert planned_plain(spark, str(ck), 0) is True
+    batch = _rows_at(spark, [("A", FALL_BACK, 1.0, "live"), ("B", FALL_BACK, 2.0, "live")])
+    app_id = f"pi_stream_source:{ck}"
+    write_batch(batch, 0, table, app_id, mode=batch_mode(spark, str(ck), 0, first=True))
+    for n in range(101):
+        spark.sql(f"ALTER TABLE delta.`{table}` SET TBLPROPERTIES ('pi.test.commit' = '{n}')")
+    write_batch(batch, 0, table, app_id, mode=batch_mode(spark, str(ck), 0, first=True))   # after the restart
+    assert _keys(spark, table) == [("A", FALL_BACK, 1.0), ("B", FALL_BACK, 2.0)]
+    assert batch_mode(spark, str(ck), 0, first=False) == "append"      # later batches: one job, no lookup
+    assert batch_mode(spark, str(ck), 7, first=True) == "merge"

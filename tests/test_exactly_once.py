@@ -122,19 +122,24 @@ def test_edit_in_pi_replaces_the_row_and_late_values_are_picked_up(spark, simula
     assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
 
 
-def _child(sim, table, ck, seconds, slow=None):
+def _child(sim, table, ck, seconds, slow=None, zones=None):
     args = [sys.executable, str(Path(__file__).with_name("stream_child.py")), sim.url,
             ",".join(t.webid for t in sim.tags), table, ck, str(seconds)] + ([str(slow)] if slow is not None else [])
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    if zones:
+        env["TZ"], env["PI_TEST_SESSION_ZONE"] = zones
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
 
-def test_driver_killed_mid_batch_then_restarted(spark, simulator, tmp_path):
+@pytest.mark.parametrize("zones", [None, ("Europe/Berlin", "America/New_York")],
+                         ids=["process-zone", "berlin-process-new-york-session"])
+def test_driver_killed_mid_batch_then_restarted(spark, simulator, tmp_path, zones):
     """SIGKILL while batch 3 is planned (offset written) but not committed: the fresh reader
-    rebuilds that batch from the archive, then goes on."""
+    rebuilds that batch from the archive (with the overlap before it, already in the table, merged
+    on the key), then goes on. Also with the process on Berlin time and the session on New York's."""
     sim = simulator(tags=4, rate=5, seed=59)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    child = _child(sim, table, ck, 300, slow=3)
+    child = _child(sim, table, ck, 300, slow=3, zones=zones)
     try:
         deadline = time.time() + 180
         line = ""
@@ -151,8 +156,8 @@ def test_driver_killed_mid_batch_then_restarted(spark, simulator, tmp_path):
             child.kill()
     assert os.path.exists(os.path.join(ck, "offsets", "3")) and not os.path.exists(os.path.join(ck, "commits", "3"))
     planned = json.loads(Path(ck, "offsets", "3").read_text().splitlines()[-1])
-    child = _child(sim, table, ck, 40)
-    out, _ = child.communicate(timeout=240)
+    child = _child(sim, table, ck, 90, zones=zones)          # a busy machine needs time to run batch 3 again
+    out, _ = child.communicate(timeout=400)
     assert child.returncode == 0, out
     assert "BATCH 3" in out                          # the planned batch ran again, first
     assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
@@ -183,3 +188,4 @@ def test_batch_in_delta_but_not_in_the_checkpoint_is_not_doubled(spark, simulato
     assert q.exception() is None
     assert sum(len(r) for r in landed_by_tag(spark, table).values()) > rows_before
     assert_prefix_exact(spark, table, sim, checkpoint_start(ck))      # no key twice, nothing lost
+

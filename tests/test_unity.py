@@ -5,7 +5,14 @@ every statement run on local Spark + Delta, so the SQL the sink sends is execute
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
@@ -70,9 +77,10 @@ def test_batch_called_twice_with_the_same_id_loads_once(spark, workspace, tmp_pa
     table = workspace.read_table(TABLE)
     assert table.count() == 12
     assert _key_value(table) == _key_value(batch)
-    copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
-    assert [s.state for s in copies] == ["SUCCEEDED", "SUCCEEDED"]
-    assert [s.rows[0][1] for s in copies] == ["12", "0"]  # the second COPY INTO skipped the loaded files
+    loads = [s for s in workspace.history if s.text.startswith(("COPY INTO", "MERGE INTO"))]
+    # the first batch a loader sees may be a re-run (its process died after the load): merged
+    assert [s.text.split(" ")[0] for s in loads] == ["MERGE", "MERGE"]
+    assert [s.state for s in loads] == ["SUCCEEDED", "SUCCEEDED"]
     assert workspace.staged_files() == []                # staged files are removed after the load
     detail = workspace.spark.sql(f"DESCRIBE DETAIL delta.`{workspace.table_path(TABLE)}`").first()
     assert detail.partitionColumns == ["partition_date"]
@@ -81,10 +89,10 @@ def test_batch_called_twice_with_the_same_id_loads_once(spark, workspace, tmp_pa
 
 def test_lost_statement_response_does_not_load_twice(spark, workspace, tmp_path):
     loader = _loader(workspace, tmp_path)
-    loader.ensure_table()
+    loader(_rows(spark, n_values=1), 4)
     workspace.lose_statement_responses = 1              # COPY INTO commits, the answer is lost
-    loader(_rows(spark), 5)
-    assert workspace.read_table(TABLE).count() == 12
+    loader(_rows(spark, n_values=4, start=dt.datetime(2026, 11, 28, 0, 0, 30)), 5)
+    assert workspace.read_table(TABLE).count() == 3 + 12
     copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
     assert len(copies) == 2 and copies[1].rows[0][1] == "0"
 
@@ -117,7 +125,7 @@ def test_replayed_rows_are_merged_on_the_key(spark, workspace, tmp_path):
     assert table.count() == 15 and _key_value(table) == _key_value(replay)
     assert {r.source for r in table.select("source").distinct().collect()} == {"replay"}
     merges = [s for s in workspace.history if s.text.startswith("MERGE INTO")]
-    assert len(merges) == 3 and all(s.state == "SUCCEEDED" for s in merges)
+    assert len(merges) == 4 and all(s.state == "SUCCEEDED" for s in merges)   # the loader's first batch too
 
 
 def test_warehouse_failure_stops_with_a_clear_error_and_no_token(spark, workspace, tmp_path, caplog):
@@ -274,13 +282,101 @@ def test_seed_product_config_file_runs_into_unity(spark, simulator, workspace, t
 
 
 def test_statement_timeout_cancels_and_the_retry_loads_once(spark, workspace, tmp_path):
-    loader = _loader(workspace, tmp_path, statement_timeout_seconds=2)
-    loader.ensure_table()
+    loader = _loader(workspace, tmp_path)
+    first = _rows(spark, n_values=1, start=dt.datetime(2026, 11, 27, 23, 0))
+    loader(first, 8)
+    loader.statement_timeout = 2
     workspace.slow_statements, workspace.statement_delay = 1, 3.0   # the first COPY INTO outlives the timeout
     batch = _rows(spark)
     loader(batch, 9)
     assert any(m == "POST" and p.endswith("/cancel") for m, p, _ in workspace.requests)
-    copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
+    copies = [s for s in workspace.history if s.text.startswith("COPY INTO") and "batch-9-" in s.text]
     assert len(copies) >= 2 and copies[0].state == "SUCCEEDED"    # too late to cancel: it committed
+    # the retry was sent only after the first had ended
+    assert copies[1].submitted >= copies[0].finished
     assert sum(int(s.rows[0][1]) for s in copies if s.state == "SUCCEEDED") == 12
-    assert _key_value(workspace.read_table(TABLE)) == _key_value(batch)
+    assert _key_value(workspace.read_table(TABLE)) == sorted(_key_value(batch) + _key_value(first))
+
+
+def test_live_edit_is_merged_not_copied(spark, workspace, tmp_path, session_zone):
+    """A PI edit arrives on the channel as a live value flagged Substituted: it replaces the row
+    (whatever the Spark session's zone)."""
+    loader = _loader(workspace, tmp_path)
+    loader(_rows(spark, n_values=1, start=dt.datetime(2026, 11, 27, 22, 0)), 0)
+    batch = _rows(spark)
+    loader(batch, 1)
+    edits = batch.withColumn("value", F.col("value") + 0.25).withColumn("substituted", F.lit(True))
+    loader(edits, 2)
+    table = workspace.read_table(TABLE).filter(F.col("timestamp") > dt.datetime(2026, 11, 27, 23))
+    assert table.count() == 12
+    assert _key_value(table) == _key_value(edits)
+    assert workspace.history[-1].text.startswith("MERGE INTO")
+    dates = workspace.read_table(TABLE).filter(F.col("partition_date") != F.to_date("timestamp"))
+    assert dates.count() == 0
+
+
+def test_rows_without_a_timestamp_are_kept(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path)
+    keyed = _rows(spark, n_tags=1, n_values=2, source="replay")
+    keyless = keyed.withColumn("timestamp", F.lit(None).cast("timestamp")) \
+                   .withColumn("partition_date", F.lit(None).cast("date")).withColumn("error", F.lit("bad time"))
+    loader(keyed.unionByName(keyless), 0)                        # two keyless rows of one tag
+    assert workspace.read_table(TABLE).filter(F.col("timestamp").isNull()).count() == 2
+    loader(keyless, 1)                                           # a batch of keyless rows only
+    assert workspace.read_table(TABLE).filter(F.col("timestamp").isNull()).count() == 4
+    assert workspace.read_table(TABLE).count() == 6
+
+
+def test_loaded_keeps_a_bounded_history(spark, workspace, tmp_path):
+    loader = _loader(workspace, tmp_path)
+    loader(_rows(spark, n_values=1), 0)
+    assert len(loader.loaded) == 1 and loader.loaded.maxlen == unity.LOADED_KEPT
+
+
+@pytest.fixture
+def warehouse2(spark, tmp_path):
+    """A workspace whose warehouse runs two statements at a time, as real ones do."""
+    ws = FakeWorkspace(spark, tmp_path / "workspace2", token=TOKEN, concurrency=2)
+    ws.start()
+    ws.create_volume(VOLUME)
+    yield ws
+    ws.stop()
+
+
+def test_copy_into_of_a_killed_process_commits_before_the_restart_loads(spark, warehouse2, tmp_path):
+    """The edge process dies while its COPY INTO is still committing on the warehouse. The
+    restarted loader waits for that statement to end before it stages and loads the batch again,
+    and merges it: every key once."""
+    workspace = warehouse2
+    _loader(workspace, tmp_path).ensure_table()
+    ck, local = str(tmp_path / "ck"), str(tmp_path / "child")
+    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("unity_child.py")), workspace.url, TOKEN,
+                              workspace.warehouse_id, ck, local], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    try:
+        assert child.stdout.readline().startswith("LOADED 2")
+        workspace.late_copy_commits, workspace.commit_delay = 1, 25.0    # batch 3's load commits late
+
+        def polled_copy():                   # the child holds the COPY INTO's id: it asks for its state
+            copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
+            return copies and any(m == "GET" and p.endswith(copies[-1].id) for m, p, _ in workspace.requests)
+
+        wait_until(polled_copy, 120, interval=0.05, what="the child waiting on its COPY INTO")
+        late = [s for s in workspace.history if s.text.startswith("COPY INTO")][-1]
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert late.state == "RUNNING"
+    restarted = _loader(workspace, tmp_path)
+    restarted(_rows(spark, value_offset=1000.0), 3)              # Spark runs batch 3 again
+    assert late.state == "SUCCEEDED" and late.finished is not None
+    reload = [s for s in workspace.history if s.submitted > late.submitted and s.text.startswith(("COPY", "MERGE"))]
+    assert reload and reload[0].submitted >= late.finished and reload[0].text.startswith("MERGE")
+    wait_until(lambda: all(s.finished for s in workspace.history), 60, what="the warehouse idle")
+    landed = workspace.read_table(TABLE)
+    assert landed.count() == 24
+    assert _key_value(landed) == sorted(_key_value(_rows(spark, start=dt.datetime(2026, 11, 27, 22, 0))) +
+                                        _key_value(_rows(spark, value_offset=1000.0)))
+    assert not json.loads((tmp_path / "ck" / "unity_inflight.json").read_text())["statements"]
