@@ -184,7 +184,7 @@ def planned_plain(spark: SparkSession, checkpoint: str, batch_id: int) -> Option
         return None
     flags = []
     for line in text.splitlines()[2:]:
-        if '"shards"' in line:
+        if '"marks"' in line or '"shards"' in line:      # a pi_websocket offset (v2, or v1)
             try:
                 flags.append(json.loads(line).get("merge"))
             except ValueError:

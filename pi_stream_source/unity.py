@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import PIStreamError
+from .delta import planned_plain
 from .schema import CONTRACT_DDL, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -365,8 +366,11 @@ class UnityBatchLoader:
             try:
                 if staged.rows == 0:
                     return
-                # the first batch of this loader may have been loaded before its process died
-                merge = staged.merge or self._last_batch is None or batch_id <= self._last_batch
+                # the first batch of this loader may have been loaded before its process died; the
+                # source says in the batch's offset when live rows may be in the table already (late
+                # values at or below a connection's cutoff)
+                merge = staged.merge or self._last_batch is None or batch_id <= self._last_batch or \
+                    planned_plain(batch_df.sparkSession, self.checkpoint, batch_id) is False
                 kind = "MERGE" if merge else "COPY INTO"
                 try:
                     self._retrying(f"loading batch {batch_id} ({staged.rows} rows, {kind}) into {self.table}",
