@@ -157,6 +157,95 @@ def run_seed(seed: int, verbose: bool = False) -> Dict[str, Any]:
         sim.stop()
 
 
+def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any, steps: int = 5,
+                   verbose: bool = False) -> Dict[str, Any]:
+    """The same plants and faults through a real Spark query and a real sink: ``start_query(options)``
+    starts ``pi_websocket`` with those options into the sink (``delta.write_stream``, or the edge
+    sink) and returns the query; ``read_rows()`` gives the table's (tag_webid, timestamp µs, value);
+    ``query_start()`` the query's start (µs, from its checkpoint).
+    A killed driver is left to the end-to-end tests that SIGKILL one; here restarts are graceful."""
+    rng = random.Random(seed)
+    sim = PISimulator(tags=rng.randint(2, 6), rate=rng.choice([2, 5]), seed=seed, history_seconds=900)
+    sim.start()
+    schedule: List[str] = []
+    try:
+        webids = [t.webid for t in sim.tags]
+        forms = {w: rng.choice(["Full", "IDOnly", "PathOnly"]) for w in webids}
+        selected = list(webids)
+        chosen_from_start = set(webids)
+        base = {"url": sim.url, "reconnectBackoff": "0.2s", "stallTimeout": "3s", "heartbeatRate": "1",
+                "startingPosition": rng.choice(["latest", "*-2m"])}
+
+        def options() -> Dict[str, str]:
+            return {**base, "webIds": ",".join(_form(w, forms[w]) for w in selected),
+                    "tagsPerChannel": str(rng.choice([1, 2, 500]))}
+
+        def flowed(n: int) -> None:
+            target = sim.stats["values_sent"] + n
+            deadline = time.monotonic() + 60
+            while sim.stats["values_sent"] < target and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+        q = start_query(options())
+        flowed(20)
+        for _ in range(steps):
+            action = rng.choice(["drop", "reset", "restart", "edit", "late", "change", "add", "retire"])
+            schedule.append(action)
+            if action in ("drop", "reset"):
+                sim.drop_channels(abrupt=action == "reset")
+            elif action == "restart":
+                sim.restart(downtime=rng.uniform(0.5, 2.0))
+            elif action in ("edit", "late"):
+                w = rng.choice(selected)
+                stamps = [ts for ts, _ in sim.archive(w, sim.now() - 20_000_000, None)]
+                if len(stamps) > 3:
+                    ts = rng.choice(stamps[:-2]) + (0 if action == "edit" else rng.randint(1, 90_000))
+                    sim.write_value(w, ts, rng.uniform(-1e4, 1e4), substituted=None if action == "edit" else False)
+            else:
+                q.processAllAvailable()
+                q.stop()
+                if action == "add":
+                    w = sim.add_point(f"SIM.New{len(webids):04d}")
+                    webids.append(w)
+                    forms[w] = "Full"
+                    selected.append(w)
+                elif action == "retire" and len(selected) > 1:
+                    w = rng.choice(selected)
+                    selected.remove(w)
+                    chosen_from_start.discard(w)
+                else:
+                    rng.shuffle(selected)
+                    for w in selected:
+                        forms[w] = rng.choice(["Full", "IDOnly", "PathOnly"])
+                if rng.random() < 0.5:
+                    sim.jump_time(rng.uniform(5, 60))
+                q = start_query(options())
+            flowed(rng.randint(10, 30))
+        sim.set_stalled(True)
+        last = {w: v[-1][0] for w, v in sim.sent_values().items() if v and w in selected}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and q.exception() is None:
+            q.processAllAvailable()
+            newest: Dict[str, int] = {}
+            for w, ts, _ in read_rows():
+                newest[w] = max(ts, newest.get(w, ts))
+            if all(newest.get(w, -1) >= ts for w, ts in last.items()):
+                break
+            time.sleep(1)
+        error = q.exception()
+        q.stop()
+        landing = Landing()
+        for w, ts, v in read_rows():
+            landing.land([(w, ts, v, "")], False)
+        result = _compare(sim, landing, query_start(), chosen_from_start, schedule, seed, verbose)
+        if error is not None:
+            result.update(exact=False, error=str(error)[:300])
+        return result
+    finally:
+        sim.set_stalled(False)
+        sim.stop()
+
+
 def _compare(sim: PISimulator, landing: Landing, start: int, from_start: set, schedule: List[str], seed: int,
              verbose: bool) -> Dict[str, Any]:
     by: Dict[str, Dict[int, Any]] = {}
