@@ -26,6 +26,7 @@ def _delta_rows(spark, table):
     return [(w, ts, v) for w, ts, v, _ in table_keys(spark, table)]
 
 
+@pytest.mark.timeout(1200)
 def test_seed_through_real_spark_and_delta(spark, tmp_path):
     from pi_stream_source.delta import write_stream
     from pi_stream_source.testing import checkpoint_start
@@ -38,10 +39,12 @@ def test_seed_through_real_spark_and_delta(spark, tmp_path):
             reader = reader.option(k, v)
         return write_stream(reader.load(), table=table, checkpoint=ck, trigger="500 milliseconds")
 
-    result = plant_faults.run_seed_spark(3, start, lambda: _delta_rows(spark, table), lambda: checkpoint_start(ck))
+    result = plant_faults.run_seed_spark(3, start, lambda: _delta_rows(spark, table), lambda: checkpoint_start(ck),
+                                         steps=3)
     assert result["exact"], result
 
 
+@pytest.mark.timeout(1200)
 def test_seed_through_real_spark_and_the_edge_sink(spark, tmp_path):
     from fake_workspace import FakeWorkspace
     from pi_stream_source import unity
@@ -70,7 +73,7 @@ def test_seed_through_real_spark_and_the_edge_sink(spark, tmp_path):
             return [(r.tag_webid, int(r.ts), r.value)
                     for r in df.select("tag_webid", F.unix_micros("timestamp").alias("ts"), "value").collect()]
 
-        result = plant_faults.run_seed_spark(5, start, rows, lambda: checkpoint_start(ck))
+        result = plant_faults.run_seed_spark(5, start, rows, lambda: checkpoint_start(ck), steps=3)
         assert result["exact"], result
     finally:
         ws.stop()
