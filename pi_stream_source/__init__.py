@@ -12,10 +12,12 @@ __version__ = "0.1.0"
 
 
 def register(spark: Any) -> None:
-    """Register the ``pi_websocket`` data source with a SparkSession."""
+    """Register the ``pi_websocket`` (streaming) and ``pi`` (batch history) data sources."""
+    from .batch import PIDataSource
     from .source import PIWebSocketDataSource
 
     spark.dataSource.register(PIWebSocketDataSource)
+    spark.dataSource.register(PIDataSource)
 
 
 __all__ = ["register", "__version__"]

@@ -123,6 +123,9 @@ class RestAPI:
             ("POST", r"simulator/faults/(?P<fault>[a-z_]+)", self.control),
             ("GET", r"simulator/stats", self.sim_stats),
         ]
+        from .af import routes as history_routes         # interpolated, plot, summary, AF context
+
+        table += history_routes(self)
         self.routes = [(m, re.compile(p + r"/?", re.IGNORECASE), h) for m, p, h in table]
 
     # ---- dispatch ------------------------------------------------------------------------------
