@@ -51,8 +51,10 @@ BATCH_OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "valuesPerPartition": ("500000", "target values per Spark task: streams x time are split by their density "
                                      "(a Count summary on the driver)"),
     "densitySlices": ("32", "recorded: the range is cut into this many slices to measure density"),
-    "maxRequestsPerSecond": (None, "most PI Web API requests per second of the whole read, shared by the "
-                                   "tasks that run at once"),
+    "maxRequestsPerSecond": (None, "most PI Web API requests per second of the whole read: each of the tasks "
+                                   "that can run at once gets an equal share"),
+    "concurrentTasks": (None, "with maxRequestsPerSecond: how many tasks run at once (e.g. the cluster's cores); "
+                              "default: every partition may, so each gets rate / partitions (safe, slower)"),
 }
 #: Options of the streaming source that mean nothing for a batch read (rejected, not ignored).
 STREAMING_ONLY = ("tagsPerChannel", "heartbeatRate", "stallTimeout", "reconnectBackoff", "reconnectBackoffMax",
@@ -73,6 +75,10 @@ SUMMARY_SCHEMA = StructType(_VALUE_FIELDS[:3] + [
     StructField("interval_end", TimestampType(), False),
 ] + _VALUE_FIELDS[3:])
 _TS = pa.timestamp("us", tz="UTC")
+_VALUES_ARROW = pa.schema([ARROW_SCHEMA.field(f.name) for f in _VALUE_FIELDS])
+_SUMMARY_ARROW = pa.schema([ARROW_SCHEMA.field(f.name) for f in _VALUE_FIELDS[:3]] + [
+    pa.field("summary_type", pa.string(), False), pa.field("interval_start", _TS, False),
+    pa.field("interval_end", _TS, False)] + [ARROW_SCHEMA.field(f.name) for f in _VALUE_FIELDS[3:]])
 
 
 @dataclass
@@ -90,6 +96,7 @@ class BatchOptions:
     values_per_partition: int
     density_slices: int
     max_requests_per_second: Optional[float]
+    concurrent_tasks: Optional[int]
 
     def __repr__(self) -> str:
         return (f"BatchOptions({self.source!r}, mode={self.mode!r}, {format_ts(self.start)}..{format_ts(self.end)})")
@@ -184,16 +191,19 @@ def parse_batch_options(raw: Mapping[str, Any], now: Optional[int] = None) -> Ba
         values_per_partition=_int_option(mine, "valuesPerPartition", 1, 100_000_000),
         density_slices=_int_option(mine, "densitySlices", 1, 10_000),
         max_requests_per_second=rate,
+        concurrent_tasks=_int_option(mine, "concurrentTasks", 1, 1_000_000) if mine.get("concurrentTasks", "").strip()
+        else None,
     )
 
 
 # ---- requests: paced, retried ------------------------------------------------------------------
 class Pacer:
-    """At most ``per_second`` calls per second in this process (a token bucket of one)."""
+    """At most ``per_second`` calls per second: a bucket of one that starts empty, so a new
+    process (a Python worker that just started) cannot burst either."""
 
     def __init__(self, per_second: float) -> None:
         self.gap = 1.0 / per_second
-        self._next = 0.0
+        self._next = time.monotonic() + self.gap
         self._lock = threading.Lock()
 
     def wait(self) -> None:
@@ -205,13 +215,25 @@ class Pacer:
             time.sleep(at - now)
 
 
+_PACERS: Dict[float, Pacer] = {}
+_PACERS_LOCK = threading.Lock()
+
+
+def pacer(per_second: float) -> Pacer:
+    """The process's pacer for this rate: the tasks a Python worker runs one after another share it."""
+    with _PACERS_LOCK:
+        if per_second not in _PACERS:
+            _PACERS[per_second] = Pacer(per_second)
+        return _PACERS[per_second]
+
+
 class PacedClient(PIRestClient):
     """``PIRestClient`` (retries 429/5xx with backoff) whose every request, retries included,
-    waits for the pacer first."""
+    waits for the process's pacer first."""
 
     def __init__(self, opts: SourceOptions, per_second: Optional[float]) -> None:
         super().__init__(opts.url, opts.credentials, opts.ca_bundle, opts.connect_timeout, proxy=opts.proxy)
-        self.pacer = Pacer(per_second) if per_second else None
+        self.pacer = pacer(per_second) if per_second else None
 
     def _call_once(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
         if self.pacer is not None:
@@ -387,7 +409,7 @@ def _values_batch(streams: Any, known: Mapping[str, Tuple[Optional[str], Optiona
     if not len(cols):
         return None
     full = _contract(cols.to_arrow(), ingested)
-    return pa.RecordBatch.from_arrays([full.column(f.name) for f in _VALUE_FIELDS], names=[f.name for f in _VALUE_FIELDS])
+    return pa.RecordBatch.from_arrays([full.column(f.name) for f in _VALUE_FIELDS], schema=_VALUES_ARROW)
 
 
 def read_values(client: PIRestClient, part: HistoryPartition, opts: BatchOptions,
@@ -480,8 +502,7 @@ def _summary_batch(streams: List[Any], known: Mapping[str, Tuple[Optional[str], 
     full = _contract(cols.to_arrow(), ingested)
     arrays = [full.column(f.name) for f in _VALUE_FIELDS]
     extra = [pa.array(kinds, pa.string()), pa.array(starts, pa.int64()).cast(_TS), pa.array(ends, pa.int64()).cast(_TS)]
-    names = [f.name for f in SUMMARY_SCHEMA.fields]
-    return pa.RecordBatch.from_arrays(arrays[:3] + extra + arrays[3:], names=names)
+    return pa.RecordBatch.from_arrays(arrays[:3] + extra + arrays[3:], schema=_SUMMARY_ARROW)
 
 
 # ---- the data source ---------------------------------------------------------------------------
@@ -515,8 +536,8 @@ class PIHistoryReader(DataSourceReader):
         finally:
             client.close()
         if o.max_requests_per_second:
-            # the tasks that run at once share the rate (each task's client paces itself)
-            share = o.max_requests_per_second / max(1, min(len(parts), _parallelism()))
+            # the tasks that run at once share the rate (each Python worker paces itself)
+            share = o.max_requests_per_second / max(1, min(len(parts), o.concurrent_tasks or len(parts)))
             for p in parts:
                 p.per_second = share
         log.info("pi %s read of %d streams %s..%s in %d partitions", o.mode, len(meta), format_ts(o.start),
@@ -537,17 +558,6 @@ class PIHistoryReader(DataSourceReader):
                 yield from read_values(client, partition, o, ingested)
         finally:
             client.close()
-
-
-def _parallelism() -> int:
-    """Tasks Spark runs at once (the driver's view; 1 when no session is active)."""
-    try:
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.getActiveSession()
-        return max(1, int(spark.sparkContext.defaultParallelism)) if spark is not None else 1
-    except Exception:                  # serverless/Connect: no SparkContext; be conservative
-        return 1
 
 
 def _options_doc() -> str:
