@@ -1,6 +1,13 @@
 """History and asset-context endpoints of the simulated PI Web API: ``streamsets/interpolated``,
 ``streamsets/plot`` and ``streamsets/summary`` computed from the archive, and AF event frames.
 
+Event frames: every element has one ``Batch`` frame (template ``BatchTemplate``, category
+``Batch``) every ``EVENT_FRAME_EVERY`` of archive time, starting ``EVENT_FRAME_STAGGER`` × its
+index after ``t0`` and lasting ``EVENT_FRAME_LENGTH``; a frame still running at the clock's now has
+the open end PI uses (9999-12-31). Its primary (only) referenced element is the element; its
+attributes are the element's (``streamsets/{frame}/value?time=…`` reads them, e.g. at its end).
+(Elements carry a template and categories too: ``rest_api.ELEMENT_TEMPLATE``, ``ELEMENT_CATEGORIES``.)
+
 Registered by ``RestAPI`` through ``routes(api)``. What the simulator computes (and a test can
 recompute from ``PISimulator.archive``):
 
@@ -20,11 +27,16 @@ recompute from ``PISimulator.archive``):
 """
 from __future__ import annotations
 
+import fnmatch
 import math
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from ..pitime import MICROS, parse_duration, parse_pi_time
-from .rest_api import PIError, Req, Resp
+from .. import webid as W
+from ..pitime import MICROS, format_ts, parse_duration, parse_pi_time
+from .model import SimElement
+from .rest_api import PIError, Req, Resp, json_resp
 
 if TYPE_CHECKING:
     from .rest_api import RestAPI
@@ -37,12 +49,118 @@ NO_DATA = {"Name": "No Data", "Value": 248, "IsSystem": True}
 BAD = (False, False, False)
 
 
+EVENT_FRAME_TEMPLATE = "BatchTemplate"
+EVENT_FRAME_EVERY = 1800 * MICROS
+EVENT_FRAME_LENGTH = 1200 * MICROS
+EVENT_FRAME_STAGGER = 60 * MICROS
+EVENT_FRAMES_AHEAD = 2 * 86400 * MICROS       # frames exist for this long past the start (then none)
+OPEN_END = "9999-12-31T23:59:59Z"
+
+
 def routes(api: "RestAPI") -> List[Tuple[str, str, Callable[[Req], Resp]]]:
+    frames = EventFrames(api)
+    w = r"(?P<webId>[^/]+)"
     return [
         ("GET", r"streamsets/interpolated", lambda req: interpolated(api, req)),
         ("GET", r"streamsets/plot", lambda req: plot(api, req)),
         ("GET", r"streamsets/summary", lambda req: summary(api, req)),
+        ("GET", rf"assetdatabases/{w}/eventframes", frames.search),
+        ("GET", rf"eventframes/{w}", frames.get),
     ]
+
+
+@dataclass(eq=False)
+class SimEventFrame(SimElement):
+    """An event frame; a ``SimElement`` so ``streamsets/{webId}/value`` reads its attributes."""
+    start: int = 0
+    end: int = 0
+    primary: Optional[SimElement] = None
+
+
+class EventFrames:
+    """The event frames of the AF database, built once from the archive's start (see the module
+    docstring), registered in the model's WebID index."""
+
+    def __init__(self, api: "RestAPI") -> None:
+        self.api = api
+        m, arch = api.model, api.archive
+        self.frames: List[SimEventFrame] = []
+        for e, el in enumerate(m.elements):
+            n = 0
+            while True:
+                start = arch.t0 + e * EVENT_FRAME_STAGGER + n * EVENT_FRAME_EVERY
+                if start > arch.t0 + EVENT_FRAMES_AHEAD:
+                    break
+                name = f"{el.name} batch {n + 1:04d}"
+                path = f"{m.database_path}\\EventFrames[{name}]"
+                guid = uuid.uuid5(el.guid, name)
+                ef = SimEventFrame(name, path, "F1Fm" + W.encode_guid(m.af_guid) + W.encode_guid(guid)
+                                   + W.encode_name(path[2:]), W.path_only(path, "Fm", ""),
+                                   "I1Fm" + W.encode_guid(m.af_guid) + W.encode_guid(guid), guid,
+                                   attributes=el.attributes, start=start, end=start + EVENT_FRAME_LENGTH, primary=el)
+                self.frames.append(ef)
+                for webid in (ef.webid, ef.path_webid, ef.id_webid):
+                    m.by_webid[webid] = ef
+                n += 1
+
+    def obj(self, req: Req, ef: SimEventFrame) -> Dict[str, Any]:
+        b, wt = req.base_url, self.api.webid_type(req)
+        w = ef.webid_for(wt)
+        now = self.api.archive.now()
+        assert ef.primary is not None
+        return {"WebId": w, "Id": str(ef.guid), "Name": ef.name, "Description": f"batch on {ef.primary.name}",
+                "Path": ef.path, "TemplateName": EVENT_FRAME_TEMPLATE, "HasChildren": False,
+                "CategoryNames": ["Batch"], "ExtendedProperties": {}, "StartTime": format_ts(ef.start),
+                "EndTime": format_ts(ef.end) if ef.end <= now else OPEN_END, "Severity": "None",
+                "AcknowledgedBy": "", "AcknowledgedDate": "1970-01-01T00:00:00Z", "CanBeAcknowledged": False,
+                "IsAcknowledged": False, "IsAnnotated": False, "IsLocked": False, "AreValuesCaptured": ef.end <= now,
+                "RefElementWebIds": [ef.primary.webid_for(wt)],
+                "Links": {"Self": f"{b}/eventframes/{w}", "Attributes": f"{b}/eventframes/{w}/attributes",
+                          "PrimaryReferencedElement": f"{b}/elements/{ef.primary.webid_for(wt)}",
+                          "Database": f"{b}/assetdatabases/{self.api.model.database_webid}",
+                          "Value": f"{b}/streamsets/{w}/value"}}
+
+    def search(self, req: Req) -> Resp:
+        """``assetdatabases/{webId}/eventframes``: searchMode Overlapped (default) or Inclusive,
+        nameFilter, templateName, categoryName, referencedElementNameFilter, paged; by start time."""
+        api = self.api
+        if req.match["webId"] != api.model.database_webid:
+            raise PIError(404, f"The specified AF database was not found for WebId '{req.match['webId']}'.")
+        now = api.archive.now()
+        start = parse_pi_time(req.q("startTime", "*-8h"), now)
+        end = parse_pi_time(req.q("endTime", "*"), now)
+        if end < start:
+            raise PIError(400, "The endTime must be greater than or equal to the startTime.")
+        mode = _choice(req, "searchMode", ("Overlapped", "Inclusive"), "Overlapped")
+        first, count = req.qint("startIndex", 0), req.qint("maxCount", 1000)
+        if first < 0 or count < 1:
+            raise PIError(400, "Parameters 'startIndex' and 'maxCount' must not be negative or zero.")
+        name, element = (req.q("nameFilter") or "*").upper(), (req.q("referencedElementNameFilter") or "*").upper()
+        template, category = req.q("templateName"), req.q("categoryName")
+        found = []
+        for ef in self.frames:
+            if ef.start > now:
+                continue
+            ef_end = ef.end if ef.end <= now else None          # running: open end
+            if mode == "Overlapped":
+                hit = ef.start <= end and (ef_end is None or ef_end >= start)
+            else:
+                hit = ef.start >= start and ef_end is not None and ef_end <= end
+            assert ef.primary is not None
+            hit = hit and fnmatch.fnmatchcase(ef.name.upper(), name) and \
+                fnmatch.fnmatchcase(ef.primary.name.upper(), element) and \
+                (template is None or template.lower() == EVENT_FRAME_TEMPLATE.lower()) and \
+                (category is None or category.lower() == "batch")
+            if hit:
+                found.append(ef)
+        found.sort(key=lambda f: (f.start, f.name))
+        return json_resp({"Links": {}, "Items": [self.obj(req, f) for f in found[first:first + count]]})
+
+    def get(self, req: Req) -> Resp:
+        ef = self.api.lookup(req.match["webId"], (SimEventFrame,))
+        if ef.start > self.api.archive.now():
+            raise PIError(404, f"The specified event frame was not found for WebId '{req.match['webId']}'.")
+        return json_resp(self.obj(req, ef))
 
 
 def _range(api: "RestAPI", req: Req) -> Tuple[int, int]:

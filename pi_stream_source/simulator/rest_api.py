@@ -20,6 +20,9 @@ from .model import WEBID_TYPES, SimAttribute, SimElement, SimTag
 if TYPE_CHECKING:
     from .server import PISimulator
 
+ELEMENT_TEMPLATE = "UnitTemplate"                      # AF context of the simulated elements
+ELEMENT_CATEGORIES = ("Simulated", "Process Unit")
+
 PATH_NOT_FOUND = ("The specified path was not found. If more details are needed, please contact your PI Web API "
                   "administrator for help in enabling debug mode.")
 
@@ -123,7 +126,7 @@ class RestAPI:
             ("POST", r"simulator/faults/(?P<fault>[a-z_]+)", self.control),
             ("GET", r"simulator/stats", self.sim_stats),
         ]
-        from .af import routes as history_routes         # interpolated, plot, summary, AF context
+        from .af import routes as history_routes         # interpolated, plot, summary, event frames
 
         table += history_routes(self)
         self.routes = [(m, re.compile(p + r"/?", re.IGNORECASE), h) for m, p, h in table]
@@ -312,7 +315,8 @@ class RestAPI:
         b, wt = req.base_url, self.webid_type(req)
         w = el.webid_for(wt)
         return {"WebId": w, "Id": str(el.guid), "Name": el.name, "Description": "simulated unit", "Path": el.path,
-                "TemplateName": "", "HasChildren": False, "CategoryNames": [], "ExtendedProperties": {},
+                "TemplateName": ELEMENT_TEMPLATE, "HasChildren": False, "CategoryNames": list(ELEMENT_CATEGORIES),
+                "ExtendedProperties": {},
                 "Links": {"Self": f"{b}/elements/{w}", "Attributes": f"{b}/elements/{w}/attributes",
                           "Database": f"{b}/assetdatabases/{self.model.database_webid}"}}
 
