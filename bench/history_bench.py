@@ -23,13 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_simulator(tags: int, days: float, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "pi_stream_source.cli", "simulate", "--tags", str(tags), "--rate", str(1 / 60),
            "--kinds", "sine", "--history", str(days * 86400), "--port", str(port), "--no-commands"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its output (a URL and 1,000 WebIDs) is not needed: a pipe nobody reads would block it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import requests
 
     for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the simulator exited with status {proc.returncode}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/piwebapi/", timeout=1).ok:
                 return proc
@@ -93,13 +104,14 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=7)
     ap.add_argument("--rate-seconds", type=float, default=30)
     ap.add_argument("--rate-rows", type=int, default=100_000)
-    ap.add_argument("--port", type=int, default=18765)
+    ap.add_argument("--port", type=int, default=0, help="simulator port (default: a free one)")
     args = ap.parse_args()
 
     from pi_stream_source import register
     from pi_stream_source.local_spark import get_spark
 
     work = Path(tempfile.mkdtemp(prefix="history-bench-"))
+    args.port = args.port or free_port()
     sim = start_simulator(args.tags, args.days, args.port)
     spark = get_spark("history-bench")
     register(spark)
