@@ -29,7 +29,7 @@ from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 from pyspark.sql.types import (ArrayType, BooleanType, DoubleType, IntegerType, StringType, StructField, StructType,
                                TimestampType)
 
-from .errors import PIOptionError
+from .errors import PIOptionError, PIWebAPIError
 from .options import SourceOptions, parse_options
 from .pitime import format_ts, now_micros, parse_pi_time, parse_ts
 from .rest import PIRestClient, batch_get
@@ -255,7 +255,8 @@ class AFReader(DataSourceReader):
                      for e in elements]
         for e, (status, content) in zip(elements, batch_get(client, resources)):
             if status != 200 or not isinstance(content, dict):
-                raise PIOptionError(f"attributes of element {e.get('Path')}: HTTP {status} {str(content)[:200]}")
+                raise PIWebAPIError(f"attributes of element {e.get('Path')}", status,
+                                    [client.credentials.redact(str(content)[:200])] if content else [])
             for a in content.get("Items") or []:
                 point_webid, point_path = _point_of(a)
                 yield (a.get("WebId"), a.get("Id"), a.get("Name"), a.get("Path"), e.get("WebId"), e.get("Path"),
