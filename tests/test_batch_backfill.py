@@ -63,6 +63,24 @@ def test_stream_first_then_backfill_then_stream_again(spark, simulator, tmp_path
     assert_prefix_exact(spark, table, sim, start)
 
 
+def test_backfill_retried_in_another_session_zone_matches_every_row(spark, simulator, tmp_path):
+    """A session zone unlike the Python process's: the MERGE's time range must still cover the
+    rows (it was built from naive local datetimes read as session-zone literals: nothing matched,
+    every retry doubled the table)."""
+    sim = simulator(tags=2, rate=1, history_seconds=600, seed=24)
+    table = str(tmp_path / "bronze")
+    opts = {"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags)}
+    start, end = format_ts(sim.t0 + 100 * MICROS), format_ts(sim.t0 + 400 * MICROS)
+    before = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "Pacific/Chatham")
+    try:
+        for _ in range(2):
+            assert backfill(spark, table, opts, start, end, chunk="1h")["rows"] == 2 * 301
+            assert _rows(spark, table) == 2 * 301
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", before)
+
+
 def test_backfill_refuses_its_own_options_and_bad_ranges(spark, simulator, tmp_path):
     sim = simulator(tags=1, rate=1)
     opts = {"url": sim.url, "webIds": sim.tags[0].webid}
