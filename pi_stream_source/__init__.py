@@ -12,10 +12,15 @@ __version__ = "0.1.0"
 
 
 def register(spark: Any) -> None:
-    """Register the ``pi_websocket`` data source with a SparkSession."""
+    """Register the ``pi_websocket`` (streaming), ``pi`` (batch history) and ``pi_af`` (asset
+    context tables) data sources."""
+    from .af import PIAFDataSource
+    from .batch import PIDataSource
     from .source import PIWebSocketDataSource
 
     spark.dataSource.register(PIWebSocketDataSource)
+    spark.dataSource.register(PIDataSource)
+    spark.dataSource.register(PIAFDataSource)
 
 
 __all__ = ["register", "__version__"]

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.set_defaults(func=run_from_args)
 
+    from .backfill import add_backfill_arguments, run_backfill_from_args
+
+    back = sub.add_parser("backfill", help="land a range of PI history in the Delta table (MERGE, safe to retry)")
+    add_backfill_arguments(back)
+    back.set_defaults(func=run_backfill_from_args)
+
     maint = sub.add_parser("maintain", help="optimize / vacuum / stats of a Delta table")
     maint.add_argument("--table", required=True, help="a path or a catalog table name")
     maint.add_argument("--optimize", action="store_true", help="compact files and Z-order")

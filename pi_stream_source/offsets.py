@@ -124,3 +124,10 @@ def offset_size(offset: Dict[str, Any]) -> int:
 
     return len(json.dumps(offset, separators=(",", ":")))
 
+
+
+def start_micros(offset: Dict[str, Any]) -> Optional[int]:
+    """Where the query started reading, in epoch µs (floored), from any of its offsets."""
+    if offset.get("start") is None:
+        return None
+    return int(offset["start"]) // 10 if offset.get("v", 1) >= 2 else int(offset["start"])

@@ -222,9 +222,10 @@ class SourceOptions:
                 f"credentials={self.credentials!r}, proxy={self.proxy!r}, startingPosition={self.starting_position!r})")
 
 
-def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
+def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> SourceOptions:
     """Validate ``raw`` (as Spark passes it: keys possibly lower-cased) and return typed options.
-    Raises ``PIOptionError`` naming the option and what is allowed."""
+    Raises ``PIOptionError`` naming the option and what is allowed. ``require_streams=False``: the
+    caller (the asset tables) reads no streams, so none need be chosen."""
     opts: Dict[str, str] = {}
     for key, value in raw.items():
         canon = _BY_LOWER.get(str(key).lower())
@@ -264,7 +265,7 @@ def parse_options(raw: Mapping[str, Any]) -> SourceOptions:
         raise PIOptionError("option 'nameFilter' needs option 'dataServer' (the PI Data Archive to search)")
     if data_server and not name_filter:
         raise PIOptionError("option 'dataServer' needs option 'nameFilter' (e.g. Unit1.* or * for all points)")
-    if not (webids or paths or name_filter or element_path):
+    if require_streams and not (webids or paths or name_filter or element_path):
         raise PIOptionError("no streams selected: set option 'webIds' (comma-separated WebIDs), 'paths' "
                             "(\\\\server\\tag,…), 'dataServer' with 'nameFilter', or 'elementPath'")
     if element_path and (webids or paths or name_filter):

@@ -44,7 +44,9 @@ def checkpoint_start(checkpoint: str) -> int:
         if isinstance(doc, str):
             doc = json.loads(doc)
         if isinstance(doc, dict) and doc.get("start") is not None:
-            return int(doc["start"]) // 10
+            from .offsets import start_micros
+
+            return start_micros(doc)
     raise ValueError(f"no pi_websocket offset in {checkpoint}/offsets/0")
 
 

@@ -21,6 +21,9 @@ from .ticks import parse_pi_time_ticks
 if TYPE_CHECKING:
     from .server import PISimulator
 
+ELEMENT_TEMPLATE = "UnitTemplate"                      # AF context of the simulated elements
+ELEMENT_CATEGORIES = ("Simulated", "Process Unit")
+
 PATH_NOT_FOUND = ("The specified path was not found. If more details are needed, please contact your PI Web API "
                   "administrator for help in enabling debug mode.")
 
@@ -126,6 +129,9 @@ class RestAPI:
         ]
         self.routes: List[Tuple[str, Any, Callable[[Req], Resp]]] = []
         self.add_routes(table)
+        from .af import routes as history_routes         # interpolated, plot, summary, event frames
+
+        self.add_routes(history_routes(self))
 
     def add_routes(self, table: List[Tuple[str, str, Callable[[Req], Resp]]]) -> None:
         """Serve more endpoints: ``(method, path regex below the base path, handler)``; ``{webId}``
@@ -326,7 +332,8 @@ class RestAPI:
         b, wt = req.base_url, self.webid_type(req)
         w = el.webid_for(wt)
         return {"WebId": w, "Id": str(el.guid), "Name": el.name, "Description": "simulated unit", "Path": el.path,
-                "TemplateName": "", "HasChildren": False, "CategoryNames": [], "ExtendedProperties": {},
+                "TemplateName": ELEMENT_TEMPLATE, "HasChildren": False, "CategoryNames": list(ELEMENT_CATEGORIES),
+                "ExtendedProperties": {},
                 "Links": {"Self": f"{b}/elements/{w}", "Attributes": f"{b}/elements/{w}/attributes",
                           "Database": f"{b}/assetdatabases/{self.model.database_webid}"}}
 

@@ -1,0 +1,340 @@
+"""Asset context as batch tables: ``spark.read.format("pi_af").option("table", …)``.
+
+Tables (option ``table``), each with its schema in ``TABLES``:
+
+* ``databases``: AF databases of every asset server (or the one in ``database``);
+* ``elements``: every element of the database(s), the whole hierarchy: path, parent path,
+  template, categories;
+* ``attributes``: every attribute of those elements: type, units, data reference, and for a PI
+  Point data reference the point behind it (WebID and ``\\\\server\\tag`` path);
+* ``eventframes``: the event frames that overlap [``startTime``, ``endTime``] (``searchMode``
+  Overlapped, or Inclusive): start, end (null while running), template, categories, primary
+  element;
+* ``eventframe_values``: per event frame, its attributes' values at its end (now for a running
+  one), from ``streamsets/{frame}/value?time=…``: the data contract's value columns;
+* ``points``: the points of ``dataServer`` (every one, or those matching ``nameFilter``): point
+  type, class, units, descriptor, digital set, span, zero, step.
+
+Join to values on ``tag_webid`` (= ``attributes.point_webid`` or ``points.webid``) or on the path.
+Auth, TLS and proxy options are the streaming source's (``options.parse_options``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from urllib.parse import quote
+
+from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
+from pyspark.sql.types import (ArrayType, BooleanType, DoubleType, IntegerType, StringType, StructField, StructType,
+                               TimestampType)
+
+from .errors import PIOptionError, PIWebAPIError
+from .options import SourceOptions, parse_options
+from .pitime import format_ts, now_micros, parse_pi_time, parse_ts
+from .rest import PIRestClient, batch_get
+
+log = logging.getLogger(__name__)
+
+_S, _B, _T = StringType(), BooleanType(), TimestampType()
+
+
+def _schema(*fields: Tuple[str, Any]) -> StructType:
+    return StructType([StructField(n, t, True) for n, t in fields])
+
+
+TABLES: Dict[str, StructType] = {
+    "databases": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("description", _S),
+                         ("asset_server", _S)),
+    "elements": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("parent_path", _S),
+                        ("description", _S), ("template_name", _S), ("category_names", ArrayType(_S)),
+                        ("has_children", _B), ("database_path", _S)),
+    "attributes": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("element_webid", _S),
+                          ("element_path", _S), ("description", _S), ("type", _S), ("uom", _S),
+                          ("data_reference", _S), ("config_string", _S), ("point_webid", _S), ("point_path", _S),
+                          ("category_names", ArrayType(_S))),
+    "eventframes": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("description", _S),
+                           ("template_name", _S), ("category_names", ArrayType(_S)), ("start_time", _T),
+                           ("end_time", _T), ("severity", _S), ("primary_element_webid", _S),
+                           ("primary_element_path", _S), ("database_path", _S)),
+    "eventframe_values": _schema(("eventframe_webid", _S), ("eventframe_name", _S), ("attribute_webid", _S),
+                                 ("attribute_name", _S), ("attribute_path", _S), ("timestamp", _T),
+                                 ("value", DoubleType()), ("value_string", _S), ("digital_state_code", IntegerType()),
+                                 ("good", _B), ("uom", _S), ("error", _S)),
+    "points": _schema(("webid", _S), ("id", IntegerType()), ("name", _S), ("path", _S), ("descriptor", _S),
+                      ("point_class", _S), ("point_type", _S), ("digital_set_name", _S), ("uom", _S),
+                      ("span", DoubleType()), ("zero", DoubleType()), ("step", _B), ("future", _B),
+                      ("data_server", _S)),
+}
+
+#: name → (default, help): this source's own options; auth/TLS/proxy come from ``options.OPTIONS``.
+AF_OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
+    "table": (None, "databases | elements | attributes | eventframes | eventframe_values | points (required)"),
+    "database": (None, "AF database path \\\\afserver\\db (default: every database of every asset server)"),
+    "dataServer": (None, "points: the PI Data Archive (name or WebID; default: every data server)"),
+    "nameFilter": ("*", "points: point name filter (PI wildcards); eventframes: event frame name filter"),
+    "startTime": ("*-1d", "eventframes/eventframe_values: start of the search range (PI time or ISO 8601)"),
+    "endTime": ("*", "eventframes/eventframe_values: end of the search range"),
+    "searchMode": ("Overlapped", "eventframes: Overlapped (frames that overlap the range) | Inclusive (inside it)"),
+    "pageSize": ("1000", "maxCount of each listing call"),
+}
+_AF_LOWER = {k.lower(): k for k in AF_OPTIONS}
+_STREAM_SELECTION = ("webIds", "paths", "elementPath")
+
+
+@dataclass
+class AFOptions:
+    source: SourceOptions
+    table: str
+    database: Optional[str]
+    data_server: Optional[str]
+    name_filter: str
+    start: int
+    end: int
+    search_mode: str
+    page_size: int
+
+    def __repr__(self) -> str:
+        return f"AFOptions({self.source!r}, table={self.table!r})"
+
+
+def parse_af_options(raw: Mapping[str, Any], now: Optional[int] = None) -> AFOptions:
+    mine: Dict[str, str] = {}
+    rest: Dict[str, Any] = {}
+    for key, value in raw.items():
+        canon = _AF_LOWER.get(str(key).lower())
+        if canon is not None:
+            mine[canon] = "" if value is None else str(value).strip()
+        elif str(key).lower() in {s.lower() for s in _STREAM_SELECTION}:
+            raise PIOptionError(f"option '{key}' chooses streams for the 'pi' and 'pi_websocket' sources; "
+                                f"the asset tables take 'database', 'dataServer' and 'nameFilter'")
+        else:
+            rest[key] = value
+    for name, (default, _) in AF_OPTIONS.items():
+        if default is not None and not mine.get(name):
+            mine[name] = default
+    table = mine.get("table", "").lower()
+    if table not in TABLES:
+        raise PIOptionError(f"option 'table' must be one of {', '.join(TABLES)}, got {mine.get('table', '')!r}")
+    source = parse_options(rest, require_streams=False)
+    now = now_micros() if now is None else now
+    times = {}
+    for name in ("startTime", "endTime"):
+        try:
+            times[name] = parse_pi_time(mine[name], now)
+        except ValueError:
+            raise PIOptionError(f"option '{name}' must be a PI time (*-7d, t, y) or ISO 8601, "
+                                f"got {mine[name]!r}") from None
+    if times["endTime"] < times["startTime"]:
+        raise PIOptionError(f"option 'endTime' ({mine['endTime']!r}) is before option 'startTime' "
+                            f"({mine['startTime']!r})")
+    mode = {"overlapped": "Overlapped", "inclusive": "Inclusive"}.get(mine["searchMode"].lower())
+    if mode is None:
+        raise PIOptionError(f"option 'searchMode' must be Overlapped or Inclusive, got {mine['searchMode']!r}")
+    try:
+        page = int(mine["pageSize"])
+    except ValueError:
+        page = 0
+    if not 1 <= page <= 150_000:
+        raise PIOptionError(f"option 'pageSize' must be an integer between 1 and 150000, got {mine['pageSize']!r}")
+    return AFOptions(source, table, mine.get("database") or None, mine.get("dataServer") or None,
+                     mine["nameFilter"], times["startTime"], times["endTime"], mode, page)
+
+
+# ---- REST walks --------------------------------------------------------------------------------
+def _client(o: AFOptions) -> PIRestClient:
+    s = o.source
+    return PIRestClient(s.url, s.credentials, s.ca_bundle, s.connect_timeout, proxy=s.proxy)
+
+
+def _paged(client: PIRestClient, path: str, params: Dict[str, Any], page: int) -> Iterator[Dict[str, Any]]:
+    """Every item of a PI listing, ``page`` at a time (startIndex/maxCount)."""
+    start = 0
+    while True:
+        doc = client.get(path, params={**params, "startIndex": start, "maxCount": page})
+        items = doc.get("Items") or [] if isinstance(doc, dict) else []
+        yield from (i for i in items if isinstance(i, dict))
+        if len(items) < page:
+            return
+        start += page
+
+
+def _databases(client: PIRestClient, o: AFOptions) -> List[Dict[str, Any]]:
+    if o.database:
+        return [client.get("assetdatabases", params={"path": o.database})]
+    out = []
+    for server in client.get("assetservers").get("Items") or []:
+        for db in client.get(f"assetservers/{server['WebId']}/assetdatabases").get("Items") or []:
+            out.append({**db, "_server": server.get("Name")})
+    return out
+
+
+def _point_of(attr: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    """(WebID, path) of the PI point behind a PI Point data reference, from the Point link and the
+    config string (``\\\\server\\tag;options``)."""
+    if str(attr.get("DataReferencePlugIn", "")).lower() != "pi point":
+        return None, None
+    link = (attr.get("Links") or {}).get("Point") or ""
+    webid = link.rsplit("/points/", 1)[1].split("?")[0] if "/points/" in link else None
+    config = str(attr.get("ConfigString") or "").split(";")[0].split("?")[0]
+    return webid, config if config.startswith("\\\\") else None
+
+
+def _parent(path: str) -> Optional[str]:
+    head, sep, _ = path.rpartition("\\")
+    return head if sep and head.count("\\") > 3 else None
+
+
+def _ts(text: Any) -> Optional[int]:
+    if not isinstance(text, str) or text.startswith("9999-"):        # PI's open end: still running
+        return None
+    try:
+        return parse_ts(text)
+    except ValueError:
+        return None
+
+
+@dataclass
+class AFPartition(InputPartition):
+    """One database (``key``: its WebID) or, for points, one data server."""
+    key: str
+    label: str
+
+
+class AFReader(DataSourceReader):
+    def __init__(self, opts: AFOptions) -> None:
+        self.opts = opts
+
+    def __repr__(self) -> str:
+        return f"AFReader({self.opts!r})"
+
+    def partitions(self) -> List[InputPartition]:
+        client = _client(self.opts)
+        try:
+            if self.opts.table == "points":
+                servers = client.get("dataservers").get("Items") or []
+                want = self.opts.data_server
+                chosen = [s for s in servers if want is None or want.upper() in (str(s.get("Name")).upper(),
+                                                                                   str(s.get("WebId")).upper())]
+                if not chosen:
+                    raise PIOptionError(f"option 'dataServer' {want!r} matches no data server; known: "
+                                        + ", ".join(str(s.get("Name")) for s in servers[:10]))
+                return [AFPartition(s["WebId"], s.get("Name") or "") for s in chosen]
+            return [AFPartition(db["WebId"], db.get("Path") or db.get("Name") or "") for db in _databases(client, self.opts)]
+        finally:
+            client.close()
+
+    def read(self, partition: InputPartition) -> Iterator[Tuple[Any, ...]]:
+        assert isinstance(partition, AFPartition)
+        o = self.opts
+        client = _client(o)
+        try:
+            yield from getattr(self, f"_{o.table}")(client, partition)
+        finally:
+            client.close()
+
+    def _databases(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        db = client.get(f"assetdatabases/{part.key}")
+        server = db.get("Path", "").split("\\")[2] if str(db.get("Path", "")).startswith("\\\\") else None
+        yield (db.get("WebId"), db.get("Id"), db.get("Name"), db.get("Path"), db.get("Description"), server)
+
+    def _element_items(self, client: PIRestClient, part: AFPartition) -> Iterator[Dict[str, Any]]:
+        return _paged(client, f"assetdatabases/{part.key}/elements", {"searchFullHierarchy": "true"},
+                      self.opts.page_size)
+
+    def _elements(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        for e in self._element_items(client, part):
+            path = e.get("Path") or ""
+            yield (e.get("WebId"), e.get("Id"), e.get("Name"), path, _parent(path), e.get("Description"),
+                   e.get("TemplateName") or None, list(e.get("CategoryNames") or []), e.get("HasChildren"), part.label)
+
+    def _attributes(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        elements = list(self._element_items(client, part))
+        # each element's attributes in POST batch calls (one round trip per 200 elements)
+        resources = [f"elements/{quote(e['WebId'])}/attributes?searchFullHierarchy=true&maxCount=150000"
+                     for e in elements]
+        for e, (status, content) in zip(elements, batch_get(client, resources)):
+            if status != 200 or not isinstance(content, dict):
+                raise PIWebAPIError(f"attributes of element {e.get('Path')}", status,
+                                    [client.credentials.redact(str(content)[:200])] if content else [])
+            for a in content.get("Items") or []:
+                point_webid, point_path = _point_of(a)
+                yield (a.get("WebId"), a.get("Id"), a.get("Name"), a.get("Path"), e.get("WebId"), e.get("Path"),
+                       a.get("Description"), a.get("Type"), a.get("DefaultUnitsNameAbbreviation") or None,
+                       a.get("DataReferencePlugIn") or None, a.get("ConfigString") or None, point_webid, point_path,
+                       list(a.get("CategoryNames") or []))
+
+    def _frame_items(self, client: PIRestClient, part: AFPartition) -> Iterator[Dict[str, Any]]:
+        o = self.opts
+        return _paged(client, f"assetdatabases/{part.key}/eventframes", {
+            "startTime": format_ts(o.start), "endTime": format_ts(o.end), "searchMode": o.search_mode,
+            "nameFilter": o.name_filter, "searchFullHierarchy": "true"}, o.page_size)
+
+    def _eventframes(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        from .pitime import to_datetime
+
+        frames = list(self._frame_items(client, part))
+        refs = [(f.get("RefElementWebIds") or [None])[0] for f in frames]
+        paths: Dict[str, Optional[str]] = {}
+        wanted = sorted({r for r in refs if r})
+        for w, (status, content) in zip(wanted, batch_get(client, [f"elements/{quote(w)}?selectedFields=Path"
+                                                                   for w in wanted])):
+            paths[w] = content.get("Path") if status == 200 and isinstance(content, dict) else None
+        for f, ref in zip(frames, refs):
+            start, end = _ts(f.get("StartTime")), _ts(f.get("EndTime"))
+            yield (f.get("WebId"), f.get("Id"), f.get("Name"), f.get("Path"), f.get("Description"),
+                   f.get("TemplateName") or None, list(f.get("CategoryNames") or []),
+                   to_datetime(start) if start is not None else None, to_datetime(end) if end is not None else None,
+                   f.get("Severity"), ref, paths.get(ref) if ref else None, part.label)
+
+    def _eventframe_values(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        from .parse import Columns, ParseStats, parse_streams
+        from .pitime import to_datetime
+
+        now = now_micros()
+        for f in self._frame_items(client, part):
+            end = _ts(f.get("EndTime"))
+            doc = client.get(f"streamsets/{f['WebId']}/value", params={"time": format_ts(end if end is not None else now)})
+            cols, stats = Columns(), ParseStats()
+            streams = doc.get("Items") if isinstance(doc, dict) else None
+            metas = [(s.get("WebId"), s.get("Name"), s.get("Path")) if isinstance(s, dict) else (None, None, None)
+                     for s in (streams if isinstance(streams, list) else [])]
+            parse_streams(streams, cols, stats, "eventframe", now)
+            by_webid = {m[0]: m for m in metas}
+            for i in range(len(cols)):
+                w = cols.tag_webid[i]
+                _, name, path = by_webid.get(w, (w, None, None))
+                ts = cols.timestamp[i]
+                yield (f.get("WebId"), f.get("Name"), w, name, path, to_datetime(ts) if ts is not None else None,
+                       cols.value[i], cols.value_string[i], cols.digital_state_code[i], cols.good[i], cols.uom[i],
+                       cols.error[i])
+
+    def _points(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        for p in _paged(client, f"dataservers/{part.key}/points", {"nameFilter": self.opts.name_filter},
+                        self.opts.page_size):
+            yield (p.get("WebId"), p.get("Id"), p.get("Name"), p.get("Path"), p.get("Descriptor"), p.get("PointClass"),
+                   p.get("PointType"), p.get("DigitalSetName") or None, p.get("EngineeringUnits") or None,
+                   _float(p.get("Span")), _float(p.get("Zero")), p.get("Step"), p.get("Future"), part.label)
+
+
+def _float(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+class PIAFDataSource(DataSource):
+    __doc__ = (__doc__ or "") + "\n    Options (case-insensitive)::\n\n" + "\n".join(
+        f"    {n:<12} default {d if d is not None else '(none)'}: {t}" for n, (d, t) in AF_OPTIONS.items())
+
+    @classmethod
+    def name(cls) -> str:
+        return "pi_af"
+
+    def __init__(self, options: Dict[str, str]) -> None:
+        super().__init__(options)
+        self._parsed = parse_af_options(options)
+
+    def schema(self) -> StructType:
+        return TABLES[self._parsed.table]
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return AFReader(self._parsed)

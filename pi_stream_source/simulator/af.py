@@ -1,0 +1,363 @@
+"""History and asset-context endpoints of the simulated PI Web API: ``streamsets/interpolated``,
+``streamsets/plot`` and ``streamsets/summary`` computed from the archive, and AF event frames.
+
+Event frames: every element has one ``Batch`` frame (template ``BatchTemplate``, category
+``Batch``) every ``EVENT_FRAME_EVERY`` of archive time, starting ``EVENT_FRAME_STAGGER`` × its
+index after ``t0`` and lasting ``EVENT_FRAME_LENGTH``; a frame still running at the clock's now has
+the open end PI uses (9999-12-31). Its primary (only) referenced element is the element; its
+attributes are the element's (``streamsets/{frame}/value?time=…`` reads them, e.g. at its end).
+(Elements carry a template and categories too: ``rest_api.ELEMENT_TEMPLATE``, ``ELEMENT_CATEGORIES``.)
+
+Registered by ``RestAPI`` through ``routes(api)``. What the simulator computes (and a test can
+recompute from ``PISimulator.archive``):
+
+* interpolated: at ``startTime + i * interval`` up to ``endTime``, a recorded value exactly there
+  (flags kept), else linear between neighbours for floats, else the previous value;
+  ``No Data`` (state 248) before the first value;
+* plot: per each of ``intervals`` equal intervals (``[a, b)``, the last ``[a, end]``), the first,
+  last, minimum and maximum recorded values (first and last only for non-numbers), in time order;
+* summary: per ``summaryDuration`` interval (the whole range without it; ``[a, b)``, the last
+  ``[a, end]``): ``Count`` is the number of recorded values of any kind; ``Minimum``,
+  ``Maximum``, ``Range``, ``Average``, ``Total``, ``StdDev``, ``PopulationStdDev`` are over the good
+  numeric values (event-weighted; with ``calculationBasis=TimeWeighted``, ``Average`` and ``Total``
+  weigh each value by the time until the next one, ``Total`` per day as PI does); ``PercentGood``
+  is the share of good values. Timestamps: ``timeType`` ``Auto`` puts Minimum/Maximum at their
+  value's time and the rest at the interval start, ``EarliestTime`` the start, ``MostRecentTime``
+  the end. An interval without good numbers answers ``No Data`` with ``Good: false``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from .. import webid as W
+from ..pitime import MICROS, format_ts, parse_duration, parse_pi_time
+from .model import SimElement
+from .rest_api import PIError, Req, Resp, json_resp
+
+if TYPE_CHECKING:
+    from .rest_api import RestAPI
+
+SUMMARY_TYPES = ("Total", "Average", "Minimum", "Maximum", "Range", "StdDev", "PopulationStdDev", "Count",
+                 "PercentGood")
+CALCULATION_BASES = ("TimeWeighted", "EventWeighted")
+TIME_TYPES = ("Auto", "EarliestTime", "MostRecentTime")
+NO_DATA = {"Name": "No Data", "Value": 248, "IsSystem": True}
+BAD = (False, False, False)
+
+
+EVENT_FRAME_TEMPLATE = "BatchTemplate"
+EVENT_FRAME_EVERY = 1800 * MICROS
+EVENT_FRAME_LENGTH = 1200 * MICROS
+EVENT_FRAME_STAGGER = 60 * MICROS
+EVENT_FRAMES_AHEAD = 2 * 86400 * MICROS       # frames exist for this long past the start (then none)
+OPEN_END = "9999-12-31T23:59:59Z"
+
+
+def routes(api: "RestAPI") -> List[Tuple[str, str, Callable[[Req], Resp]]]:
+    frames = EventFrames(api)
+    w = r"(?P<webId>[^/]+)"
+    return [
+        ("GET", r"streamsets/interpolated", lambda req: interpolated(api, req)),
+        ("GET", r"streamsets/plot", lambda req: plot(api, req)),
+        ("GET", r"streamsets/summary", lambda req: summary(api, req)),
+        ("GET", rf"assetdatabases/{w}/eventframes", frames.search),
+        ("GET", rf"eventframes/{w}", frames.get),
+    ]
+
+
+@dataclass(eq=False)
+class SimEventFrame(SimElement):
+    """An event frame; a ``SimElement`` so ``streamsets/{webId}/value`` reads its attributes."""
+    start: int = 0
+    end: int = 0
+    primary: Optional[SimElement] = None
+
+
+class EventFrames:
+    """The event frames of the AF database, built once from the archive's start (see the module
+    docstring), registered in the model's WebID index."""
+
+    def __init__(self, api: "RestAPI") -> None:
+        self.api = api
+        m, arch = api.model, api.archive
+        self.frames: List[SimEventFrame] = []
+        for e, el in enumerate(m.elements):
+            n = 0
+            while True:
+                start = arch.t0 + e * EVENT_FRAME_STAGGER + n * EVENT_FRAME_EVERY
+                if start > arch.t0 + EVENT_FRAMES_AHEAD:
+                    break
+                name = f"{el.name} batch {n + 1:04d}"
+                path = f"{m.database_path}\\EventFrames[{name}]"
+                guid = uuid.uuid5(el.guid, name)
+                ef = SimEventFrame(name, path, "F1Fm" + W.encode_guid(m.af_guid) + W.encode_guid(guid)
+                                   + W.encode_name(path[2:]), W.path_only(path, "Fm", ""),
+                                   "I1Fm" + W.encode_guid(m.af_guid) + W.encode_guid(guid), guid,
+                                   attributes=el.attributes, start=start, end=start + EVENT_FRAME_LENGTH, primary=el)
+                self.frames.append(ef)
+                for webid in (ef.webid, ef.path_webid, ef.id_webid):
+                    m.by_webid[webid] = ef
+                n += 1
+
+    def obj(self, req: Req, ef: SimEventFrame) -> Dict[str, Any]:
+        b, wt = req.base_url, self.api.webid_type(req)
+        w = ef.webid_for(wt)
+        now = self.api.archive.now()
+        assert ef.primary is not None
+        return {"WebId": w, "Id": str(ef.guid), "Name": ef.name, "Description": f"batch on {ef.primary.name}",
+                "Path": ef.path, "TemplateName": EVENT_FRAME_TEMPLATE, "HasChildren": False,
+                "CategoryNames": ["Batch"], "ExtendedProperties": {}, "StartTime": format_ts(ef.start),
+                "EndTime": format_ts(ef.end) if ef.end <= now else OPEN_END, "Severity": "None",
+                "AcknowledgedBy": "", "AcknowledgedDate": "1970-01-01T00:00:00Z", "CanBeAcknowledged": False,
+                "IsAcknowledged": False, "IsAnnotated": False, "IsLocked": False, "AreValuesCaptured": ef.end <= now,
+                "RefElementWebIds": [ef.primary.webid_for(wt)],
+                "Links": {"Self": f"{b}/eventframes/{w}", "Attributes": f"{b}/eventframes/{w}/attributes",
+                          "PrimaryReferencedElement": f"{b}/elements/{ef.primary.webid_for(wt)}",
+                          "Database": f"{b}/assetdatabases/{self.api.model.database_webid}",
+                          "Value": f"{b}/streamsets/{w}/value"}}
+
+    def search(self, req: Req) -> Resp:
+        """``assetdatabases/{webId}/eventframes``: searchMode Overlapped (default) or Inclusive,
+        nameFilter, templateName, categoryName, referencedElementNameFilter, paged; by start time."""
+        api = self.api
+        if req.match["webId"] != api.model.database_webid:
+            raise PIError(404, f"The specified AF database was not found for WebId '{req.match['webId']}'.")
+        now = api.archive.now()
+        start = parse_pi_time(req.q("startTime", "*-8h"), now)
+        end = parse_pi_time(req.q("endTime", "*"), now)
+        if end < start:
+            raise PIError(400, "The endTime must be greater than or equal to the startTime.")
+        mode = _choice(req, "searchMode", ("Overlapped", "Inclusive"), "Overlapped")
+        first, count = req.qint("startIndex", 0), req.qint("maxCount", 1000)
+        if first < 0 or count < 1:
+            raise PIError(400, "Parameters 'startIndex' and 'maxCount' must not be negative or zero.")
+        name, element = (req.q("nameFilter") or "*").upper(), (req.q("referencedElementNameFilter") or "*").upper()
+        template, category = req.q("templateName"), req.q("categoryName")
+        found = []
+        for ef in self.frames:
+            if ef.start > now:
+                continue
+            ef_end = ef.end if ef.end <= now else None          # running: open end
+            if mode == "Overlapped":
+                hit = ef.start <= end and (ef_end is None or ef_end >= start)
+            else:
+                hit = ef.start >= start and ef_end is not None and ef_end <= end
+            assert ef.primary is not None
+            hit = hit and fnmatch.fnmatchcase(ef.name.upper(), name) and \
+                fnmatch.fnmatchcase(ef.primary.name.upper(), element) and \
+                (template is None or template.lower() == EVENT_FRAME_TEMPLATE.lower()) and \
+                (category is None or category.lower() == "batch")
+            if hit:
+                found.append(ef)
+        found.sort(key=lambda f: (f.start, f.name))
+        return json_resp({"Links": {}, "Items": [self.obj(req, f) for f in found[first:first + count]]})
+
+    def get(self, req: Req) -> Resp:
+        ef = self.api.lookup(req.match["webId"], (SimEventFrame,))
+        if ef.start > self.api.archive.now():
+            raise PIError(404, f"The specified event frame was not found for WebId '{req.match['webId']}'.")
+        return json_resp(self.obj(req, ef))
+
+
+def _range(api: "RestAPI", req: Req) -> Tuple[int, int]:
+    now = api.archive.now()
+    start = parse_pi_time(req.q("startTime", "*-1d"), now)
+    end = parse_pi_time(req.q("endTime", "*"), now)
+    if end < start:
+        raise PIError(400, "The end time must not be before the start time.")
+    return start, end
+
+
+def _duration(req: Req, name: str, default: Optional[str]) -> Optional[int]:
+    raw = req.q(name, default)
+    if raw is None or raw == "":
+        return None
+    try:
+        us = parse_duration(raw)
+    except ValueError:
+        raise PIError(400, f"The parameter '{name}' is not a valid time span: '{raw}'.") from None
+    if us <= 0:
+        raise PIError(400, f"The parameter '{name}' must be greater than zero.")
+    return us
+
+
+def _choice(req: Req, name: str, allowed: Tuple[str, ...], default: str) -> str:
+    raw = req.q(name) or default
+    for a in allowed:
+        if a.lower() == raw.lower():
+            return a
+    raise PIError(400, f"The value '{raw}' of parameter '{name}' is not valid; use one of {', '.join(allowed)}.")
+
+
+def _check_cap(api: "RestAPI", values: int) -> None:
+    cap = api.sim.config.max_returned_items
+    if values > cap:
+        raise PIError(400, f"The number of values requested ({values}) is greater than the maximum allowed ({cap}).")
+
+
+def _answer(api: "RestAPI", req: Req, parts: List[bytes]) -> Resp:
+    return Resp(200, b'{"Links":{},"Items":[' + b",".join(parts) + b"]}")
+
+
+def interpolated(api: "RestAPI", req: Req) -> Resp:
+    streams = api.streams_of(req)
+    start, end = _range(api, req)
+    step = _duration(req, "interval", "1h")
+    assert step is not None
+    n = (end - start) // step + 1
+    _check_cap(api, n * len(streams))
+    arch, enc, wt = api.archive, api.encoder, api.webid_type(req)
+    parts = []
+    for s in streams:
+        tag, items = s.tag, []
+        for i in range(n):
+            ts = start + i * step
+            p = arch.before(tag, ts + 1)
+            if p is not None and p[0] == ts:
+                items.append(enc.point_bytes(tag, p, shared=False))
+                continue
+            v = api.interpolate(tag, ts)
+            items.append(enc.timed_value(tag, ts, NO_DATA, quality=BAD) if v is None else enc.timed_value(tag, ts, v))
+        parts.append(enc.stream_prefix(s, wt) + b',"Items":[' + b",".join(items) + b"]}")
+    return _answer(api, req, parts)
+
+
+def _number(v: Any) -> Optional[float]:
+    """The value as a number, or None for strings, states, booleans, NaN and infinities."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _good(tag: Any, p: Any, api: "RestAPI") -> bool:
+    k = p[1]
+    return k is None or (tag.index, k) in api.archive.edits or tag.gen.quality(k)[0]
+
+
+def _intervals(start: int, end: int, count: int) -> List[Tuple[int, int, bool]]:
+    """``count`` equal intervals of [start, end]: (a, b, last); all but the last are [a, b)."""
+    out = []
+    for i in range(count):
+        a = start + (end - start) * i // count
+        b = start + (end - start) * (i + 1) // count
+        out.append((a, b, i == count - 1))
+    return out
+
+
+def _inside(points: List[Any], a: int, b: int, last: bool) -> List[Any]:
+    return [p for p in points if a <= p[0] and (p[0] <= b if last else p[0] < b)]
+
+
+def plot(api: "RestAPI", req: Req) -> Resp:
+    streams = api.streams_of(req)
+    start, end = _range(api, req)
+    count = req.qint("intervals", 24)
+    if count < 1:
+        raise PIError(400, "The parameter 'intervals' must be greater than zero.")
+    _check_cap(api, 4 * count * len(streams))
+    arch, enc, wt = api.archive, api.encoder, api.webid_type(req)
+    parts = []
+    for s in streams:
+        tag = s.tag
+        points = arch.points(tag, start, end)
+        chosen: Dict[int, Any] = {}
+        for a, b, last in _intervals(start, end, count):
+            inside = _inside(points, a, b, last)
+            if not inside:
+                continue
+            pick = [inside[0], inside[-1]]
+            numeric = [(n, p) for p in inside if (n := _number(arch.point_value(tag, p))) is not None]
+            if numeric:
+                pick += [min(numeric, key=lambda x: x[0])[1], max(numeric, key=lambda x: x[0])[1]]
+            for p in pick:
+                chosen[p[0]] = p
+        items = [enc.point_bytes(tag, chosen[t], shared=False) for t in sorted(chosen)]
+        parts.append(enc.stream_prefix(s, wt) + b',"Items":[' + b",".join(items) + b"]}")
+    return _answer(api, req, parts)
+
+
+def summary(api: "RestAPI", req: Req) -> Resp:
+    import orjson
+
+    streams = api.streams_of(req)
+    start, end = _range(api, req)
+    types = []
+    for raw in req.qall("summaryType") or ["Total"]:
+        for t in raw.split(","):
+            match = [a for a in SUMMARY_TYPES if a.lower() == t.strip().lower()]
+            if not match:
+                raise PIError(400, f"The summary type '{t}' is not valid; use {', '.join(SUMMARY_TYPES)}.")
+            types.append(match[0])
+    basis = _choice(req, "calculationBasis", CALCULATION_BASES, "TimeWeighted")
+    time_type = _choice(req, "timeType", TIME_TYPES, "Auto")
+    dur = _duration(req, "summaryDuration", None)
+    if dur is None:
+        spans = [(start, end, True)]
+    else:
+        spans = []
+        a = start
+        while True:
+            b = min(end, a + dur)
+            spans.append((a, b, b >= end))
+            if b >= end:
+                break
+            a = b
+    _check_cap(api, len(spans) * len(types) * len(streams))
+    arch, enc, wt = api.archive, api.encoder, api.webid_type(req)
+    parts = []
+    for s in streams:
+        tag = s.tag
+        points = arch.points(tag, start, end)
+        items = []
+        for a, b, last in spans:
+            inside = _inside(points, a, b, last)
+            for t in types:
+                value, at, good = _summary_value(api, tag, inside, t, basis, a, b)
+                ts = {"EarliestTime": a, "MostRecentTime": b}.get(time_type, at if at is not None else a)
+                tv = enc.timed_value(tag, ts, value if good else NO_DATA, quality=(True, False, False) if good else BAD)
+                items.append(b'{"Type":' + orjson.dumps(t) + b',"Value":' + tv + b"}")
+        parts.append(enc.stream_prefix(s, wt, units=False) + b',"Items":[' + b",".join(items) + b"]}")
+    return _answer(api, req, parts)
+
+
+def _summary_value(api: "RestAPI", tag: Any, inside: List[Any], kind: str, basis: str,
+                   a: int, b: int) -> Tuple[Any, Optional[int], bool]:
+    """(value, timestamp of the value or None, good) of one summary over the points ``inside``."""
+    arch = api.archive
+    if kind == "Count":
+        return len(inside), None, True
+    good = [p for p in inside if _good(tag, p, api)]
+    if kind == "PercentGood":
+        return (100.0 * len(good) / len(inside), None, True) if inside else (None, None, False)
+    nums = [(n, p) for p in good if (n := _number(arch.point_value(tag, p))) is not None]
+    if not nums:
+        return None, None, False
+    values = [n for n, _ in nums]
+    if kind == "Minimum":
+        n, p = min(nums, key=lambda x: x[0])
+        return n, p[0], True
+    if kind == "Maximum":
+        n, p = max(nums, key=lambda x: x[0])
+        return n, p[0], True
+    if kind == "Range":
+        return max(values) - min(values), None, True
+    if kind in ("Average", "Total"):
+        if basis == "EventWeighted":
+            avg = sum(values) / len(values)
+            return (avg if kind == "Average" else sum(values)), None, True
+        # each value holds until the next one (or the interval end)
+        stamps = [p[0] for _, p in nums] + [b]
+        weights = [stamps[i + 1] - stamps[i] for i in range(len(values))]
+        span = sum(weights)
+        avg = sum(v * w for v, w in zip(values, weights)) / span if span else values[-1]
+        return (avg if kind == "Average" else avg * (b - a) / (86400 * MICROS)), None, True
+    mean = sum(values) / len(values)
+    sq = sum((v - mean) ** 2 for v in values)
+    if kind == "PopulationStdDev":
+        return math.sqrt(sq / len(values)), None, True
+    return (math.sqrt(sq / (len(values) - 1)), None, True) if len(values) > 1 else (None, None, False)

@@ -1,0 +1,69 @@
+"""The simulator's history and asset-context endpoints (``simulator/af.py``) with plain HTTP,
+validated against the PI Web API 2018 SP1 swagger spec."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from pi_stream_source.pitime import MICROS, format_ts, parse_ts
+from pi_swagger import response_definition, validate
+
+
+def get(sim, resource, **params):
+    return requests.get(sim.url + resource, params=params, timeout=10)
+
+
+def test_interpolated_plot_summary_match_the_spec(simulator):
+    sim = simulator(tags=4, kinds="mixed", rate=1, history_seconds=900)
+    ids = [t.webid for t in sim.tags]
+    rng = {"startTime": format_ts(sim.t0 + 60 * MICROS), "endTime": format_ts(sim.t0 + 660 * MICROS)}
+    for path, extra, count in [("interpolated", {"interval": "1m"}, 11), ("plot", {"intervals": "5"}, None)]:
+        assert response_definition(f"/streamsets/{path}", "get", "200") == "Items[StreamValues]"
+        body = get(sim, f"/streamsets/{path}", webId=ids, **rng, **extra).json()
+        validate(body, "Items[StreamValues]")
+        assert [s["WebId"] for s in body["Items"]] == ids
+        if count:
+            assert all(len(s["Items"]) == count for s in body["Items"])
+    assert response_definition("/streamsets/summary", "get", "200") == "Items[StreamSummaries]"
+    body = get(sim, "/streamsets/summary", webId=ids, summaryType=["Count", "Average"], summaryDuration="5m",
+               calculationBasis="EventWeighted", **rng).json()
+    validate(body, "Items[StreamSummaries]")
+    counts = [i["Value"]["Value"] for i in body["Items"][0]["Items"] if i["Type"] == "Count"]
+    assert counts == [300, 301]                     # [a, b) then the last interval [a, end]
+
+
+@pytest.mark.parametrize("params, status", [
+    ({"summaryType": "Median"}, 400), ({"calculationBasis": "Both"}, 400), ({"summaryDuration": "0s"}, 400),
+    ({"startTime": "*", "endTime": "*-1h"}, 400),
+])
+def test_summary_refuses_bad_parameters(simulator, params, status):
+    sim = simulator(tags=1, rate=1)
+    r = get(sim, "/streamsets/summary", webId=sim.tags[0].webid, **params)
+    assert r.status_code == status
+    validate(r.json(), "Errors")
+
+
+def test_event_frames_match_the_spec_and_their_attributes_read_at_the_end(simulator):
+    sim = simulator(tags=8, rate=1, history_seconds=7200, attributes_per_element=4)
+    db = sim.model.database_webid
+    assert response_definition("/assetdatabases/{webId}/eventframes", "get", "200") == "Items[EventFrame]"
+    frames = get(sim, f"/assetdatabases/{db}/eventframes", startTime="*-3h", endTime="*").json()
+    validate(frames, "Items[EventFrame]")
+    items = frames["Items"]
+    assert items and {f["TemplateName"] for f in items} == {"BatchTemplate"}
+    assert any(f["EndTime"].startswith("9999-") for f in items)             # running ones: open end
+    one = get(sim, f"/eventframes/{items[0]['WebId']}").json()
+    validate(one, "EventFrame")
+    assert one["RefElementWebIds"] == [sim.elements[0].webid]
+    end = parse_ts(one["EndTime"])
+    values = get(sim, f"/streamsets/{one['WebId']}/value", time=one["EndTime"]).json()
+    validate(values, "Items[StreamValue]")
+    for s in values["Items"]:
+        assert parse_ts(s["Value"]["Timestamp"]) == end
+        assert s["Value"]["Value"] == sim.archive(sim.stream(s["WebId"]).tag.webid, end, end)[0][1]
+    paged = get(sim, f"/assetdatabases/{db}/eventframes", startTime="*-3h", endTime="*", startIndex=1, maxCount=2)
+    assert [f["WebId"] for f in paged.json()["Items"]] == [f["WebId"] for f in items[1:3]]
+    assert get(sim, f"/assetdatabases/{db}/eventframes", searchMode="Backward").status_code == 400
+    els = get(sim, f"/assetdatabases/{db}/elements").json()
+    validate(els, "Items[Element]")
+    assert els["Items"][0]["TemplateName"] == "UnitTemplate"
