@@ -89,30 +89,48 @@ def delta_jars() -> List[str]:
 
 def get_spark(app_name: str = "pi_stream_source", master: str = "local[2]",
               extra_conf: Optional[Dict[str, Any]] = None, warehouse: Optional[str] = None):
-    """A local SparkSession with Delta Lake, workers on this interpreter, quiet logs."""
+    """A local SparkSession with Delta Lake, workers on this interpreter, quiet logs, no UI
+    (``extra_conf={"spark.ui.enabled": "true"}`` turns it on)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     log4j = Path(__file__).with_name("resources") / "log4j2.properties"
     java_opts = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
-    builder = (SparkSession.builder.appName(app_name).master(master)
-               .config("spark.driver.extraJavaOptions", java_opts)
-               .config("spark.jars", ",".join(delta_jars()))
-               .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-               .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.driver.memory", os.environ.get("PI_STREAM_DRIVER_MEMORY", "2g"))
-               .config("spark.databricks.delta.snapshotPartitions", "2")
-               .config("spark.sql.streaming.pollingDelay", "50ms"))
+    conf: Dict[str, Any] = {
+        "spark.app.name": app_name, "spark.master": master,
+        "spark.driver.extraJavaOptions": java_opts,
+        "spark.jars": ",".join(delta_jars()),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": os.environ.get("PI_STREAM_DRIVER_MEMORY", "2g"),
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.streaming.pollingDelay": "50ms",
+    }
     if warehouse:
-        builder = builder.config("spark.sql.warehouse.dir", warehouse)
-    for key, value in (extra_conf or {}).items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+        conf["spark.sql.warehouse.dir"] = warehouse
+    conf.update(extra_conf or {})
+    spark_conf = SparkConf(loadDefaults=False).setAll([(k, str(v)) for k, v in conf.items()])
+    if SparkContext._active_spark_context is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        _start_detached_context(spark_conf)
+    spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("PI_STREAM_SPARK_LOG_LEVEL", "ERROR"))
     return spark
+
+
+def _start_detached_context(conf: Any) -> None:
+    """Start Spark's JVM in a session of its own. A terminal's Ctrl-C goes to the whole foreground
+    process group: pyspark ignores SIGINT in the JVM, but the Python workers and the streaming
+    source runner the JVM starts restore it and die mid-batch (a 1,400-line log). Outside the
+    group only the driver's Python gets the signal and can stop the query cleanly. The JVM still
+    exits with its parent: it watches the stdin pipe pyspark gives it."""
+    from pyspark import SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))

@@ -16,7 +16,7 @@ from pyspark.sql.types import StructType
 
 from . import offsets as O
 from .channel import ChannelReceiver, ShardBuffer, max_timestamp_per_tag, shard_webids
-from .errors import PIDataLossError
+from .errors import PIDataLossError, PIOptionError
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
 from .pitime import MICROS, format_ts, now_micros
@@ -155,7 +155,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def rest(self) -> PIRestClient:
         if self._rest is None:
             self._rest = PIRestClient(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout,
-                                      proxy=self.opts.proxy)
+                                      retry_for=self.opts.rest_retry_timeout, proxy=self.opts.proxy)
         return self._rest
 
     def shards(self) -> List[_Shard]:
@@ -163,6 +163,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         with self._lock:
             if self._shards is None:
                 opts = self.opts
+                self.rest.check_pi_web_api(opts.startup_timeout)
                 if opts.element_path:
                     element, attrs = element_attributes(self.rest, opts.element_path)
                     self._shards = [_Shard(0, attrs, element)]
@@ -542,6 +543,10 @@ class PIWebSocketDataSource(DataSource):
 
     def schema(self) -> StructType:
         return CONTRACT_SCHEMA
+
+    def reader(self, schema: StructType) -> Any:
+        raise PIOptionError("pi_websocket is a streaming source: use spark.readStream.format('pi_websocket') "
+                            "(with .trigger(availableNow=True) for a run that stops by itself)")
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:
         return PIStreamReader(self._parsed)
