@@ -130,7 +130,43 @@ def _start_detached_context(conf: Any) -> None:
     source runner the JVM starts restore it and die mid-batch (a 1,400-line log). Outside the
     group only the driver's Python gets the signal and can stop the query cleanly. The JVM still
     exits with its parent: it watches the stdin pipe pyspark gives it."""
+    import subprocess
+    import threading
+
     from pyspark import SparkContext
     from pyspark.java_gateway import launch_gateway
 
-    SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))
+    gateway = launch_gateway(conf, popen_kwargs={"start_new_session": True, "stderr": subprocess.PIPE})
+    threading.Thread(target=forward_stderr, args=(gateway.proc.stderr, sys.stderr), name="spark-stderr",
+                     daemon=True).start()
+    SparkContext(conf=conf, gateway=gateway)
+
+
+#: last lines of the traceback pyspark's streaming source runner prints each time a query stops
+#: (its loop only ends when the JVM closes the socket): noise, not an error
+_RUNNER_SHUTDOWN = ("BrokenPipeError", "ConnectionResetError", "EOFError")
+
+
+def forward_stderr(source: Any, sink: Any) -> None:
+    """Copy the JVM's stderr (and its Python children's) to ``sink``, line by line, leaving out the
+    streaming source runner's traceback at query stop. Every other line, traceback or not, is kept."""
+    block: List[str] = []
+    for raw in iter(source.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        if not block and not line.startswith("Traceback (most recent call last):"):
+            sink.write(line)
+            sink.flush()
+            continue
+        block.append(line)
+        if line[:1].isspace() or line.strip() == "" or line.startswith(("Traceback", "During handling")):
+            continue
+        text = "".join(block)      # the block ended with its exception line
+        if not ("python_streaming_source_runner.py" in text and line.startswith(_RUNNER_SHUTDOWN)):
+            sink.write(text)
+            sink.flush()
+        else:
+            log.debug("streaming source runner exited at query stop: %s", line.strip())
+        block = []
+    if block:
+        sink.write("".join(block))
+        sink.flush()

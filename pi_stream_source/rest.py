@@ -199,7 +199,7 @@ class PIRestClient:
                 delay = min(delay * 2, 5.0)
                 continue
             if resp.status_code in (401, 403, 407):
-                raise error_from_status("GET /", resp.status_code, resp.content, self.credentials.auth_type,
+                raise error_from_status(f"PI Web API at option 'url' {self.base_url}", resp.status_code, resp.content, self.credentials.auth_type,
                                         resp.headers.get("WWW-Authenticate"), self.credentials)
             if resp.status_code == 200 and _is_links_document(resp.content):
                 return True

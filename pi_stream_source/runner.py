@@ -247,6 +247,8 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
     """Run the stream of ``cfg`` until ``stop`` is set, ``seconds`` have passed, or the query ends,
     printing a line per micro-batch. Returns the exit code: 0 after a graceful stop or a finished
     availableNow run, 1 if the query failed (one line; the whole error with ``verbose``)."""
+    from pyspark.errors import StreamingQueryException
+
     created = False
     if spark is None:
         spark, created = get_session(cfg)
@@ -260,7 +262,10 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
     shown: Dict[str, Any] = {}
     try:
         while True:
-            ended = query.awaitTermination(poll_seconds)
+            try:
+                ended = query.awaitTermination(poll_seconds)
+            except StreamingQueryException:     # it failed: query.exception() below says why
+                ended = True
             _print_progress(query, shown)
             if ended:
                 break
