@@ -52,11 +52,13 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
 
     from .delta import optimize, table_stats, vacuum
     from .local_spark import get_spark
-    from .runner import failure_line
+    from .runner import failure_line, on_databricks
 
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.getActiveSession() or get_spark("pi-stream-maintain")
+    # a Databricks job (python wheel task) has the runtime's session; elsewhere a local one
+    spark = SparkSession.getActiveSession() or (SparkSession.builder.getOrCreate() if on_databricks()
+                                                else get_spark("pi-stream-maintain"))
     step = "--stats"
     try:
         if args.optimize:
