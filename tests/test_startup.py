@@ -11,7 +11,6 @@ import pytest
 
 from pi_stream_source.errors import PIOptionError
 from pi_stream_source.options import parse_options
-from pi_stream_source.runner import failure_line, progress_line
 
 
 def _closed_port() -> int:
@@ -22,6 +21,8 @@ def _closed_port() -> int:
 
 def _failure(spark, tmp_path, url: str, webids: str, **options: str) -> tuple:
     """Start a stream, wait for it to end; (seconds from start() to the end, the one-line failure)."""
+    from pi_stream_source.runner import failure_line
+
     df = spark.readStream.format("pi_websocket").option("url", url).option("webIds", webids).options(**options).load()
     started = time.monotonic()
     query = df.writeStream.format("memory").queryName(f"q{int(started * 1000)}") \
@@ -77,6 +78,8 @@ def test_batch_read_says_the_source_is_streaming_only(spark):
 
 
 def test_progress_line_tolerates_missing_metrics():
+    from pi_stream_source.runner import progress_line
+
     report = '{"totals": {"maxLagSeconds": 0.8, "channelsOpen": 2, "channels": 3, "reconnects": 4, "gapFills": 1}}'
     line = progress_line({"batchId": 7, "numInputRows": 1200, "durationMs": {"triggerExecution": 450},
                           "sources": [{"latestOffset": report}]},
