@@ -92,6 +92,7 @@ def test_ctrl_c_to_the_process_group_commits_stops_and_exits_0(spark, simulator,
     out = run.text
     assert code == 0, out[-4000:]
     assert "stopped cleanly" in out and not [n for n in NOISE if n in out], out[-4000:]
+    assert "trigger every 1 second" in out
     assert len(run.lines) < 40, out
     batches = [json.loads(x) for x in re.findall(r"batch \d+: ([\d,]+) rows", out.replace(",", ""))]
     assert sum(batches) > 0
