@@ -194,13 +194,18 @@ class PIRestClient:
                 time.sleep(delay * random.uniform(0.75, 1.0))
                 delay = min(delay * 2, 5.0)
                 continue
-            if resp.status_code >= 500 and time.monotonic() + delay <= deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
+            if resp.status_code >= 500 or resp.status_code == 429:      # up, but not ready (a restart)
+                if time.monotonic() + delay <= deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise error_from_status(f"PI Web API at option 'url' {self.base_url} kept failing for {timeout:g} s "
+                                        "(option startupTimeout)", resp.status_code, resp.content,
+                                        credentials=self.credentials)
             if resp.status_code in (401, 403, 407):
-                raise error_from_status(f"PI Web API at option 'url' {self.base_url}", resp.status_code, resp.content, self.credentials.auth_type,
-                                        resp.headers.get("WWW-Authenticate"), self.credentials)
+                raise error_from_status(f"PI Web API at option 'url' {self.base_url}", resp.status_code, resp.content,
+                                        self.credentials.auth_type, resp.headers.get("WWW-Authenticate"),
+                                        self.credentials)
             if resp.status_code == 200 and _is_links_document(resp.content):
                 return True
             raise PINotFoundError(f"no PI Web API at option 'url' {self.base_url}: GET {self.base_url}/ answered "

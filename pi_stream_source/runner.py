@@ -183,6 +183,11 @@ def _source_report(progress: Dict[str, Any]) -> Dict[str, Any]:
     return report if isinstance(report, dict) else {}
 
 
+#: cumulative counters of the source's report: (key, label, shown even when 0)
+_COUNTERS = (("reconnects", "reconnects", True), ("gapFills", "gap fills", True), ("gapValues", "gap values", False),
+             ("malformedFrames", "malformed frames", False), ("valueErrors", "value errors", False))
+
+
 def progress_line(progress: Dict[str, Any], previous: Optional[Dict[str, Any]] = None) -> str:
     """One line per micro-batch from a ``lastProgress`` dict. Missing keys are left out (the
     source's report changes between versions); ``previous`` (the source totals of the batch
@@ -201,14 +206,14 @@ def progress_line(progress: Dict[str, Any], previous: Optional[Dict[str, Any]] =
         parts.append(f"lag {lag:.1f} s")
     if "channelsOpen" in totals and "channels" in totals:
         parts.append(f"channels {totals['channelsOpen']}/{totals['channels']} open")
-    prev = (previous or {}).get("totals") if isinstance((previous or {}).get("totals"), dict) else {}
-    for key, label in (("reconnects", "reconnects"), ("gapFills", "gap fills"), ("gapValues", "gap values"),
-                       ("malformedFrames", "malformed frames"), ("valueErrors", "value errors")):
-        value = totals.get(key)
-        if isinstance(value, int):
-            since = value - prev.get(key, 0) if isinstance(prev.get(key), int) and prev.get(key) <= value else value
-            if key in ("reconnects", "gapFills") or since:
-                parts.append(f"{label} {value:,}" + (f" (+{since:,})" if since and prev else ""))
+    prev = (previous or {}).get("totals")
+    prev = prev if isinstance(prev, dict) else {}
+    for key, label, always in _COUNTERS:
+        value, before = totals.get(key), prev.get(key)
+        if not isinstance(value, int) or not (always or value):
+            continue
+        grew = value - before if isinstance(before, int) and before < value else 0
+        parts.append(f"{label} {value:,}" + (f" (+{grew:,})" if grew else ""))
     if report.get("dataLoss"):
         parts.append(f"DATA LOSS reported ({len(report['dataLoss'])})")
     return ", ".join(parts)
