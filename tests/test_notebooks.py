@@ -120,7 +120,7 @@ def test_notebooks_stream_explore_maintain(spark, simulator, secret_scope, tmp_p
     ns = run_notebook("stream_to_delta", spark, {
         "url": sim.url, "tags": ",".join(webids), "table": table, "checkpoint": str(tmp_path / "ck"),
         "trigger_interval": "1 second", "tags_per_channel": "3", "starting_position": "*-30s",
-        "run_seconds": "30"})
+        "run_seconds": "60"})
     assert not ns["query"].isActive and ns["query"].exception() is None
     # the notebook passes only the names of the secrets: the source read them from the scope
     assert ns["options"]["secretScope"] == "pi_web_api" and secret_scope.reads >= 2
@@ -128,7 +128,7 @@ def test_notebooks_stream_explore_maintain(spark, simulator, secret_scope, tmp_p
     assert sim.config.password not in json.dumps(ns["query"].recentProgress, default=str)
     landed = spark.read.format("delta").load(table)
     rows = landed.count()
-    assert rows > 0
+    assert rows > 0, ns["query"].recentProgress[-3:]
     assert {r.tag_webid for r in landed.select("tag_webid").distinct().collect()} == set(webids)
     archive = {(w, ts) for w, vals in sim.expected_archive(webids, start_us=0).items() for ts, _ in vals}
     keys = {(r.tag_webid, r.ts) for r in landed.select("tag_webid", F.unix_micros("timestamp").alias("ts")).collect()}
