@@ -46,13 +46,15 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
     if args.vacuum is not None and args.vacuum < 0:
         print(f"pi-stream maintain: --vacuum must be hours >= 0, got {args.vacuum:g}", file=sys.stderr)
         return 2
-    if table.startswith("/") and not os.path.isdir(os.path.join(table, "_delta_log")):
+    from .runner import on_databricks
+
+    if table.startswith("/") and not on_databricks() and not os.path.isdir(os.path.join(table, "_delta_log")):
         print(f"pi-stream maintain: --table {args.table}: no Delta table at {table}", file=sys.stderr)
         return 2
 
     from .delta import optimize, table_stats, vacuum
     from .local_spark import get_spark
-    from .runner import failure_line, on_databricks
+    from .runner import failure_line
 
     from pyspark.sql import SparkSession
 
@@ -72,7 +74,8 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
             step = "--stats"
             print(json.dumps(table_stats(spark, table), indent=2, default=str))
     except Exception as exc:     # Spark/Delta errors: one line naming the step (the whole with -v)
-        print(f"pi-stream maintain: {step}: {_low_retention(exc) or failure_line(exc)}", file=sys.stderr)
+        refused = _low_retention(exc) if step.startswith("--vacuum") else None
+        print(f"pi-stream maintain: {step}: {refused or failure_line(exc)}", file=sys.stderr)
         if getattr(args, "verbose", False):
             print(str(exc), file=sys.stderr)
         return 1
