@@ -109,7 +109,7 @@ def test_wrong_password_is_one_clear_line(simulator, tmp_path):
         "pi_web_api_url": sim.url, "auth": {"type": "basic", "username": sim.config.username,
                                             "password": "not-the-password"},
         "tags": [t.webid for t in sim.tags], "table": "./table", "checkpoint": "./ck", "warehouse": "./wh"}))
-    run = Console(["run", "--config", "run.json", "--no-spark-ui"], tmp_path)
+    run = Console(["run", "--config", "run.json"], tmp_path)
     code = run.wait(240)
     out = run.text
     assert code == 1, out
@@ -122,7 +122,7 @@ def test_wrong_password_is_one_clear_line(simulator, tmp_path):
 
 def test_verbose_shows_the_whole_error(tmp_path):
     run = Console(["run", "-v", "--url", f"http://127.0.0.1:{_free_port()}/piwebapi", "--tags", "F1DPAAAA",
-                   "--table", "./t", "--no-spark-ui", "--option", "startupTimeout=1s"], tmp_path)
+                   "--table", "./t", "--option", "startupTimeout=1s"], tmp_path)
     code = run.wait(240)
     out = run.text
     assert code == 1, out

@@ -206,6 +206,8 @@ def test_the_install_line_installs_the_wheel_the_bundle_builds(tmp_path):
     import subprocess
     import sys
 
+    # the venv's own view: no PYTHONPATH pointing at this tree (pip would call the package installed)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "VIRTUAL_ENV"))}
     out = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
                    check=True, timeout=600, cwd=tmp_path, capture_output=True)
@@ -217,11 +219,11 @@ def test_the_install_line_installs_the_wheel_the_bundle_builds(tmp_path):
         assert Path(target).name == wheel.name, f"{name} installs {target}, the build makes {wheel.name}"
     # the line, with its path mapped to the wheel built here (a Databricks runtime brings pyspark)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    str(wheel)], check=True, timeout=900)
+                    str(wheel)], check=True, timeout=900, env=env)
     version = subprocess.run([str(venv / "bin" / "pi-stream"), "--version"], capture_output=True, text=True,
-                             timeout=120, cwd=tmp_path)
+                             timeout=120, cwd=tmp_path, env=env)
     assert version.returncode == 0 and version.stdout.startswith("pi-stream "), version.stderr
     imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import pi_stream_source.options, "
                                "pi_stream_source.rest; print(pi_stream_source.__file__)"],
-                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert imported.returncode == 0 and imported.stdout.startswith(str(venv)), imported.stderr
