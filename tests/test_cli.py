@@ -34,10 +34,10 @@ def _env() -> dict:
 class Console:
     """A child process whose merged output is read as it comes, with the time of each line."""
 
-    def __init__(self, args: List[str], cwd: Path, new_session: bool = True) -> None:
+    def __init__(self, args: List[str], cwd: Path, new_session: bool = True, **env: str) -> None:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(PI_STREAM + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=cwd, env=_env(), start_new_session=new_session)
+                                     cwd=cwd, env={**_env(), **env}, start_new_session=new_session)
         self.lines: List[Tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -207,12 +207,15 @@ def test_scheduled_available_now_runs_fill_the_gap_between_them_exactly_once(spa
     (from the archive), once; each run prints its batches and exits 0 by itself."""
     sim = simulator(tags=4, rate=5, seed=23)
     table, checkpoint = str(tmp_path / "table"), str(tmp_path / "ck")
-    args = ["run", "--url", sim.url, "--tags", ",".join(t.webid for t in sim.tags), "--starting-position", "*-10s",
-            "--trigger", "availableNow", "--table", table, "--checkpoint", checkpoint,
-            "--warehouse", str(tmp_path / "wh"), "--no-spark-ui"]
+    # other zones than UTC on purpose: the process's (TZ) and Spark's session zone, each its own
+    (tmp_path / "run.json").write_text(json.dumps({
+        "url": sim.url, "tags": [t.webid for t in sim.tags], "starting_position": "*-10s", "trigger": "availableNow",
+        "table": table, "checkpoint": checkpoint, "warehouse": str(tmp_path / "wh"),
+        "spark_conf": {"spark.sql.session.timeZone": "America/Los_Angeles"}}))
+    args = ["run", "--config", "run.json", "--no-spark-ui"]
     outputs = []
     for _ in range(2):
-        run = Console(args, tmp_path)
+        run = Console(args, tmp_path, TZ="Asia/Kolkata")
         code = run.wait(300)
         assert code == 0, run.text[-3000:]
         assert "trigger availableNow" in run.text and re.search(r"batch \d+: [1-9]", run.text), run.text
