@@ -82,6 +82,12 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs_extra(command: str, extra: str, missing: str) -> int:
+    print(f"pi-stream {command} needs the [{extra}] extra ({missing} is not installed): "
+          f"pip install 'pi_stream_source-<version>-py3-none-any.whl[{extra}]'", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi-stream", description="PI Web API channels → Spark → Delta Lake")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -98,12 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output")
     demo.set_defaults(func=_cmd_demo)
 
-    from .simulator.cli import add_simulate_arguments, run_simulate
-
     sim = sub.add_parser("simulate", help="run the PI Web API simulator standalone",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_simulate_arguments(sim)
-    sim.set_defaults(func=run_simulate)
+    try:   # the simulator needs aiohttp ([simulator] extra); run, maintain and --version must not
+        from .simulator.cli import add_simulate_arguments, run_simulate
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        sim.set_defaults(func=lambda _args: _needs_extra("simulate", "simulator", missing))
+    else:
+        add_simulate_arguments(sim)
+        sim.set_defaults(func=run_simulate)
 
     from .runner import add_run_arguments, run_from_args
 
