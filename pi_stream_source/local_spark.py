@@ -137,7 +137,7 @@ def _start_detached_context(conf: Any) -> None:
     from pyspark.java_gateway import launch_gateway
 
     gateway = launch_gateway(conf, popen_kwargs={"start_new_session": True, "stderr": subprocess.PIPE})
-    threading.Thread(target=forward_stderr, args=(gateway.proc.stderr, sys.stderr), name="spark-stderr",
+    threading.Thread(target=forward_stderr, args=(gateway.proc.stderr, _write_stderr), name="spark-stderr",
                      daemon=True).start()
     SparkContext(conf=conf, gateway=gateway)
 
@@ -147,26 +147,50 @@ def _start_detached_context(conf: Any) -> None:
 _RUNNER_SHUTDOWN = ("BrokenPipeError", "ConnectionResetError", "EOFError")
 
 
-def forward_stderr(source: Any, sink: Any) -> None:
-    """Copy the JVM's stderr (and its Python children's) to ``sink``, line by line, leaving out the
-    streaming source runner's traceback at query stop. Every other line, traceback or not, is kept."""
+def _write_stderr(text: str) -> None:
+    """To file descriptor 2 itself: ``sys.stderr`` may be swapped (pytest's capture) or closed,
+    and the JVM blocks once a pipe nobody reads is full."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:   # stderr closed: the lines are dropped, the pipe is still drained
+        pass
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+_CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+def forward_stderr(source: Any, write: Any) -> None:
+    """Copy the JVM's stderr (and its Python children's) with ``write``, line by line, leaving out
+    the streaming source runner's traceback (chained ones included) at query stop. Every other
+    line, traceback or not, is kept."""
     block: List[str] = []
+    last = ""                      # the block's exception line, once its frames are over
+
+    def flush() -> None:
+        text = "".join(block)
+        if "python_streaming_source_runner.py" in text and last.startswith(_RUNNER_SHUTDOWN):
+            log.debug("streaming source runner exited at query stop: %s", last.strip())
+        else:
+            write(text)
+
     for raw in iter(source.readline, b""):
         line = raw.decode("utf-8", "replace")
-        if not block and not line.startswith("Traceback (most recent call last):"):
-            sink.write(line)
-            sink.flush()
+        if block and not last:                 # frames, or a chained traceback's start
+            block.append(line)
+            if line.strip() and not line[:1].isspace() and not line.startswith((_TRACEBACK,) + _CHAIN):
+                last = line
             continue
-        block.append(line)
-        if line[:1].isspace() or line.strip() == "" or line.startswith(("Traceback", "During handling")):
-            continue
-        text = "".join(block)      # the block ended with its exception line
-        if not ("python_streaming_source_runner.py" in text and line.startswith(_RUNNER_SHUTDOWN)):
-            sink.write(text)
-            sink.flush()
+        if block:                              # after the exception line: a chain, or the end
+            if not line.strip() or line.startswith(_CHAIN):
+                block.append(line)
+                last = "" if line.startswith(_CHAIN) else last
+                continue
+            flush()
+            block, last = [], ""
+        if line.startswith(_TRACEBACK):
+            block = [line]
         else:
-            log.debug("streaming source runner exited at query stop: %s", line.strip())
-        block = []
+            write(line)
     if block:
-        sink.write("".join(block))
-        sink.flush()
+        flush()

@@ -224,3 +224,25 @@ def test_scheduled_available_now_runs_fill_the_gap_between_them_exactly_once(spa
     assert_prefix_exact(spark, table, sim, checkpoint_start(checkpoint))
     sources = {r.source for r in spark.read.format("delta").load(table).select("source").distinct().collect()}
     assert "backfill" in sources or "replay" in sources, sources     # the gap came from the archive
+
+
+def test_jvm_stderr_forwarding_drops_only_the_runner_stop_traceback():
+    """What Spark's JVM and its Python children print reaches the console, but for the traceback
+    pyspark's streaming source runner prints each time a query stops (chained, as it comes)."""
+    import io
+
+    from pi_stream_source.local_spark import forward_stderr
+
+    runner_stop = ('Traceback (most recent call last):\n'
+                   '  File "/x/pyspark/sql/streaming/python_streaming_source_runner.py", line 265, in main\n'
+                   'ConnectionResetError: [Errno 104] Connection reset by peer\n\n'
+                   'During handling of the above exception, another exception occurred:\n\n'
+                   'Traceback (most recent call last):\n'
+                   '  File "/x/pyspark/sql/streaming/python_streaming_source_runner.py", line 299, in main\n'
+                   'BrokenPipeError: [Errno 32] Broken pipe\n')
+    real = 'Traceback (most recent call last):\n  File "/x/python_streaming_source_runner.py", line 9\nValueError: bad\n'
+    other = 'Traceback (most recent call last):\n  File "job.py", line 2\nBrokenPipeError: elsewhere\n'
+    text = "26/12/04 ERROR a log line\n" + runner_stop + "between\n" + real + "\n" + other
+    out: List[str] = []
+    forward_stderr(io.BytesIO(text.encode()), out.append)
+    assert "".join(out) == "26/12/04 ERROR a log line\nbetween\n" + real + "\n" + other
