@@ -42,11 +42,13 @@ def test_wheel_installs_in_a_fresh_venv_and_its_entry_point_streams(wheel, simul
     py = venv / "bin" / "python"
     started = time.monotonic()
     # [spark] brings pyspark, delta-spark and pandas (Databricks runtimes have their own), [simulator] aiohttp
+    # the venv's own view: no PYTHONPATH pointing at this tree
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "VIRTUAL_ENV"))}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"{wheel}[spark,simulator]"], check=True, timeout=600)
+                    f"{wheel}[spark,simulator]"], check=True, timeout=600, env=clean)
     install_s = time.monotonic() - started
     where = subprocess.run([str(py), "-c", "import pi_stream_source, pyspark; print(pi_stream_source.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+                           check=True, capture_output=True, text=True, cwd=tmp_path, env=clean).stdout
     assert where.startswith(str(venv)), where
 
     sim = simulator(tags=4, rate=5, seed=9)
