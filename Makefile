@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench bench-quick install jars clean
+.PHONY: demo test bench bench-quick install jars wheel clean
 
 $(STAMP): setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -18,6 +18,10 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 jars: $(STAMP)
+
+# the wheel the bundle deploys and notebooks %pip install: dist/pi_stream_source-<version>-py3-none-any.whl
+wheel: $(STAMP)
+	$(PY) -m build --wheel
 
 demo: $(STAMP)
 	$(PY) -m pi_stream_source.cli demo $(ARGS)

@@ -21,7 +21,8 @@ setup(
     ],
     extras_require={
         # pyspark[connect] brings what `spark-pipelines` (open-source declarative pipelines) needs
-        "spark": ["pyspark[connect]==4.2.0", "delta-spark==4.4.1", "pandas>=2.0,<3"],
+        # pyyaml: `pi-stream run --config run.yml` at the edge
+        "spark": ["pyspark[connect]==4.2.0", "delta-spark==4.4.1", "pandas>=2.0,<3", "pyyaml>=6"],
         "simulator": ["aiohttp>=3.9,<4"],
         # python-gssapi builds against MIT krb5: apt-get install libkrb5-dev (gcc) first
         "kerberos": ["gssapi>=1.8"],

@@ -73,7 +73,11 @@ quality = df.agg(
     F.sum(F.when(F.col("substituted"), 1).otherwise(0)).alias("substituted"),
     F.sum(F.when(F.col("is_system_state"), 1).otherwise(0)).alias("system_states"),
     F.sum(F.when(F.col("error").isNotNull(), 1).otherwise(0)).alias("errors"),
-    F.max(F.col("ingestion_timestamp").cast("double") - F.col("timestamp").cast("double")).alias("max_latency_s"),
+    # latency of live values only: backfill and replay rows are old by design (an outage's gap)
+    F.max(F.when(F.col("source") == "live", F.col("ingestion_timestamp").cast("double")
+                 - F.col("timestamp").cast("double"))).alias("max_live_latency_s"),
+    F.percentile_approx(F.when(F.col("source") == "live", F.col("ingestion_timestamp").cast("double")
+                               - F.col("timestamp").cast("double")), 0.95).alias("p95_live_latency_s"),
 )
 quality_row = quality.first()
 display(quality)

@@ -3,6 +3,12 @@
 # MAGIC # Maintain the PI bronze table
 # MAGIC OPTIMIZE (Z-order by tag and time), VACUUM, and statistics. Run by the bundle's scheduled
 # MAGIC maintenance job; safe to run while the stream writes (Delta handles the concurrency).
+# MAGIC The bundle's maintenance job runs the same steps as `pi-stream maintain`; run by hand, this
+# MAGIC notebook installs the wheel first (upload it as described in `stream_to_delta`).
+
+# COMMAND ----------
+
+# MAGIC %pip install /Volumes/main/pi/wheels/pi_stream_source-0.1.0-py3-none-any.whl
 
 # COMMAND ----------
 

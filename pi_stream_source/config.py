@@ -324,14 +324,15 @@ def parse_config(raw: Mapping[str, Any], base_dir: Optional[Union[str, Path]] = 
             checkpoint = table.rstrip("/") + "_checkpoint"
         else:
             raise PIOptionError(f"config 'checkpoint' is required for catalog table {table!r} "
-                                "(e.g. /Volumes/<catalog>/<schema>/checkpoints/<table>)")
+                                "(e.g. /Volumes/<catalog>/<schema>/checkpoints/<table>); on local Spark (not "
+                               "Databricks) target 'delta' needs 'table' to be a directory instead")
 
     if values.get("trigger") not in (None, "") and values.get("flush_interval_seconds") not in (None, ""):
         raise PIOptionError("config: give either 'trigger' or 'flush_interval_seconds', not both")
     trigger: Optional[str] = "1 second"
     if values.get("flush_interval_seconds") not in (None, ""):
         secs = _seconds(values["flush_interval_seconds"], "flush_interval_seconds")
-        trigger = f"{secs:g} seconds" if secs else None
+        trigger = (f"{secs:g} second" + ("" if secs == 1 else "s")) if secs else None
     elif values.get("trigger") not in (None, ""):
         trigger = str(values["trigger"]).strip()     # Spark parses intervals such as "10 seconds"
         if trigger.replace("_", "").lower() == "availablenow":

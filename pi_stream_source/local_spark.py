@@ -89,30 +89,108 @@ def delta_jars() -> List[str]:
 
 def get_spark(app_name: str = "pi_stream_source", master: str = "local[2]",
               extra_conf: Optional[Dict[str, Any]] = None, warehouse: Optional[str] = None):
-    """A local SparkSession with Delta Lake, workers on this interpreter, quiet logs."""
+    """A local SparkSession with Delta Lake, workers on this interpreter, quiet logs, no UI
+    (``extra_conf={"spark.ui.enabled": "true"}`` turns it on)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     log4j = Path(__file__).with_name("resources") / "log4j2.properties"
     java_opts = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
-    builder = (SparkSession.builder.appName(app_name).master(master)
-               .config("spark.driver.extraJavaOptions", java_opts)
-               .config("spark.jars", ",".join(delta_jars()))
-               .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-               .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.driver.memory", os.environ.get("PI_STREAM_DRIVER_MEMORY", "2g"))
-               .config("spark.databricks.delta.snapshotPartitions", "2")
-               .config("spark.sql.streaming.pollingDelay", "50ms"))
+    conf: Dict[str, Any] = {
+        "spark.app.name": app_name, "spark.master": master,
+        "spark.driver.extraJavaOptions": java_opts,
+        "spark.jars": ",".join(delta_jars()),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": os.environ.get("PI_STREAM_DRIVER_MEMORY", "2g"),
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.streaming.pollingDelay": "50ms",
+    }
     if warehouse:
-        builder = builder.config("spark.sql.warehouse.dir", warehouse)
-    for key, value in (extra_conf or {}).items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+        conf["spark.sql.warehouse.dir"] = warehouse
+    conf.update(extra_conf or {})
+    spark_conf = SparkConf(loadDefaults=False).setAll([(k, str(v)) for k, v in conf.items()])
+    if SparkContext._active_spark_context is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        _start_detached_context(spark_conf)
+    spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("PI_STREAM_SPARK_LOG_LEVEL", "ERROR"))
     return spark
+
+
+def _start_detached_context(conf: Any) -> None:
+    """Start Spark's JVM in a session of its own. A terminal's Ctrl-C goes to the whole foreground
+    process group: pyspark ignores SIGINT in the JVM, but the Python workers and the streaming
+    source runner the JVM starts restore it and die mid-batch (a 1,400-line log). Outside the
+    group only the driver's Python gets the signal and can stop the query cleanly. The JVM still
+    exits with its parent: it watches the stdin pipe pyspark gives it."""
+    import subprocess
+    import threading
+
+    from pyspark import SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    gateway = launch_gateway(conf, popen_kwargs={"start_new_session": True, "stderr": subprocess.PIPE})
+    threading.Thread(target=forward_stderr, args=(gateway.proc.stderr, _write_stderr), name="spark-stderr",
+                     daemon=True).start()
+    SparkContext(conf=conf, gateway=gateway)
+
+
+#: last lines of the traceback pyspark's streaming source runner prints each time a query stops
+#: (its loop only ends when the JVM closes the socket): noise, not an error
+_RUNNER_SHUTDOWN = ("BrokenPipeError", "ConnectionResetError", "EOFError")
+
+
+def _write_stderr(text: str) -> None:
+    """To file descriptor 2 itself: ``sys.stderr`` may be swapped (pytest's capture) or closed,
+    and the JVM blocks once a pipe nobody reads is full."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:   # stderr closed: the lines are dropped, the pipe is still drained
+        pass
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+_CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+def forward_stderr(source: Any, write: Any) -> None:
+    """Copy the JVM's stderr (and its Python children's) with ``write``, line by line, leaving out
+    the streaming source runner's traceback (chained ones included) at query stop. Every other
+    line, traceback or not, is kept."""
+    block: List[str] = []
+    last = ""                      # the block's exception line, once its frames are over
+
+    def flush() -> None:
+        text = "".join(block)
+        if "python_streaming_source_runner.py" in text and last.startswith(_RUNNER_SHUTDOWN):
+            log.debug("streaming source runner exited at query stop: %s", last.strip())
+        else:
+            write(text)
+
+    for raw in iter(source.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        if block and not last:                 # frames, or a chained traceback's start
+            block.append(line)
+            if line.strip() and not line[:1].isspace() and not line.startswith((_TRACEBACK,) + _CHAIN):
+                last = line
+            continue
+        if block:                              # after the exception line: a chain, or the end
+            if not line.strip() or line.startswith(_CHAIN):
+                block.append(line)
+                last = "" if line.startswith(_CHAIN) else last
+                continue
+            flush()
+            block, last = [], ""
+        if line.startswith(_TRACEBACK):
+            block = [line]
+        else:
+            write(line)
+    if block:
+        flush()

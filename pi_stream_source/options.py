@@ -3,6 +3,7 @@ connection is made. Option keys are case-insensitive (Spark lower-cases them).""
 from __future__ import annotations
 
 import base64
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "maxBufferRecords": ("2000000", "rows all channels together hold in memory before they stop reading (backpressure)"),
     "recordedPageSize": ("10000", "maxCount of each streamsets/recorded call when filling gaps"),
     "connectTimeout": ("30s", "timeout for HTTP requests and the WebSocket handshake"),
+    "startupTimeout": ("10s", "at start, how long PI Web API may be unreachable (GET {url}/ is retried) before the "
+                       "query fails naming option url and the cause"),
+    "restRetryTimeout": ("120s", "later, how long a REST call is retried while PI Web API is unreachable or "
+                         "answers 5xx/429 (a PI Web API restart) before the query fails"),
     "maxBackfill": ("7d", "longest gap filled from the archive (after a restart or reconnect, or from a "
                           "startingPosition time); longer is data loss"),
     "failOnDataLoss": ("true", "true: a gap longer than maxBackfill fails the query; false: log, report, go on"),
@@ -204,6 +209,8 @@ class SourceOptions:
     replay_tags_per_partition: int = 200
     replay_chunk: float = 3600.0
     rows_per_partition: int = 200_000
+    startup_timeout: float = 10.0
+    rest_retry_timeout: float = 120.0
     start_time: Optional[int] = None
     proxy: Optional[ProxyConfig] = None
     extra: Dict[str, str] = field(default_factory=dict)
@@ -222,6 +229,21 @@ class SourceOptions:
                 f"credentials={self.credentials!r}, proxy={self.proxy!r}, startingPosition={self.starting_position!r})")
 
 
+def unknown_option(key: str) -> PIOptionError:
+    """The error for an option we do not have, with the nearest names (Spark lower-cases keys,
+    so the match ignores case; the user's spelling is kept)."""
+    close = difflib.get_close_matches(key.lower(), list(_BY_LOWER), n=3, cutoff=0.75)
+    hint = f" (did you mean {' or '.join(_BY_LOWER[c] for c in close)}?)" if close else ""
+    return PIOptionError(f"unknown option '{key}'{hint}; allowed options: {', '.join(sorted(OPTIONS))}")
+
+
+def check_option_names(raw: Mapping[str, Any]) -> None:
+    """Raise :func:`unknown_option` for the first key that is not an option (no other check, no I/O)."""
+    for key in raw:
+        if str(key).lower() not in _BY_LOWER and str(key).lower() != "path":
+            raise unknown_option(str(key))
+
+
 def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> SourceOptions:
     """Validate ``raw`` (as Spark passes it: keys possibly lower-cased) and return typed options.
     Raises ``PIOptionError`` naming the option and what is allowed. ``require_streams=False``: the
@@ -235,7 +257,7 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
             if str(key).lower() == "bridgemargin":
                 raise PIOptionError("option 'bridgeMargin' is gone: each channel's cutoff is PI's own newest value "
                                     "when it opens, so no margin is needed; remove the option")
-            raise PIOptionError(f"unknown option '{key}'; allowed options: {', '.join(sorted(OPTIONS))}")
+            raise unknown_option(str(key))
         opts[canon] = "" if value is None else str(value)
     for name, (default, _) in OPTIONS.items():
         if default is not None:
@@ -380,6 +402,8 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
         max_buffer_records=_int(opts, "maxBufferRecords", 1000),
         recorded_page_size=_int(opts, "recordedPageSize", 1, 150_000),
         connect_timeout=_duration(opts, "connectTimeout"),
+        startup_timeout=_duration(opts, "startupTimeout"),
+        rest_retry_timeout=_duration(opts, "restRetryTimeout"),
         paths=paths, data_server=data_server, name_filter=name_filter, element_path=element_path,
         max_backfill=max_backfill,
         fail_on_data_loss=fail,

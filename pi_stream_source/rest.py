@@ -126,8 +126,12 @@ class PIRestClient:
                              and "TLS" not in str(exc)) or \
                     (status is not None and (status >= 500 or status == 429))
                 if not retriable or time.monotonic() + delay > deadline:
+                    if isinstance(exc, PIConnectionError) and not isinstance(exc, PITLSError):
+                        raise PIConnectionError(f"{exc}; gave up after {self.retry_for:g} s (option "
+                                                "restRetryTimeout); check option 'url'") from None
                     raise
-                log.warning("%s; retrying in %.1fs", exc, delay)
+                log.warning("%s; retrying in %.1fs (for up to %g s, option restRetryTimeout)", exc, delay,
+                            self.retry_for)
                 time.sleep(delay * random.uniform(0.75, 1.0))
                 delay = min(delay * 2, 10.0)
 
@@ -147,7 +151,7 @@ class PIRestClient:
 
             raise proxy_error(self.transport, exc, what) from None
         except requests.exceptions.ConnectionError as exc:
-            raise PIConnectionError(f"{what}: cannot reach {host} ({type(exc).__name__})") from None
+            raise PIConnectionError(f"{what}: cannot reach {host}: {connect_failure(exc)}") from None
         except requests.exceptions.Timeout:
             raise PIConnectionError(f"{what}: no answer from {host} within {self.timeout}s") from None
 
@@ -170,6 +174,48 @@ class PIRestClient:
             raise error_from_status(what, status if isinstance(status, int) and not isinstance(status, bool) else 500,
                                     resp.content, credentials=self.credentials)
         return doc
+
+    def check_pi_web_api(self, timeout: float) -> None:
+        """Once, before the first lookup: ``GET {url}/`` must answer PI Web API's Links document.
+        Unreachable (retried for ``timeout`` s, option startupTimeout), refused credentials, or a
+        base path where something else answers fail here with a message naming option 'url',
+        instead of a long retry or "WebIDs unknown" blaming valid WebIDs."""
+        _cached(self, "probe", "", lambda: self._probe(timeout))
+
+    def _probe(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            try:
+                resp = self._send("GET", "", None, None, "GET /")
+            except PITLSError:
+                raise
+            except PIConnectionError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise PIConnectionError(f"cannot reach PI Web API at option 'url' {self.base_url}: "
+                                            f"{str(exc).split(': ', 2)[-1]}; retried for {timeout:g} s (option "
+                                            "startupTimeout)") from None
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                time.sleep(delay * random.uniform(0.75, 1.0))
+                delay = min(delay * 2, 5.0)
+                continue
+            if resp.status_code >= 500 or resp.status_code == 429:      # up, but not ready (a restart)
+                if time.monotonic() + delay <= deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                raise error_from_status(f"PI Web API at option 'url' {self.base_url} kept failing for {timeout:g} s "
+                                        "(option startupTimeout)", resp.status_code, resp.content,
+                                        credentials=self.credentials)
+            if resp.status_code in (401, 403, 407):
+                raise error_from_status(f"PI Web API at option 'url' {self.base_url}", resp.status_code, resp.content,
+                                        self.credentials.auth_type, resp.headers.get("WWW-Authenticate"),
+                                        self.credentials)
+            if resp.status_code == 200 and _is_links_document(resp.content):
+                return True
+            raise PINotFoundError(f"no PI Web API at option 'url' {self.base_url}: GET {self.base_url}/ answered "
+                                  f"HTTP {resp.status_code} without PI Web API's Links document; check the base "
+                                  "path (usually https://<host>/piwebapi)")
 
     def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000,
                  max_url_length: int = 4096) -> Iterator[List[Dict[str, Any]]]:
@@ -229,6 +275,40 @@ class PIRestClient:
                         same = sum(1 for t in stamps if t == last)
                         pending[again] = (last, same + (skip if last == frm else 0))
                 yield streams
+
+
+def _is_links_document(body: bytes) -> bool:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    links = doc.get("Links") if isinstance(doc, dict) else None
+    return isinstance(links, dict) and any(k in links for k in ("DataServers", "AssetServers", "System"))
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, in words (the cause is buried in urllib3's wrapped exceptions)."""
+    text = ""
+    seen: List[BaseException] = []
+    cur: Optional[BaseException] = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        text += f" {type(cur).__name__} {cur}"
+        cur = cur.__cause__ or cur.__context__ or (cur.args[0] if cur.args and isinstance(cur.args[0], BaseException)
+                                                   else getattr(cur, "reason", None))
+    low = text.lower()
+    for needle, words in (("refused", "connection refused (nothing listens on that host and port)"),
+                          ("name or service not known", "host name not found (DNS)"),
+                          ("nodename nor servname", "host name not found (DNS)"),
+                          ("failed to resolve", "host name not found (DNS)"),
+                          ("temporary failure in name resolution", "host name not found (DNS)"),
+                          ("unreachable", "network unreachable"),
+                          ("timed out", "connection timed out"),
+                          ("reset by peer", "connection reset by the server"),
+                          ("remotedisconnected", "the server closed the connection without answering")):
+        if needle in low:
+            return words
+    return type(exc).__name__
 
 
 MAX_RETURNED_ITEMS = 150_000   # PI Web API's MaxReturnedItemsPerCall default (REFERENCE §2)

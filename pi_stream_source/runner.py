@@ -8,8 +8,10 @@ notebook) it uses the active SparkSession; elsewhere it starts a local Spark wit
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,9 +30,10 @@ def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
-def get_session(cfg: RunConfig):
-    """The active SparkSession (Databricks, notebooks, tests) or a new local one with Delta.
-    Returns ``(spark, created)``; ``created`` tells the caller to stop it at the end."""
+def get_session(cfg: RunConfig, ui: bool = False):
+    """The active SparkSession (Databricks, notebooks, tests) or a new local one with Delta
+    (with Spark's UI when ``ui``). Returns ``(spark, created)``; ``created`` tells the caller to
+    stop it at the end."""
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
@@ -40,7 +43,34 @@ def get_session(cfg: RunConfig):
         return SparkSession.builder.getOrCreate(), False
     from .local_spark import get_spark
 
-    return get_spark("pi-stream-run", warehouse=cfg.warehouse, extra_conf=cfg.spark_conf or None), True
+    conf = {"spark.ui.enabled": "true"} if ui else {}
+    conf.update(cfg.spark_conf or {})
+    return get_spark("pi-stream-run", warehouse=cfg.warehouse, extra_conf=conf or None), True
+
+
+def local_target_problem(cfg: RunConfig) -> Optional[str]:
+    """Why ``cfg`` cannot land in local Spark (no Unity Catalog, no Databricks), or None.
+    Checked before Spark starts: a catalog name fails later as PARSE_SYNTAX_ERROR or
+    SCHEMA_NOT_FOUND and leaves a stray spark-warehouse/ behind."""
+    if cfg.target != "delta" or on_databricks() or "/" in cfg.table or "\\" in cfg.table:
+        return None
+    return (f"table {cfg.table!r} is a catalog table name, and local Spark has no Unity Catalog: for target "
+            "'delta' on this machine set 'table' (--table) to a directory, e.g. ./pi_streaming_timeseries; "
+            "to land in a Databricks catalog table from here use target 'unity' (--target unity with "
+            "warehouse_id and volume)")
+
+
+def check_source_options(cfg: RunConfig) -> None:
+    """Check the source options before Spark starts (Spark would only check them in ``load()``,
+    after ~20 s of start-up). With a secretScope only the names are checked here: resolving
+    secrets is the source's job, on the driver, once."""
+    from .options import check_option_names, parse_options
+
+    opts = cfg.source_options()
+    if "secretScope" in opts:
+        check_option_names(opts)
+    else:
+        parse_options(opts)
 
 
 def build_stream(spark, cfg: RunConfig):
@@ -80,7 +110,8 @@ class StopSignal:
     def install(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)     # installed again: keep the first one
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
@@ -133,10 +164,96 @@ def _optimize_closed_partitions(spark, table: str) -> None:
         log.warning("auto OPTIMIZE of %s failed (retried next interval): %s", table, exc)
 
 
+def trigger_text(trigger: Optional[str]) -> str:
+    """``"1 second"`` → ``every 1 second``; availableNow as is."""
+    if not trigger:
+        return "as fast as possible"
+    if trigger == "availableNow":
+        return "availableNow (what is available now, then stop)"
+    return f"every {trigger}"
+
+
+def _source_report(progress: Dict[str, Any]) -> Dict[str, Any]:
+    """The source's own metrics: the JSON of ``sources[0].latestOffset`` (reportLatestOffset)."""
+    try:
+        raw = progress["sources"][0].get("latestOffset")
+        report = json.loads(raw) if isinstance(raw, str) else raw
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+#: cumulative counters of the source's report: (key, label, shown even when 0)
+_COUNTERS = (("reconnects", "reconnects", True), ("gapFills", "gap fills", True), ("gapValues", "gap values", False),
+             ("malformedFrames", "malformed frames", False), ("valueErrors", "value errors", False))
+
+
+def progress_line(progress: Dict[str, Any], previous: Optional[Dict[str, Any]] = None) -> str:
+    """One line per micro-batch from a ``lastProgress`` dict. Missing keys are left out (the
+    source's report changes between versions); ``previous`` (the source totals of the batch
+    before) turns the cumulative counters into this batch's increments."""
+    parts = [f"batch {progress.get('batchId', '?')}: {progress.get('numInputRows', 0):,} rows"]
+    took = (progress.get("durationMs") or {}).get("triggerExecution")
+    if took is not None:
+        parts[0] += f" in {took / 1000:.1f} s"
+    report = _source_report(progress)
+    totals = report.get("totals") if isinstance(report.get("totals"), dict) else {}
+    by_source = report.get("rowsBySource") or totals.get("rowsBySource")
+    if isinstance(by_source, dict) and by_source:
+        parts.append(" ".join(f"{k} {v:,}" for k, v in by_source.items()))
+    lag = totals.get("maxLagSeconds")
+    if isinstance(lag, (int, float)):
+        parts.append(f"lag {lag:.1f} s")
+    if "channelsOpen" in totals and "channels" in totals:
+        parts.append(f"channels {totals['channelsOpen']}/{totals['channels']} open")
+    prev = (previous or {}).get("totals")
+    prev = prev if isinstance(prev, dict) else {}
+    for key, label, always in _COUNTERS:
+        value, before = totals.get(key), prev.get(key)
+        if not isinstance(value, int) or not (always or value):
+            continue
+        grew = value - before if isinstance(before, int) and before < value else 0
+        parts.append(f"{label} {value:,}" + (f" (+{grew:,})" if grew else ""))
+    if report.get("dataLoss"):
+        parts.append(f"DATA LOSS reported ({len(report['dataLoss'])})")
+    return ", ".join(parts)
+
+
+_PI_ERROR = re.compile(r"\b(?:pi_stream_source\.errors\.)?(PI[A-Za-z]*Error|StreamingQueryException): (.+)")
+
+
+def failure_line(failure: BaseException) -> str:
+    """The one line a user needs from a failed query: our error's message (the last ``PI…Error:``
+    line of the Python traceback Spark wraps), else the first line of Spark's message."""
+    text = str(getattr(failure, "desc", None) or failure)
+    ours = [m for m in _PI_ERROR.finditer(text) if m.group(1) != "StreamingQueryException"]
+    if ours:
+        return f"{ours[-1].group(1)}: {ours[-1].group(2).strip()}"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(failure).__name__)
+    return first[:500]
+
+
+def _print_progress(query, state: Dict[str, Any]) -> None:
+    """Print a line for every batch that reported progress since the last call."""
+    try:
+        recent = query.recentProgress
+    except Exception:   # the query ended between two calls; its last lines are not needed
+        return
+    for progress in recent:
+        batch = progress.get("batchId")
+        if batch is None or batch <= state.get("batch", -1):
+            continue
+        print(f"pi-stream run: {progress_line(progress, state.get('report'))}", file=sys.stderr, flush=True)
+        state["batch"], state["report"] = batch, _source_report(progress)
+
+
 def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seconds: Optional[float] = None,
-        poll_seconds: float = 1.0, drain_timeout: float = 60.0) -> int:
-    """Run the stream of ``cfg`` until ``stop`` is set, ``seconds`` have passed, or the query ends.
-    Returns the exit code: 0 after a graceful stop or a finished availableNow run, 1 if the query failed."""
+        poll_seconds: float = 1.0, drain_timeout: float = 60.0, verbose: bool = False) -> int:
+    """Run the stream of ``cfg`` until ``stop`` is set, ``seconds`` have passed, or the query ends,
+    printing a line per micro-batch. Returns the exit code: 0 after a graceful stop or a finished
+    availableNow run, 1 if the query failed (one line; the whole error with ``verbose``)."""
+    from pyspark.errors import StreamingQueryException
+
     created = False
     if spark is None:
         spark, created = get_session(cfg)
@@ -144,12 +261,18 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
     query = start_query(spark, cfg)
     print(f"pi-stream run: {len(cfg.shard_tags()) or 'query-selected'} tags (shard {cfg.shard_index + 1} of "
           f"{cfg.shard_count}) from {cfg.url} → {cfg.target} table {cfg.table}; checkpoint {cfg.checkpoint}; "
-          f"trigger {cfg.trigger or 'default'}", file=sys.stderr, flush=True)
+          f"trigger {trigger_text(cfg.trigger)}", file=sys.stderr, flush=True)
     started = last_optimize = time.monotonic()
     reason = "the query ended"
+    shown: Dict[str, Any] = {}
     try:
         while True:
-            if query.awaitTermination(poll_seconds):
+            try:
+                ended = query.awaitTermination(poll_seconds)
+            except StreamingQueryException:     # it failed: query.exception() below says why
+                ended = True
+            _print_progress(query, shown)
+            if ended:
                 break
             if stop.is_set():
                 reason = "stop requested"
@@ -164,6 +287,7 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
         if query.isActive:
             print(f"pi-stream run: {reason}; finishing the batch in flight …", file=sys.stderr, flush=True)
             stop_gracefully(query, drain_timeout)
+        _print_progress(query, shown)
         failure = query.exception()
     finally:
         if query.isActive:
@@ -171,7 +295,11 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
         if created:
             spark.stop()
     if failure is not None:
-        print(f"pi-stream run: the query failed: {failure}", file=sys.stderr, flush=True)
+        print(f"pi-stream run: the query failed: {failure_line(failure)}", file=sys.stderr, flush=True)
+        if verbose:
+            print(str(failure), file=sys.stderr, flush=True)
+        else:
+            print("pi-stream run: (-v shows the whole error)", file=sys.stderr, flush=True)
         return EXIT_FAILED
     print("pi-stream run: stopped cleanly", file=sys.stderr, flush=True)
     return EXIT_OK
@@ -222,6 +350,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     ctl.add_argument("--drain-timeout", type=float, default=60.0,
                      help="longest wait for the batch in flight when stopping (seconds)")
     ctl.add_argument("--warehouse", help="local Spark warehouse directory (local runs only)")
+    ctl.add_argument("--spark-ui", action=argparse.BooleanOptionalAction, default=True,
+                     help="serve Spark's UI (local runs; its URL is printed at start)")
+    ctl.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="log at INFO level and print a failed query's whole error")
     return parser
 
 
@@ -260,9 +392,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run with parsed ``pi-stream run`` arguments until SIGTERM/SIGINT; returns the exit code."""
+    """Run with parsed ``pi-stream run`` arguments until SIGTERM/SIGINT; returns the exit code.
+    The config, the source options and a local target are checked before Spark starts."""
+    verbose = bool(getattr(args, "verbose", False))
     try:
         cfg = config_from_args(args)
+        problem = local_target_problem(cfg)
+        if problem:
+            raise PIStreamError(f"config 'table': {problem}")
+        check_source_options(cfg)
     except PIStreamError as exc:
         print(f"pi-stream run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -271,9 +409,26 @@ def run_from_args(args: argparse.Namespace) -> int:
     log.info("run config: %r", cfg)
     stopper = StopSignal().install()
     try:
-        return run(cfg, stop=stopper.event, seconds=args.seconds, drain_timeout=args.drain_timeout)
+        spark, created = get_session(cfg, ui=getattr(args, "spark_ui", True))
+        # again: pyspark's SparkContext replaced our SIGINT handler with its own, which cancels
+        # every job and raises KeyboardInterrupt in whatever py4j call the main thread is in
+        stopper.install()
+        ui = spark.sparkContext.uiWebUrl if created else None
+        if ui:
+            print(f"pi-stream run: Spark UI at {ui}", file=sys.stderr, flush=True)
+        try:
+            return run(cfg, spark=spark, stop=stopper.event, seconds=args.seconds, drain_timeout=args.drain_timeout,
+                       verbose=verbose)
+        finally:
+            if created:
+                spark.stop()
     except PIStreamError as exc:
         print(f"pi-stream run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:    # Spark's own errors (e.g. the table cannot be created): one line, all with -v
+        print(f"pi-stream run: failed: {failure_line(exc)}", file=sys.stderr)
+        if verbose:
+            print(str(exc), file=sys.stderr)
         return EXIT_FAILED
     finally:
         stopper.restore()
@@ -286,9 +441,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["run"]:
         argv = argv[1:]
     parser = add_run_arguments(argparse.ArgumentParser(prog="pi-stream run", description=__doc__.splitlines()[0]))
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_from_args(args)
 

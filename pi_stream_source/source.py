@@ -18,7 +18,7 @@ from pyspark.sql.types import StructType
 
 from . import offsets as O
 from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, shard_webids
-from .errors import PIConnectionError, PIDataLossError, PINotFoundError
+from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptionError
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
 from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
@@ -160,7 +160,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def rest(self) -> PIRestClient:
         if self._rest is None:
             self._rest = PIRestClient(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout,
-                                      proxy=self.opts.proxy)
+                                      retry_for=self.opts.rest_retry_timeout, proxy=self.opts.proxy)
         return self._rest
 
     def shards(self) -> List[List[Stream]]:
@@ -170,6 +170,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         with self._lock:
             if self._streams is None:
                 opts = self.opts
+                self.rest.check_pi_web_api(opts.startup_timeout)
                 missing: List[str] = []
                 if opts.element_path:
                     self._element, attrs = element_attributes(self.rest, opts.element_path)
@@ -544,6 +545,10 @@ class PIWebSocketDataSource(DataSource):
 
     def schema(self) -> StructType:
         return CONTRACT_SCHEMA
+
+    def reader(self, schema: StructType) -> Any:
+        raise PIOptionError("pi_websocket is a streaming source: use spark.readStream.format('pi_websocket') "
+                            "(with .trigger(availableNow=True) for a run that stops by itself)")
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:
         return PIStreamReader(self._parsed)

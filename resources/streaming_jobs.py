@@ -13,29 +13,37 @@ from databricks.bundles.jobs import Job
 
 PACKAGE, ENTRY_POINT = "pi_stream_source", "pi-stream"
 WHEEL = "dist/*.whl"
+COMPUTE = ("classic", "serverless")
+#: the bundle's schema (catalog.yml); development mode prefixes its name, so it is referenced
+SCHEMA = "${resources.schemas.pi.name}"
+CHECKPOINT_VOLUME = "${resources.volumes.pi_checkpoints.name}"
 
 
 def _var(bundle: Bundle, name: str) -> str:
     return str(bundle.variables.get(name, "") or "")
 
 
-def streaming_job(bundle: Bundle, shard_index: int, shard_count: int) -> Job:
-    """Continuous job of one shard: the wheel's ``pi-stream run`` on a single-user job cluster."""
-    table = f"{_var(bundle, 'catalog')}.{_var(bundle, 'schema')}.{_var(bundle, 'table')}"
-    checkpoint = (f"/Volumes/{_var(bundle, 'catalog')}/{_var(bundle, 'schema')}/{_var(bundle, 'checkpoint_volume')}"
+def run_parameters(bundle: Bundle, shard_index: int, shard_count: int, trigger: str) -> list:
+    """``pi-stream run`` arguments of one shard (bundle variables are resolved by the CLI)."""
+    table = f"{_var(bundle, 'catalog')}.{SCHEMA}.{_var(bundle, 'table')}"
+    checkpoint = (f"/Volumes/{_var(bundle, 'catalog')}/{SCHEMA}/{CHECKPOINT_VOLUME}"
                   f"/{_var(bundle, 'table')}/shard_{shard_index}_of_{shard_count}")
-    parameters = [
+    return [
         "run", "--url", "${var.pi_web_api_url}", "--table", table, "--checkpoint", checkpoint,
         "--auth-type", "${var.auth_type}", "--secret-scope", "${var.secret_scope}",
         "--username-key", "${var.username_key}", "--password-key", "${var.password_key}",
         "--token-key", "${var.token_key}",
         "--tags", "${var.tags}", "--data-server", "${var.data_server}", "--name-filter", "${var.name_filter}",
-        "--tags-per-channel", "${var.tags_per_channel}", "--trigger", "${var.trigger_interval}",
+        "--tags-per-channel", "${var.tags_per_channel}", "--trigger", trigger,
         "--shard-index", str(shard_index), "--shard-count", str(shard_count),
     ]
+
+
+def streaming_job(bundle: Bundle, shard_index: int, shard_count: int) -> Job:
+    """Continuous job of one shard: the wheel's ``pi-stream run`` on a single-user job cluster."""
     suffix = f" shard {shard_index + 1} of {shard_count}" if shard_count > 1 else ""
     return Job.from_dict({
-        "name": f"pi_stream_source stream{suffix} → {table}",
+        "name": f"pi_stream_source stream{suffix}",
         "description": "PI Web API channels → pi_websocket → bronze Delta table (exactly-once writer)",
         # Continuous: one run always active; a failed run is retried with exponential backoff.
         "continuous": {"pause_status": "UNPAUSED", "task_retry_mode": "ON_FAILURE"},
@@ -53,8 +61,36 @@ def streaming_job(bundle: Bundle, shard_index: int, shard_count: int) -> Job:
         "tasks": [{
             "task_key": "stream",
             "job_cluster_key": "stream",
-            "python_wheel_task": {"package_name": PACKAGE, "entry_point": ENTRY_POINT, "parameters": parameters},
+            "python_wheel_task": {"package_name": PACKAGE, "entry_point": ENTRY_POINT,
+                                  "parameters": run_parameters(bundle, shard_index, shard_count,
+                                                               "${var.trigger_interval}")},
             "libraries": [{"whl": WHEEL}],
+        }],
+        "tags": {"app": "pi_stream_source", "shard": f"{shard_index}/{shard_count}"},
+    })
+
+
+def serverless_job(bundle: Bundle, shard_index: int, shard_count: int) -> Job:
+    """Scheduled job of one shard on serverless compute, which accepts only availableNow
+    triggers: each run lands what PI archived since the last run (read from the archive, up to
+    the source's maxBackfill) plus the live values until its channels are open, then stops. The
+    checkpoint keeps it exactly-once across runs; one run at a time."""
+    suffix = f" shard {shard_index + 1} of {shard_count}" if shard_count > 1 else ""
+    return Job.from_dict({
+        "name": f"pi_stream_source availableNow{suffix}",
+        "description": "PI Web API → pi_websocket → bronze Delta table, a scheduled availableNow run (serverless)",
+        "schedule": {"quartz_cron_expression": "${var.serverless_schedule}", "timezone_id": "UTC",
+                     "pause_status": "UNPAUSED"},
+        "max_concurrent_runs": 1,
+        "environments": [{"environment_key": "default",
+                          "spec": {"environment_version": "2", "dependencies": [WHEEL]}}],
+        "tasks": [{
+            "task_key": "stream",
+            "environment_key": "default",
+            "python_wheel_task": {"package_name": PACKAGE, "entry_point": ENTRY_POINT,
+                                  "parameters": run_parameters(bundle, shard_index, shard_count, "availableNow")},
+            "max_retries": 2,
+            "min_retry_interval_millis": 60000,
         }],
         "tags": {"app": "pi_stream_source", "shard": f"{shard_index}/{shard_count}"},
     })
@@ -65,6 +101,10 @@ def load_resources(bundle: Bundle) -> Resources:
     count = int(_var(bundle, "shard_count") or 1)
     if count < 1:
         raise ValueError(f"bundle variable shard_count must be >= 1, got {count}")
+    compute = _var(bundle, "compute") or "classic"
+    if compute not in COMPUTE:
+        raise ValueError(f"bundle variable compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
+    make = serverless_job if compute == "serverless" else streaming_job
     for i in range(count):
-        resources.add_resource(f"pi_stream_{i}" if count > 1 else "pi_stream", streaming_job(bundle, i, count))
+        resources.add_resource(f"pi_stream_{i}" if count > 1 else "pi_stream", make(bundle, i, count))
     return resources

@@ -148,7 +148,7 @@ def test_bundle_loads_strictly_with_databricks_bundles():
 
 @pytest.mark.parametrize("where,misspelt", [
     (("resources", "jobs", "pi_maintenance"), "max_concurent_runs"),
-    (("resources", "jobs", "pi_maintenance", "tasks", 0, "notebook_task"), "notebok_path"),
+    (("resources", "jobs", "pi_maintenance", "tasks", 0, "python_wheel_task"), "entry_pont"),
     (("resources", "pipelines", "pi_pipeline"), "continous"),
 ])
 def test_a_misspelt_key_is_rejected(schema, where, misspelt):
@@ -218,7 +218,7 @@ def test_streaming_jobs_scale_with_a_variable(schema, shards):
         task = body["tasks"][0]["python_wheel_task"]
         assert task["package_name"] == "pi_stream_source" and task["entry_point"] == "pi-stream"
         # the job's parameters, with the variables filled in, are a valid `pi-stream run`
-        params = [re.sub(r"\$\{var\.(\w+)\}", lambda m: str(variables[m.group(1)]), p) for p in task["parameters"]]
+        params = [resolve(p, variables) for p in task["parameters"]]
         assert params[0] == "run"
         cfg = config_from_args(parser.parse_args(params[1:]))
         assert cfg.table == f"{variables['catalog']}.{variables['schema']}.{variables['table']}"
@@ -227,6 +227,80 @@ def test_streaming_jobs_scale_with_a_variable(schema, shards):
         slices.append(cfg.shard_tags())
     assert sorted(sum(slices, [])) == ["A", "B", "C", "D", "E"]
     assert len({j.as_dict()["tasks"][0]["python_wheel_task"]["parameters"][6] for j in jobs.values()}) == shards
+
+
+#: what the CLI puts for the bundle's own resources (outside development mode's name prefix)
+RESOURCE_NAMES = {"schemas.pi": "schema", "volumes.pi_checkpoints": "checkpoint_volume", "volumes.pi_wheels": "wheel_volume"}
+
+
+def resolve(text: str, variables: Dict[str, Any]) -> str:
+    """``${var.x}`` and ``${resources.<kind>.<key>.name}`` filled in as `bundle deploy` does."""
+    text = re.sub(r"\$\{resources\.(\w+\.\w+)\.name\}", lambda m: str(variables[RESOURCE_NAMES[m.group(1)]]), text)
+    return re.sub(r"\$\{var\.(\w+)\}", lambda m: str(variables[m.group(1)]), text)
+
+
+def _resource_refs(node: Any) -> Iterator[Tuple[str, str, str]]:
+    for text in _strings(node):
+        yield from re.findall(r"\$\{resources\.(\w+)\.(\w+)\.(\w+)\}", text)
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_a_fresh_workspace_gets_the_schema_and_volumes_the_jobs_write_to(schema):
+    """The jobs' table and checkpoints live in the bundle's own schema and Volume (created by
+    deploy), referenced by resource so development mode's name prefix is followed."""
+    config, _ = load_bundle()
+    res = config["resources"]
+    assert res["schemas"]["pi"] == {**res["schemas"]["pi"], "catalog_name": "${var.catalog}", "name": "${var.schema}"}
+    volume = res["volumes"]["pi_checkpoints"]
+    assert volume["schema_name"] == "${resources.schemas.pi.name}" and volume["name"] == "${var.checkpoint_volume}"
+    assert res["volumes"]["pi_wheels"]["volume_type"] == "MANAGED"
+    generated = python_resources(variable_defaults(config))
+    refs = set(_resource_refs(config)) | set(_resource_refs([j.as_dict() for j in generated.jobs.values()]))
+    assert refs and all(res.get(kind, {}).get(key) is not None and field == "name" for kind, key, field in refs), refs
+    for job in generated.jobs.values():
+        params = job.as_dict()["tasks"][0]["python_wheel_task"]["parameters"]
+        table, checkpoint = params[params.index("--table") + 1], params[params.index("--checkpoint") + 1]
+        assert table == "${var.catalog}.${resources.schemas.pi.name}.${var.table}".replace("${var.catalog}", "main") \
+            .replace("${var.table}", "pi_streaming_timeseries")
+        assert checkpoint.startswith("/Volumes/main/${resources.schemas.pi.name}/${resources.volumes.pi_checkpoints.name}/")
+    maintain = res["jobs"]["pi_maintenance"]["tasks"][0]["python_wheel_task"]["parameters"]
+    assert "${var.catalog}.${resources.schemas.pi.name}.${var.table}" in maintain
+    assert res["pipelines"]["pi_pipeline"]["schema"] == "${resources.schemas.pi.name}"
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_serverless_compute_deploys_scheduled_available_now_runs(schema, shards):
+    config, _ = load_bundle()
+    variables = {**variable_defaults(config), "compute": "serverless", "shard_count": shards, "tags": "A,B,C"}
+    jobs = python_resources(variables).jobs
+    assert len(jobs) == shards
+    parser = argparse.ArgumentParser()
+    from pi_stream_source.runner import add_run_arguments, config_from_args
+
+    add_run_arguments(parser)
+    for key, job in jobs.items():
+        body = job.as_dict()
+        assert [e.message[:200] for e in validator_for(schema, JOB_REF).iter_errors({"jobs": {key: body}})] == []
+        assert "continuous" not in body and "job_clusters" not in body
+        assert body["schedule"]["quartz_cron_expression"] == "${var.serverless_schedule}"
+        assert body["max_concurrent_runs"] == 1
+        [env] = body["environments"]
+        [task] = body["tasks"]
+        assert task["environment_key"] == env["environment_key"] and env["spec"]["dependencies"] == ["dist/*.whl"]
+        cfg = config_from_args(parser.parse_args([resolve(p, variables) for p in task["python_wheel_task"]["parameters"]][1:]))
+        assert cfg.trigger == "availableNow"
+    with pytest.raises(ValueError, match="compute must be one of classic, serverless"):
+        python_resources({**variables, "compute": "servreless"})
 
 
 def test_entry_point_of_the_wheel_task_exists():
@@ -266,7 +340,7 @@ def _named_files(config: Dict[str, Any], origin: Dict[str, Path]) -> Iterator[Tu
 def test_every_file_the_bundle_names_exists():
     config, origin = load_bundle()
     named = list(_named_files(config, origin))
-    assert len(named) >= 2
+    assert len(named) >= 1
     for owner, path in named:
         candidates = [path, path.with_suffix(".py")] if path.suffix == "" else [path]
         assert any(p.is_file() for p in candidates), f"{owner} names {path}, which does not exist"

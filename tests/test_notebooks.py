@@ -87,24 +87,48 @@ def run_notebook(name: str, spark, widgets: Dict[str, str], secrets: Dict[tuple,
     return namespace
 
 
-def test_notebooks_stream_explore_maintain(spark, simulator, tmp_path):
+@pytest.fixture
+def secret_scope(spark, monkeypatch, tmp_path):
+    """A Secrets API that the source reaches through databricks-sdk, from Spark's Python processes
+    too: they get their environment from the SparkContext's, captured when the source is registered."""
+    from secrets_api import serve_secrets
+
+    names = ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_FILE", "HOME")
+    environment = spark.sparkContext.environment
+    before = {n: environment.get(n) for n in names}
+    for api in serve_secrets(monkeypatch, tmp_path):
+        environment.update({n: os.environ[n] for n in names})
+        try:
+            yield api
+        finally:
+            for n, v in before.items():
+                environment.pop(n) if v is None else environment.__setitem__(n, v)
+            from pi_stream_source import register
+
+            register(spark)
+
+
+def test_notebooks_stream_explore_maintain(spark, simulator, secret_scope, tmp_path):
     from pyspark.sql import functions as F
 
     sim = simulator(tags=6, rate=5, seed=21, auth="basic", history_seconds=120)
     webids = [t.webid for t in sim.tags]
     table = str(tmp_path / "bronze")
-    secrets = {("pi_web_api", "username"): sim.config.username, ("pi_web_api", "password"): sim.config.password}
+    secret_scope.values = {("pi_web_api", "username"): sim.config.username,
+                           ("pi_web_api", "password"): sim.config.password}
 
     ns = run_notebook("stream_to_delta", spark, {
         "url": sim.url, "tags": ",".join(webids), "table": table, "checkpoint": str(tmp_path / "ck"),
         "trigger_interval": "1 second", "tags_per_channel": "3", "starting_position": "*-30s",
-        "run_seconds": "30"}, secrets)
+        "run_seconds": "60"})
     assert not ns["query"].isActive and ns["query"].exception() is None
-    assert set(ns["__dbutils__"].secrets.reads) == set(secrets)
+    # the notebook passes only the names of the secrets: the source read them from the scope
+    assert ns["options"]["secretScope"] == "pi_web_api" and secret_scope.reads >= 2
+    assert not {"username", "password", "token"} & set(ns["options"]) and not ns["__dbutils__"].secrets.reads
     assert sim.config.password not in json.dumps(ns["query"].recentProgress, default=str)
     landed = spark.read.format("delta").load(table)
     rows = landed.count()
-    assert rows > 0
+    assert rows > 0, ns["query"].recentProgress[-3:]
     assert {r.tag_webid for r in landed.select("tag_webid").distinct().collect()} == set(webids)
     archive = {(w, ts) for w, vals in sim.expected_archive(webids, start_us=0).items() for ts, _ in vals}
     keys = {(r.tag_webid, r.ts) for r in landed.select("tag_webid", F.unix_micros("timestamp").alias("ts")).collect()}
@@ -115,6 +139,11 @@ def test_notebooks_stream_explore_maintain(spark, simulator, tmp_path):
     assert sum(r.rows for r in ns["latest_rows"]) == rows
     assert ns["plot_lines"] == 4
     assert ns["quality_row"].rows == rows and ns["quality_row"].duplicate_keys == 0
+    latency = F.col("ingestion_timestamp").cast("double") - F.col("timestamp").cast("double")
+    live = landed.filter("source = 'live'").select(F.max(latency)).first()[0]
+    every = landed.select(F.max(latency)).first()[0]
+    assert ns["quality_row"].max_live_latency_s == pytest.approx(live)
+    assert live < every, (live, every)              # the 30 s of backfill (*-30s) is left out
     assert len(ns["__displayed__"]) >= 4
 
     ns = run_notebook("maintenance", spark, {"table": table, "vacuum_retention_hours": "168"})
@@ -139,3 +168,64 @@ def test_every_widget_a_notebook_reads_is_defined(name):
     defined = set(re.findall(r'dbutils\.widgets\.(?:text|dropdown)\("(\w+)"', code))
     read = set(re.findall(r'(?:dbutils\.widgets\.get|\bw)\("(\w+)"\)', code))
     assert read and read <= defined
+
+
+@pytest.mark.parametrize("name,auth,expected", [
+    ("bearer", {"token_url": ""}, {"tokenKey": "token"}),
+    ("bearer", {"token_url": "https://login.example.com/t", "client_id": "c"},
+     {"tokenUrl": "https://login.example.com/t", "clientId": "c", "clientSecretKey": "client-secret"}),
+    ("kerberos", {"kerberos_principal": "svc@EXAMPLE.COM"}, {"keytabKey": "krb-keytab",
+                                                           "kerberosPrincipal": "svc@EXAMPLE.COM"}),
+])
+def test_stream_notebook_offers_renewed_tokens_and_kerberos_from_the_scope(name, auth, expected):
+    """The options the stream notebook builds for each auth choice (its cells up to load())."""
+    cells = code_cells(NOTEBOOKS / "stream_to_delta.py")
+    setup = next(i for i, c in enumerate(cells) if "options = {" in c)
+    dbutils = DbutilsStandIn({"auth_type": name, "tags": "F1DPA", **auth}, {})
+    ns: Dict[str, Any] = {"dbutils": dbutils, "spark": None}
+    exec(cells[setup - 1], ns)                                   # the widgets
+    code = cells[setup].split("trigger = ")[0].replace("pi_stream_source.register(spark)", "")
+    exec(code, ns)
+    assert ns["options"] == {**ns["options"], **expected, "secretScope": "pi_web_api", "authType": name}
+    assert not {"password", "token", "clientSecret", "keytab"} & set(ns["options"])
+
+
+def _install_lines() -> List[tuple]:
+    return [(path.name, line.split("%pip install", 1)[1].split("#")[0].strip())
+            for path in sorted(NOTEBOOKS.glob("*.py")) for line in path.read_text().splitlines()
+            if line.startswith("# MAGIC %pip install")]
+
+
+def test_notebooks_that_need_the_package_install_it():
+    assert {name for name, _ in _install_lines()} == {"stream_to_delta.py", "maintenance.py"}
+
+
+@pytest.mark.slow
+def test_the_install_line_installs_the_wheel_the_bundle_builds(tmp_path):
+    """Each notebook's ``%pip install <path>`` names the file `python -m build --wheel` (the
+    bundle's artifact build) makes from this tree; pip installs that file into a fresh venv, where
+    the package and its console command work."""
+    import subprocess
+    import sys
+
+    # the venv's own view: no PYTHONPATH pointing at this tree (pip would call the package installed)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "VIRTUAL_ENV"))}
+    out = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
+                   check=True, timeout=600, cwd=tmp_path, capture_output=True)
+    [wheel] = list(out.glob("*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    for name, target in _install_lines():
+        assert target.startswith(("/Volumes/", "/Workspace/")), f"{name}: {target}"
+        assert Path(target).name == wheel.name, f"{name} installs {target}, the build makes {wheel.name}"
+    # the line, with its path mapped to the wheel built here (a Databricks runtime brings pyspark)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    str(wheel)], check=True, timeout=900, env=env)
+    version = subprocess.run([str(venv / "bin" / "pi-stream"), "--version"], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("pi-stream "), version.stderr
+    imported = subprocess.run([str(venv / "bin" / "python"), "-c", "import pi_stream_source.options, "
+                               "pi_stream_source.rest; print(pi_stream_source.__file__)"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert imported.returncode == 0 and imported.stdout.startswith(str(venv)), imported.stderr

@@ -43,6 +43,14 @@ def test_seed_product_fields_map_to_source_options():
         "password": "hunter2-secret", "maxRecordsPerTrigger": "20000"}
 
 
+def test_a_one_second_flush_interval_reads_as_one_second():
+    from pi_stream_source.runner import trigger_text
+
+    cfg = parse_config({**SEED_PRODUCT_CONFIG, "flush_interval_seconds": 1})
+    assert cfg.trigger == "1 second" and trigger_text(cfg.trigger) == "every 1 second"
+    assert trigger_text("availableNow").startswith("availableNow")
+
+
 def test_every_generated_option_is_a_source_option():
     cfg = parse_config({**SEED_PRODUCT_CONFIG, "auth": {"secret_scope": "pi", "username_key": "u",
                                                          "password_key": "p"},

@@ -42,11 +42,13 @@ def test_wheel_installs_in_a_fresh_venv_and_its_entry_point_streams(wheel, simul
     py = venv / "bin" / "python"
     started = time.monotonic()
     # [spark] brings pyspark, delta-spark and pandas (Databricks runtimes have their own), [simulator] aiohttp
+    # the venv's own view: no PYTHONPATH pointing at this tree
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "VIRTUAL_ENV"))}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"{wheel}[spark,simulator]"], check=True, timeout=600)
+                    f"{wheel}[spark,simulator]"], check=True, timeout=600, env=clean)
     install_s = time.monotonic() - started
     where = subprocess.run([str(py), "-c", "import pi_stream_source, pyspark; print(pi_stream_source.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+                           check=True, capture_output=True, text=True, cwd=tmp_path, env=clean).stdout
     assert where.startswith(str(venv)), where
 
     sim = simulator(tags=4, rate=5, seed=9)
@@ -54,11 +56,12 @@ def test_wheel_installs_in_a_fresh_venv_and_its_entry_point_streams(wheel, simul
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK", "VIRTUAL_ENV"))}
     env.update(PYSPARK_PYTHON=str(py), PYSPARK_DRIVER_PYTHON=str(py), PI_STREAM_DRIVER_MEMORY="1g",
                PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run([str(venv / "bin" / "pi-stream"), "run", "--url", sim.url,
-                             "--tags", ",".join(t.webid for t in sim.tags), "--starting-position", "*-30s",
-                             "--table", str(table), "--checkpoint", str(tmp_path / "ck"),
-                             "--warehouse", str(tmp_path / "wh"), "--seconds", "25"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # a YAML run config, as at the edge: the [spark] extra must bring PyYAML
+    (tmp_path / "run.yml").write_text(f"pi_web_api_url: {sim.url}\n"
+                                      f"tags: [{', '.join(t.webid for t in sim.tags)}]\n"
+                                      "starting_position: '*-30s'\ntable: ./table\ncheckpoint: ./ck\nwarehouse: ./wh\n")
+    result = subprocess.run([str(venv / "bin" / "pi-stream"), "run", "--config", "run.yml", "--seconds", "25",
+                             "--no-spark-ui"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "stopped cleanly" in result.stderr
     landed = spark.read.format("delta").load(str(table))

@@ -29,17 +29,22 @@ COMMANDS = """commands (channel ids from 'channels'; omit to hit every channel):
   repeat on|off        repeat current values     order on|off   values newest first"""
 
 
+#: up to this many tags every WebID is printed on one line (a notebook's webIds option)
+MAX_PRINTED_WEBIDS = 1000
+
+
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
     p.add_argument("--tags", type=int, default=100, help="number of PI points")
     p.add_argument("--rate", type=float, default=1.0, help="values per second per tag")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--auth", choices=["anonymous", "basic", "bearer", "kerberos"], default="anonymous")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (0: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--auth", choices=["anonymous", "basic", "bearer", "kerberos"], default="anonymous",
+                   help="authentication the server asks for")
     p.add_argument("--keytab", default=None, help="kerberos: keytab of the service principal HTTP/<host> "
                                                   "(default: KRB5_KTNAME)")
-    p.add_argument("--username", default="piuser")
-    p.add_argument("--password", default="pi-secret")
+    p.add_argument("--username", default="piuser", help="basic: accepted user")
+    p.add_argument("--password", default="pi-secret", help="basic: accepted password")
     p.add_argument("--token", default=None, help="bearer token to accept (one is issued when omitted)")
     p.add_argument("--token-ttl", type=float, default=0.0,
                    help="bearer: seconds a token from POST /token (or issue_token) is valid; 0: forever")
@@ -47,10 +52,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--client-secret", default="pi-client-secret", help="client secret accepted by POST /token")
     p.add_argument("--kinds", default="mixed", help="sine, ramp, step, walk, int, digital, string, bool, "
                                                    "system, edge, a comma list, or mixed")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="random seed of the generated values")
     p.add_argument("--tls", action="store_true", help="serve https/wss with a certificate from a generated CA")
-    p.add_argument("--certfile", default=None)
-    p.add_argument("--keyfile", default=None)
+    p.add_argument("--certfile", default=None, help="TLS certificate (PEM) instead of a generated one")
+    p.add_argument("--keyfile", default=None, help="key of --certfile")
     p.add_argument("--history", type=float, default=3600.0, help="seconds of archive before the start")
     p.add_argument("--message-shape", choices=["items", "value", "spec"], default="items",
                    help="items: Items[] per stream (Channels topic); value: one Value per stream; "
@@ -59,10 +64,12 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--repeat-values", action="store_true", help="repeat current values in every message")
     p.add_argument("--out-of-order", action="store_true", help="values newest first within a message")
     p.add_argument("--accept-delay", type=float, default=0.0, help="seconds before a channel upgrade is accepted")
-    p.add_argument("--max-returned-items", type=int, default=150_000)
-    p.add_argument("--poll-interval", type=float, default=None)
-    p.add_argument("--af-elements", type=int, default=10)
-    p.add_argument("--attributes-per-element", type=int, default=10)
+    p.add_argument("--max-returned-items", type=int, default=150_000,
+                   help="PI Web API's MaxReturnedItemsPerCall")
+    p.add_argument("--poll-interval", type=float, default=None,
+                   help="seconds between channel messages (None: min(1/rate, 1))")
+    p.add_argument("--af-elements", type=int, default=10, help="AF elements in the asset database")
+    p.add_argument("--attributes-per-element", type=int, default=10, help="attributes of each AF element")
     p.add_argument("--webids-file", default=None, help="write every point's WebID to this file, one a line")
     p.add_argument("--no-commands", action="store_true", help="do not read fault commands from stdin")
     return p
@@ -99,6 +106,12 @@ def describe(sim: Any, out: TextIO = sys.stdout) -> None:
     print(f"  {len(sim.tags)} tags at {cfg.rate:g} Hz ({cfg.kinds}); data server {sim.dataserver_webid}", file=out)
     for tag in sim.tags[:5]:
         print(f"    {tag.webid}   {tag.path}", file=out)
+    if len(sim.tags) <= MAX_PRINTED_WEBIDS:
+        print(f"  webIds of all {len(sim.tags)} tags, to paste as option webIds:", file=out)
+        print("    " + ",".join(t.webid for t in sim.tags), file=out)
+    else:
+        print(f"  {len(sim.tags)} WebIDs are too many to print; --webids-file FILE writes them all, one a line",
+              file=out)
     if sim.elements:
         el = sim.elements[0]
         print(f"  AF element {el.path}: {el.webid} ({len(el.attributes)} attributes)", file=out)
@@ -202,6 +215,7 @@ def run_simulate(args: argparse.Namespace, stdin: Optional[TextIO] = None) -> in
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pi-stream simulate", description="run the PI Web API simulator")
+    parser = argparse.ArgumentParser(prog="pi-stream simulate", description="run the PI Web API simulator",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_simulate_arguments(parser)
     return run_simulate(parser.parse_args(argv))
