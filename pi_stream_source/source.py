@@ -10,12 +10,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 from pyspark.sql.types import StructType
 
 from . import offsets as O
 from .channel import ChannelReceiver, ShardBuffer, max_timestamp_per_tag, shard_webids
+from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadLimit, ReadMaxRows,
+                     SupportsTriggerAvailableNow, admission_control, default_limit)
 from .errors import PIDataLossError
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
@@ -121,6 +121,7 @@ class _Shard:
         return [w for w, _, _ in self.meta]
 
 
+@admission_control
 class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Driver side: one channel per shard, buffers, offsets (see ``offsets.py``). Executor side:
     ``read()`` only. Batches of the current run are served from the buffers; a batch planned by an
@@ -216,18 +217,20 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             return self._initial
 
     def getDefaultReadLimit(self) -> ReadLimit:
-        if self.opts.max_records_per_trigger:
-            return ReadMaxRows(self.opts.max_records_per_trigger)
-        return ReadAllAvailable()
+        return default_limit(self.opts.max_records_per_trigger)
 
-    def prepareForTriggerAvailableNow(self) -> None:
-        """"Available now" is what the archive holds up to the moment every channel is open, plus
-        the live rows buffered by then: wait (up to connectTimeout) for the channels to open."""
+    def awaitStart(self) -> None:
+        """Start the channels and wait (up to connectTimeout) until every one is open."""
         self._ensure_started()
         deadline = now_micros() + int(self.opts.connect_timeout * MICROS)
         while now_micros() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
             threading.Event().wait(0.05)
         self._raise_failures()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        """"Available now" is what the archive holds up to the moment every channel is open, plus
+        the live rows buffered by then."""
+        self.awaitStart()
         self._target = {str(i): b.next_seq for i, b in enumerate(self._buffers)}
 
     def _check_tags(self, offset: Dict[str, Any]) -> None:
