@@ -64,8 +64,9 @@ for v in "${VERSIONS[@]}"; do
   echo "== pyspark $v ($sink sink)" >&2
   # this checkout (CI clones into a new folder each run): re-point the editable install, no deps
   "$venv/bin/python" -m pip install -q --no-deps -e . >>"$log" 2>&1
-  fallback=$("$venv/bin/python" -c 'from pi_stream_source import compat; print("native" if compat.HAS_ADMISSION_CONTROL
-      else "latestOffset() shim, AvailableNow as one batch, no metrics")' 2>>"$log")
+  fallback=$("$venv/bin/python" -c 'from pi_stream_source.compat import describe; d = describe(); print(
+      "native" if d["admissionControl"] else "reader applies the limit; AvailableNow: " + d["availableNow"]
+      + "; metrics in progress: " + ("yes" if d["metricsInProgress"] else "no"))' 2>>"$log")
   if [ "$sink" = delta ] && ! "$venv/bin/python" -c 'from pi_stream_source.local_spark import delta_jars; delta_jars()' >>"$log" 2>&1; then
     tail -5 "$log" >&2
     results+=("$v|$sink|$fallback|Delta jars not found (see $log)"); status=1; continue
