@@ -160,13 +160,15 @@ def _merge(spark: SparkSession, rows: DataFrame, table: str, size: int = 0) -> N
     latest = Window.partitionBy(*KEY).orderBy(F.col("received_timestamp").desc_nulls_last())
     rows = rows.filter(F.col("timestamp").isNotNull()).withColumn("_n", F.row_number().over(latest)) \
                .filter("_n = 1").drop("_n")
-    bounds = rows.agg(F.min("timestamp").alias("lo"), F.max("timestamp").alias("hi"),
+    # the range as epoch µs: a collected datetime is in the Python process's zone, a TIMESTAMP
+    # literal in the session's, and the two differ (TZ=Asia/Kolkata vs UTC matched nothing: doubles)
+    bounds = rows.agg(F.unix_micros(F.min("timestamp")).alias("lo"), F.unix_micros(F.max("timestamp")).alias("hi"),
                       F.collect_set("partition_date").alias("dates")).first()
     if bounds is None or bounds.lo is None:
         return
     dates = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(bounds.dates))
-    lo, hi = bounds.lo.strftime("%Y-%m-%d %H:%M:%S.%f"), bounds.hi.strftime("%Y-%m-%d %H:%M:%S.%f")
-    condition = (f"t.partition_date IN ({dates}) AND t.timestamp BETWEEN TIMESTAMP'{lo}' AND TIMESTAMP'{hi}' "
+    condition = (f"t.partition_date IN ({dates}) AND t.timestamp BETWEEN timestamp_micros({bounds.lo}) "
+                 f"AND timestamp_micros({bounds.hi}) "
                  "AND t.partition_date = s.partition_date AND t.tag_webid = s.tag_webid AND t.timestamp = s.timestamp")
     # The source is staged Parquet, fixed: Delta need not materialize it again.
     settings = {"spark.databricks.delta.merge.materializeSource": "none"}
