@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench bench-quick install jars wheel clean
+.PHONY: demo test runtimes bench bench-quick install jars wheel clean
 
 $(STAMP): setup.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
@@ -36,6 +36,11 @@ $(KRB_STAMP): $(STAMP)
 
 test: $(STAMP) $(KRB_STAMP)
 	$(PY) -m pytest tests $(ARGS)
+
+# the source's end-to-end tests on each supported pyspark line, each in its own cached venv
+# (.ci/runtimes.sh; `make runtimes RUNTIMES="4.0.5 4.3.0"` runs some)
+runtimes:
+	bash .ci/runtimes.sh $(RUNTIMES)
 
 # ours vs Spark's rate ceiling at 1k/10k/100k tags, ramps to the highest sustained rate, restart
 # catch-up (~35-45 min on 2 cores); then offset size and append-vs-merge cost. `make bench-quick`:

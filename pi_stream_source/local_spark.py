@@ -1,9 +1,10 @@
 """Local Spark with Delta Lake for the demo, tests, benchmarks and edge mode.
 
-The Delta JVM jars (``delta-spark_4.2_2.13`` and ``delta-storage``) are downloaded once from
-Maven Central (or the mirror set in ``~/.m2/settings.xml``), checked against their ``.sha1``, and
-cached in ``~/.cache/pi_stream_source/jars`` (``PI_STREAM_JARS_DIR`` overrides), so later runs
-fetch nothing. Only the two Delta jars go on the classpath: Spark already has the rest.
+The Delta JVM jars for the installed Spark line (``delta-spark_4.2_2.13`` for pyspark 4.2.x, and
+``delta-storage``) are downloaded once from Maven Central (or the mirror set in
+``~/.m2/settings.xml``), checked against their ``.sha1``, and cached in
+``~/.cache/pi_stream_source/jars`` (``PI_STREAM_JARS_DIR`` overrides), so later runs fetch nothing.
+Only the two Delta jars go on the classpath: Spark already has the rest.
 """
 from __future__ import annotations
 
@@ -20,11 +21,24 @@ from typing import Any, Dict, List, Optional
 log = logging.getLogger(__name__)
 
 SCALA = "2.13"
-SPARK_LINE = "4.2"
 #: Delta versions to try, newest first. 4.4.1 is the Python package's version; Maven Central served
 #: only 4.4.0 of the JVM artifacts when this was written, and the two are API-compatible.
 DELTA_VERSIONS = ("4.4.1", "4.4.0")
+#: Spark lines Delta 4.4 publishes ``delta-spark_<line>_2.13`` for (none yet for Spark 4.3).
+DELTA_SPARK_LINES = ("4.0", "4.1", "4.2")
 CENTRAL = ("https://repo1.maven.org/maven2", "https://repo.maven.apache.org/maven2")
+
+
+def spark_line() -> str:
+    """The installed pyspark's major.minor, e.g. ``4.2``."""
+    import pyspark
+
+    return ".".join(pyspark.__version__.split(".")[:2])
+
+
+def has_delta(line: Optional[str] = None) -> bool:
+    """Whether Delta Lake publishes jars for this Spark line."""
+    return (line or spark_line()) in DELTA_SPARK_LINES
 
 
 def jars_dir() -> Path:
@@ -60,18 +74,24 @@ def _download(repo: str, group: str, artifact: str, version: str, dest: Path) ->
     return True
 
 
-def delta_jars() -> List[str]:
-    """Paths of the Delta jars, downloading them on first use."""
+def delta_jars(line: Optional[str] = None) -> List[str]:
+    """Paths of the Delta jars for Spark ``line`` (default: the installed pyspark's), downloading
+    them on first use."""
+    line = line or spark_line()
+    if not has_delta(line):
+        raise RuntimeError(f"Delta Lake {DELTA_VERSIONS[-1]} has no jars for Spark {line} (it has them for Spark "
+                           f"{', '.join(DELTA_SPARK_LINES)}): use one of those, or get_spark(delta=False) and "
+                           "another sink such as Parquet")
     directory = jars_dir()
     directory.mkdir(parents=True, exist_ok=True)
     for version in DELTA_VERSIONS:
-        wanted = [("io.delta", f"delta-spark_{SPARK_LINE}_{SCALA}", version), ("io.delta", "delta-storage", version)]
+        wanted = [("io.delta", f"delta-spark_{line}_{SCALA}", version), ("io.delta", "delta-storage", version)]
         paths = [directory / f"{a}-{v}.jar" for _, a, v in wanted]
         if all(p.is_file() for p in paths):
             return [str(p) for p in paths]
     repos = _mirrors() + list(CENTRAL)
     for version in DELTA_VERSIONS:
-        wanted = [("io.delta", f"delta-spark_{SPARK_LINE}_{SCALA}", version), ("io.delta", "delta-storage", version)]
+        wanted = [("io.delta", f"delta-spark_{line}_{SCALA}", version), ("io.delta", "delta-storage", version)]
         paths = [directory / f"{a}-{v}.jar" for _, a, v in wanted]
         ok = True
         for (g, a, v), p in zip(wanted, paths):
@@ -84,13 +104,16 @@ def delta_jars() -> List[str]:
             print(f"pi_stream_source: Delta {version} jars cached in {directory}", file=sys.stderr)
             return [str(p) for p in paths]
     raise RuntimeError(f"could not download Delta jars {DELTA_VERSIONS} from {repos}; "
-                       f"put delta-spark_{SPARK_LINE}_{SCALA}-<v>.jar and delta-storage-<v>.jar in {directory}")
+                       f"put delta-spark_{line}_{SCALA}-<v>.jar and delta-storage-<v>.jar in {directory}")
 
 
 def get_spark(app_name: str = "pi_stream_source", master: str = "local[2]",
-              extra_conf: Optional[Dict[str, Any]] = None, warehouse: Optional[str] = None):
+              extra_conf: Optional[Dict[str, Any]] = None, warehouse: Optional[str] = None,
+              delta: Optional[bool] = None):
     """A local SparkSession with Delta Lake, workers on this interpreter, quiet logs, no UI
-    (``extra_conf={"spark.ui.enabled": "true"}`` turns it on)."""
+    (``extra_conf={"spark.ui.enabled": "true"}`` turns it on). ``delta``: True needs Delta, False
+    leaves it out, None (default) takes it where Delta supports the installed Spark line and
+    otherwise warns and leaves it out."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -99,12 +122,13 @@ def get_spark(app_name: str = "pi_stream_source", master: str = "local[2]",
 
     log4j = Path(__file__).with_name("resources") / "log4j2.properties"
     java_opts = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
+    if delta is None:
+        delta = has_delta()
+        if not delta:
+            log.warning("Delta Lake has no jars for Spark %s: this session has no Delta", spark_line())
     conf: Dict[str, Any] = {
         "spark.app.name": app_name, "spark.master": master,
         "spark.driver.extraJavaOptions": java_opts,
-        "spark.jars": ",".join(delta_jars()),
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.shuffle.partitions": "2",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
@@ -113,6 +137,10 @@ def get_spark(app_name: str = "pi_stream_source", master: str = "local[2]",
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.streaming.pollingDelay": "50ms",
     }
+    if delta:
+        conf.update({"spark.jars": ",".join(delta_jars()),
+                     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+                     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"})
     if warehouse:
         conf["spark.sql.warehouse.dir"] = warehouse
     conf.update(extra_conf or {})

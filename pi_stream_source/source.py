@@ -12,12 +12,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 from pyspark.sql.types import StructType
 
 from . import offsets as O
 from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, shard_webids
+from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadAllAvailable, ReadLimit, ReadMaxRows,
+                     SupportsTriggerAvailableNow, admission_control, default_limit)
 from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptionError
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
@@ -117,6 +117,7 @@ class _Plan:
     ranges: List[ArchiveRange]
 
 
+@admission_control
 class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Driver side: one channel per shard, buffers, offsets (see ``offsets.py``) and planning (see
     ``planning.py``). Executor side: ``read()`` only. Batches of the current run are served from
@@ -230,19 +231,21 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             return self._initial
 
     def getDefaultReadLimit(self) -> ReadLimit:
-        if self.opts.max_records_per_trigger:
-            return ReadMaxRows(self.opts.max_records_per_trigger)
-        return ReadAllAvailable()
+        return default_limit(self.opts.max_records_per_trigger)
 
-    def prepareForTriggerAvailableNow(self) -> None:
-        """"Available now" is what the archive holds up to the moment every channel is open, plus
-        the live rows buffered by then: wait (up to connectTimeout) for every channel to open; one
-        that cannot open fails the query rather than being left out."""
+    def awaitStart(self) -> None:
+        """Start the channels and wait (up to connectTimeout) until every one is open."""
         self._ensure_started()
         deadline = time.monotonic() + max(self.opts.connect_timeout, 1.0)
         while time.monotonic() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
             time.sleep(0.05)
         self._raise_failures()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        """"Available now" is what the archive holds up to the moment every channel is open, plus
+        the live rows buffered by then; a channel that cannot open fails the query rather than
+        being left out."""
+        self.awaitStart()
         closed = [r for r in self._receivers if r.since == 0]
         if closed:
             raise PIConnectionError(
@@ -372,6 +375,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     # -- planning -------------------------------------------------------------------------------
     def partitions(self, start: Dict[str, Any], end: Dict[str, Any]) -> List[InputPartition]:
+        if start == end:                                  # Spark 4.0 names a restart's last offset so
+            return []
         if end.get("run") == self.run_id:
             plan = self._plans.pop(json.dumps(end, sort_keys=True), None)
             if plan is None:                              # not planned by latestOffset here: plan it again
