@@ -206,7 +206,10 @@ def batch_mode(spark: SparkSession, checkpoint: str, batch_id: int, first: bool)
     (~0.3 s a batch here)."""
     if first:
         return "merge" if batch_id > 0 else None
-    return "append" if planned_plain(spark, checkpoint, batch_id) else None
+    plain = planned_plain(spark, checkpoint, batch_id)
+    # the source knows when live rows may be in the table already (late values at or below a
+    # connection's cutoff): their source is 'live', so the rows alone cannot tell
+    return "append" if plain else ("merge" if plain is False else None)
 
 
 def _default_staging(spark: SparkSession, table: str) -> str:
