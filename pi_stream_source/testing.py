@@ -8,12 +8,15 @@ from .pitime import to_datetime
 
 
 def expected_rows(sent: Dict[str, List[Tuple[int, Any]]]) -> List[Tuple[str, Any, float, Any]]:
-    """(tag_webid, timestamp, value, partition_date) for numeric simulator values."""
+    """(tag_webid, timestamp as a naive datetime of this process's zone, value, partition_date as
+    the UTC date) for numeric simulator values."""
     rows = []
     for webid, values in sent.items():
         for ts, value in values:
             dt = to_datetime(ts)
-            rows.append((webid, dt.replace(tzinfo=None), float(value), dt.date()))
+            # pyspark turns TIMESTAMP values into naive datetimes of this process's zone (collect)
+            # and reads naive datetimes in it (createDataFrame): the same instant, whatever the zone
+            rows.append((webid, dt.astimezone().replace(tzinfo=None), float(value), dt.date()))
     return rows
 
 
