@@ -94,17 +94,19 @@ def _retry_conflicts(what: str, action: Callable[[], T], retries: int = CONFLICT
                      backoff: float = CONFLICT_BACKOFF_SECONDS) -> "tuple[T, int]":
     """Run ``action`` (one Delta commit); on a commit conflict try again, up to ``retries`` times.
     Returns its result and the number of retries."""
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         try:
             return action(), attempt
         except Exception as exc:
             if not is_conflict(exc) or attempt == retries:
                 raise
+            # jitter: two writers that conflicted should not retry in lockstep
             pause = backoff * 2 ** attempt * (0.5 + random.random())
+            attempt += 1
             log.warning("%s met a concurrent commit (%s); retry %d of %d in %.1fs", what,
-                        str(exc).splitlines()[0][:200], attempt + 1, retries, pause)
+                        str(exc).splitlines()[0][:200], attempt, retries, pause)
             time.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def _needs_merge() -> Any:
