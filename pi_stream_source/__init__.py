@@ -23,7 +23,15 @@ def register(spark: Any) -> None:
     spark.dataSource.register(PIAFDataSource)
 
 
-__all__ = ["register", "__version__"]
+def source_metrics(progress: Any) -> Any:
+    """The ``pi_websocket`` source's metrics (reconnects, failed attempts, last error, lag, gap
+    fills, data loss…) as a dict, from a query or its ``lastProgress``: see ``metrics.py``."""
+    from .metrics import source_metrics as metrics
+
+    return metrics(progress)
+
+
+__all__ = ["register", "source_metrics", "__version__"]
 
 
 def _debug_log_from_env() -> None:

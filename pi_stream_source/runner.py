@@ -174,13 +174,9 @@ def trigger_text(trigger: Optional[str]) -> str:
 
 
 def _source_report(progress: Dict[str, Any]) -> Dict[str, Any]:
-    """The source's own metrics: the JSON of ``sources[0].latestOffset`` (reportLatestOffset)."""
-    try:
-        raw = progress["sources"][0].get("latestOffset")
-        report = json.loads(raw) if isinstance(raw, str) else raw
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        return {}
-    return report if isinstance(report, dict) else {}
+    from .metrics import source_metrics
+
+    return source_metrics(progress)
 
 
 #: cumulative counters of the source's report: (key, label, shown even when 0)

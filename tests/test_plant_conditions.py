@@ -377,3 +377,28 @@ def test_a_point_deleted_while_running_ends_only_its_own_subscription(simulator)
     for w in webids[:1] + webids[2:]:
         have = sorted(got[w])
         assert len(have) == len(set(have)) and have == [ts for ts, _ in sim.archive(w, start, have[-1])]
+
+
+def test_failed_attempts_and_the_last_error_reach_the_metrics_as_data(simulator):
+    """During an outage the metrics count every failed attempt and keep the last error (they
+    showed reconnects=0 and lastError=None after 8 failed attempts)."""
+    import pi_stream_source
+
+    sim = simulator(tags=2, rate=5, seed=76)
+    drv = ReaderDriver({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags), "reconnectBackoff": "0.1s",
+                        "reconnectBackoffMax": "0.2s", "maxReconnectAttempts": "0"})
+    try:
+        drv.run_for(1.5)
+        sim.fail_endpoint("streamsets/channel", 503)
+        sim.drop_channels(abrupt=True)
+        wait_until(lambda: drv.reader._receivers[0].failed_attempts >= 3, 30, what="failed attempts")
+        report = drv.reader.reportLatestOffset()
+        progress = {"sources": [{"latestOffset": json.dumps(report)}]}
+        m = pi_stream_source.source_metrics(progress)
+        shard = m["shards"]["0"]
+        assert m["totals"]["failedAttempts"] >= 3 and shard["attempts"] >= 3
+        assert shard["state"] in ("backoff", "connecting") and "503" in shard["lastError"]
+        assert not shard["lastError"].startswith("channel 0: channel 0")
+        assert pi_stream_source.source_metrics({"sources": [{"latestOffset": str(report)}]}) == m   # pyspark 4.0
+    finally:
+        drv.stop()

@@ -1,0 +1,42 @@
+"""The source's own metrics as data.
+
+Spark gives a Python streaming source one place to publish metrics: the value of
+``reportLatestOffset()``, shown as ``query.lastProgress["sources"][0]["latestOffset"]`` (a JSON
+string; ``str()`` of a dict on pyspark 4.0/4.1, which have no such hook and show the offset there).
+``source_metrics`` turns that into a dict::
+
+    {"run": …, "totals": {"received", "buffered", "reconnects", "gapFills", "failedAttempts",
+                          "malformedFrames", "valueErrors", "repeatsDropped", "unknownWebIds",
+                          "unknownStreams", "coveredDropped", "lateKept", "archiveRanges",
+                          "maxLagSeconds", "channelsOpen", "channels"},
+     "shards": {"0": {"state", "tags", "received", "buffered", "reconnects", "attempts",
+                      "failedAttempts", "connections", "gapFills", "lagSeconds", "lastError", …}},
+     "unknownStreams": […], "dataLoss": […]}
+"""
+from __future__ import annotations
+
+import ast
+import json
+from typing import Any, Dict
+
+
+def source_metrics(progress: Any) -> Dict[str, Any]:
+    """The ``pi_websocket`` source's metrics from a streaming query or one of its progress dicts
+    (``query``, ``query.lastProgress`` or an item of ``query.recentProgress``); {} when there are
+    none yet."""
+    if hasattr(progress, "lastProgress"):
+        progress = progress.lastProgress
+    try:
+        raw = progress["sources"][0].get("latestOffset")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return {}
+    report: Any = raw
+    if isinstance(raw, str):
+        try:
+            report = json.loads(raw)
+        except ValueError:
+            try:
+                report = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                return {}
+    return report if isinstance(report, dict) and "totals" in report else {}
