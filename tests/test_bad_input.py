@@ -24,7 +24,7 @@ from pi_stream_source.errors import PIOptionError
 from pi_stream_source.options import OPTIONS, parse_options
 from pi_stream_source.parse import Columns, ParseStats, parse_message, parse_streams
 from pi_stream_source.pitime import (MAX_MICROS, MICROS, MIN_MICROS, format_ts, parse_duration, parse_pi_time,
-                                     parse_ts)
+                                     parse_ticks, parse_ts)
 from pi_stream_source.source import to_contract
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "pi_samples"
@@ -222,7 +222,7 @@ def test_bad_items_never_cost_a_good_one(entries, bad_streams, shape):
         else:
             streams.append({"WebId": wid, "Name": f"T{i % 3}", "Value": item})
         if is_good:
-            good.append((wid, parse_ts(g["Timestamp"]), float(g["Value"])))
+            good.append((wid, parse_ticks(g["Timestamp"]), float(g["Value"])))     # rows hold PI's ticks
         else:
             bad += 1
     for j in range(bad_streams):
@@ -455,7 +455,7 @@ def test_recorded_pages_with_junk_page_on_and_count_rejects():
     try:
         client = PIRestClient(f"http://127.0.0.1:{server.server_address[1]}/piwebapi", Credentials(), timeout=5, retry_for=0)
         cols, stats = Columns(), ParseStats()
-        for page in client.recorded(["W", "V"], 0, parse_ts("2024-01-02T00:00:00Z"), page_size=4):
+        for page in client.recorded(["W", "V"], 0, parse_ticks("2024-01-02T00:00:00Z"), page_size=4):
             parse_streams(page, cols, stats, "backfill", 1, {"W": ("w", None), "V": ("v", None)})
         client.close()
     finally:
@@ -463,7 +463,7 @@ def test_recorded_pages_with_junk_page_on_and_count_rejects():
         server.server_close()
     assert len(_Recorded.calls) == 2 and _Recorded.calls[1] == "2024-01-01T00:00:02Z"   # W paged on from its last good value
     good = sorted((w, t, v) for w, t, v, e in zip(cols.tag_webid, cols.timestamp, cols.value, cols.error) if e is None)
-    assert good == [("V", parse_ts("2024-01-01T00:00:01Z"), 1.0), ("W", parse_ts("2024-01-01T00:00:01Z"), 1.0),
-                    ("W", parse_ts("2024-01-01T00:00:02Z"), 2.0), ("W", parse_ts("2024-01-01T00:00:03Z"), 3.0)]
+    assert good == [("V", parse_ticks("2024-01-01T00:00:01Z"), 1.0), ("W", parse_ticks("2024-01-01T00:00:01Z"), 1.0),
+                    ("W", parse_ticks("2024-01-01T00:00:02Z"), 2.0), ("W", parse_ticks("2024-01-01T00:00:03Z"), 3.0)]
     # junk: "junk", bad Timestamp, entry 7, odd WebId's value, {"Value": 3}, None
     assert stats.value_errors == 6 and stats.unknown_webids == 1 and cols.to_arrow().num_rows == 9
