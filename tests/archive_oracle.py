@@ -1,6 +1,6 @@
 """What PI answers at an instant between archived values, recomputed from the simulator's archive
 at PI's resolution (100-ns ticks): the recorded value exactly there, else linear between the
-neighbours for floats, else the previous value. Independent of the simulator's own code."""
+neighbours for floats (not NaN), else the previous value. Independent of the simulator's own code."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,6 +19,6 @@ def value_at(sim: Any, webid: str, ticks: int, reach_us: int = 10 * MICROS) -> A
     (bts, bv), (ats, av) = before[-1], after[0]
     if bts == ticks:
         return bv
-    if isinstance(bv, float) and isinstance(av, float):
+    if isinstance(bv, float) and isinstance(av, float) and bv == bv and av == av:     # NaN: no line
         return bv + (av - bv) * (ticks - bts) / (ats - bts)
     return bv
