@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
@@ -31,7 +31,7 @@ from pyspark.sql.types import (ArrayType, BooleanType, DoubleType, IntegerType, 
 
 from .errors import PIOptionError, PIWebAPIError
 from .options import SourceOptions, parse_options
-from .pitime import format_ts, now_micros, parse_pi_time, parse_ts
+from .pitime import TICKS_PER_MICRO, format_ticks, format_ts, now_micros, parse_pi_time, parse_ticks, parse_ts
 from .rest import PIRestClient, batch_get
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,12 @@ def _parent(path: str) -> Optional[str]:
     return head if sep and head.count("\\") > 3 else None
 
 
-def _ts(text: Any) -> Optional[int]:
+def _ts(text: Any, parse: Callable[[str], int] = parse_ts) -> Optional[int]:
+    """A PI timestamp → µs (``parse_ts``) or ticks (``parse_ticks``); None for PI's open end."""
     if not isinstance(text, str) or text.startswith("9999-"):        # PI's open end: still running
         return None
     try:
-        return parse_ts(text)
+        return parse(text)
     except ValueError:
         return None
 
@@ -293,8 +294,11 @@ class AFReader(DataSourceReader):
 
         now = now_micros()
         for f in self._frame_items(client, part):
-            end = _ts(f.get("EndTime"))
-            doc = client.get(f"streamsets/{f['WebId']}/value", params={"time": format_ts(end if end is not None else now)})
+            # the frame's end at PI's resolution (a seventh digit kept), so the values read are
+            # the ones at that instant, not at its µs floor
+            end = _ts(f.get("EndTime"), parse_ticks)
+            at = end if end is not None else now * TICKS_PER_MICRO
+            doc = client.get(f"streamsets/{f['WebId']}/value", params={"time": format_ticks(at)})
             cols, stats = Columns(), ParseStats()
             streams = doc.get("Items") if isinstance(doc, dict) else None
             metas = [(s.get("WebId"), s.get("Name"), s.get("Path")) if isinstance(s, dict) else (None, None, None)
@@ -304,8 +308,9 @@ class AFReader(DataSourceReader):
             for i in range(len(cols)):
                 w = cols.tag_webid[i]
                 _, name, path = by_webid.get(w, (w, None, None))
-                ts = cols.timestamp[i]
-                yield (f.get("WebId"), f.get("Name"), w, name, path, to_datetime(ts) if ts is not None else None,
+                ts = cols.timestamp[i]          # epoch ticks; the table keeps µs (floored)
+                yield (f.get("WebId"), f.get("Name"), w, name, path,
+                       to_datetime(ts // TICKS_PER_MICRO) if ts is not None else None,
                        cols.value[i], cols.value_string[i], cols.digital_state_code[i], cols.good[i], cols.uom[i],
                        cols.error[i])
 

@@ -416,7 +416,10 @@ def _values_batch(streams: Any, known: Mapping[str, Tuple[Optional[str], Optiona
 
 def read_values(client: PIRestClient, part: HistoryPartition, opts: BatchOptions,
                 ingested: int) -> Iterator[pa.RecordBatch]:
-    """``interpolated`` or ``plot`` rows of ``part`` (VALUES_SCHEMA), one call per group of streams."""
+    """``interpolated`` or ``plot`` rows of ``part`` (VALUES_SCHEMA), one call per group of streams.
+    Unlike ``recorded`` (every value whose µs view is in the range), the range goes to PI as its
+    instants (``lo``/``hi`` µs, seventh digit 0): PI cuts the grid and the intervals there, so a
+    value stamped a few 100 ns after ``hi`` is outside, as in PI."""
     known = {w: (n, p) for w, n, p in part.meta}
     stats = ParseStats()
     if opts.mode == "interpolated":

@@ -8,6 +8,7 @@ from datetime import timedelta, timezone
 
 import pytest
 
+from archive_oracle import value_at
 from pi_stream_source.batch import PIHistoryReader, parse_batch_options, plan_recorded
 from pi_stream_source.errors import PIOptionError
 from pi_stream_source.pitime import MICROS, format_ts, to_datetime
@@ -93,7 +94,7 @@ def test_recorded_equals_the_archive_exactly_across_pages_and_partitions(spark, 
     # the 'edge' tag's values that carry PI Errors are rows with the error text
     edge = sim.tags[KINDS.index("edge")]
     flagged = sum(1 for ts, _ in sim.archive(edge.webid, start, end)
-                  if edge.gen.errors(sim.archive_store.tick_at(ts)))
+                  if edge.gen.errors(sim.archive_store.tick_at_us(ts)))
     with_error = [r for r in rows if r.tag_webid == edge.webid and r.error]
     assert flagged > 0 and len(with_error) == flagged
     assert all("PI Point not found" in r.error for r in with_error)
@@ -208,17 +209,8 @@ def test_interpolated_on_the_grid_split_across_partitions(spark, simulator):
     grid = list(range(start, end + 1, 7 * MICROS))
     got = _landed(rows)
     for t in sim.tags:
-        pts = dict(sim.archive(t.webid, start - 2 * MICROS, end + 2 * MICROS))
-        want = []
-        for ts in grid:
-            before = max(x for x in pts if x <= ts)
-            after = min(x for x in pts if x > ts)
-            bv, av = pts[before], pts[after]
-            if isinstance(bv, float) and isinstance(av, float):
-                v = bv + (av - bv) * (ts - before) / (after - before)
-            else:
-                v = bv
-            want.append((ts, _row_value(v)))
+        # interpolated between the stamps as PI keeps them (ticks), not their µs views
+        want = [(ts, _row_value(value_at(sim, t.webid, ts * 10))) for ts in grid]
         assert got[t.webid] == want, t.gen.kind
 
 
@@ -232,7 +224,8 @@ def test_plot_picks_first_last_min_max_of_each_interval(spark, simulator):
     got = _landed(df.select("tag_webid", F.unix_micros("timestamp").alias("ts"), "value", "value_string",
                             "digital_state_code").collect())
     for t in sim.tags:
-        pts = sim.archive(t.webid, start, end)
+        # PI's [start, end] as instants: the stamp of the step at `end` is 100-900 ns past it
+        pts = [(ts // 10, v) for ts, v in sim.archive(t.webid, start * 10, end * 10, ticks=True)]
         want = set()
         for i in range(12):
             a, b = start + (end - start) * i // 12, start + (end - start) * (i + 1) // 12

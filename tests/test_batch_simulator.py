@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from pi_stream_source.pitime import MICROS, format_ts, parse_ts
+from archive_oracle import value_at
+from pi_stream_source.pitime import MICROS, format_ticks, format_ts, parse_ticks
 from pi_swagger import response_definition, validate
 
 
@@ -29,7 +30,14 @@ def test_interpolated_plot_summary_match_the_spec(simulator):
                calculationBasis="EventWeighted", **rng).json()
     validate(body, "Items[StreamSummaries]")
     counts = [i["Value"]["Value"] for i in body["Items"][0]["Items"] if i["Type"] == "Count"]
-    assert counts == [300, 301]                     # [a, b) then the last interval [a, end]
+    # [a, b) then the last interval [a, end]; step 660's stamp is 100-900 ns past the end: outside
+    assert counts == [300, 300]
+    # the end at PI's resolution: the 660th stamp itself (seven digits) is inside, 100 ns less is not
+    stamp = sim.stamp(ids[0], 660)
+    for end, count in [(stamp, 601), (stamp - 1, 600)]:
+        body = get(sim, "/streamsets/summary", webId=ids[0], summaryType="Count", startTime=rng["startTime"],
+                   endTime=format_ticks(end)).json()
+        assert [i["Value"]["Value"] for i in body["Items"][0]["Items"]] == [count]
 
 
 @pytest.mark.parametrize("params, status", [
@@ -55,12 +63,13 @@ def test_event_frames_match_the_spec_and_their_attributes_read_at_the_end(simula
     one = get(sim, f"/eventframes/{items[0]['WebId']}").json()
     validate(one, "EventFrame")
     assert one["RefElementWebIds"] == [sim.elements[0].webid]
-    end = parse_ts(one["EndTime"])
+    end = parse_ticks(one["EndTime"])
     values = get(sim, f"/streamsets/{one['WebId']}/value", time=one["EndTime"]).json()
     validate(values, "Items[StreamValue]")
     for s in values["Items"]:
-        assert parse_ts(s["Value"]["Timestamp"]) == end
-        assert s["Value"]["Value"] == sim.archive(sim.stream(s["WebId"]).tag.webid, end, end)[0][1]
+        assert parse_ticks(s["Value"]["Timestamp"]) == end
+        # stamps carry a sub-µs offset: the value at the frame's end is PI's value at that instant
+        assert s["Value"]["Value"] == value_at(sim, sim.stream(s["WebId"]).tag.webid, end)
     paged = get(sim, f"/assetdatabases/{db}/eventframes", startTime="*-3h", endTime="*", startIndex=1, maxCount=2)
     assert [f["WebId"] for f in paged.json()["Items"]] == [f["WebId"] for f in items[1:3]]
     assert get(sim, f"/assetdatabases/{db}/eventframes", searchMode="Backward").status_code == 400

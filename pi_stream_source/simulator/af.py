@@ -24,6 +24,10 @@ recompute from ``PISimulator.archive``):
   is the share of good values. Timestamps: ``timeType`` ``Auto`` puts Minimum/Maximum at their
   value's time and the rest at the interval start, ``EarliestTime`` the start, ``MostRecentTime``
   the end. An interval without good numbers answers ``No Data`` with ``Good: false``.
+
+Times are the archive's 100-ns ticks throughout: ``startTime``/``endTime`` parse to ticks (a
+seventh fractional digit counts), spans and interval edges are ticks, and stamps print with the
+seventh digit where the archive has one.
 """
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .. import webid as W
-from ..pitime import MICROS, format_ts, parse_duration, parse_pi_time
+from ..pitime import MICROS, parse_duration
 from .model import SimElement
 from .rest_api import PIError, Req, Resp, json_resp
+from .ticks import TICKS_PER_SECOND, TICKS_PER_US, format_ticks, parse_pi_time_ticks
 
 if TYPE_CHECKING:
     from .rest_api import RestAPI
@@ -50,6 +55,7 @@ BAD = (False, False, False)
 
 
 EVENT_FRAME_TEMPLATE = "BatchTemplate"
+# µs, on the archive's µs grid (``t0``); frames keep their times in ticks
 EVENT_FRAME_EVERY = 1800 * MICROS
 EVENT_FRAME_LENGTH = 1200 * MICROS
 EVENT_FRAME_STAGGER = 60 * MICROS
@@ -71,7 +77,8 @@ def routes(api: "RestAPI") -> List[Tuple[str, str, Callable[[Req], Resp]]]:
 
 @dataclass(eq=False)
 class SimEventFrame(SimElement):
-    """An event frame; a ``SimElement`` so ``streamsets/{webId}/value`` reads its attributes."""
+    """An event frame; a ``SimElement`` so ``streamsets/{webId}/value`` reads its attributes.
+    ``start``/``end`` in 100-ns ticks, as every time the endpoints compare."""
     start: int = 0
     end: int = 0
     primary: Optional[SimElement] = None
@@ -88,16 +95,17 @@ class EventFrames:
         for e, el in enumerate(m.elements):
             n = 0
             while True:
-                start = arch.t0 + e * EVENT_FRAME_STAGGER + n * EVENT_FRAME_EVERY
-                if start > arch.t0 + EVENT_FRAMES_AHEAD:
+                start_us = arch.t0 + e * EVENT_FRAME_STAGGER + n * EVENT_FRAME_EVERY
+                if start_us > arch.t0 + EVENT_FRAMES_AHEAD:
                     break
+                start = start_us * TICKS_PER_US
                 name = f"{el.name} batch {n + 1:04d}"
                 path = f"{m.database_path}\\EventFrames[{name}]"
                 guid = uuid.uuid5(el.guid, name)
                 ef = SimEventFrame(name, path, "F1Fm" + W.encode_guid(m.af_guid) + W.encode_guid(guid)
                                    + W.encode_name(path[2:]), W.path_only(path, "Fm", ""),
                                    "I1Fm" + W.encode_guid(m.af_guid) + W.encode_guid(guid), guid,
-                                   attributes=el.attributes, start=start, end=start + EVENT_FRAME_LENGTH, primary=el)
+                                   attributes=el.attributes, start=start, end=start + EVENT_FRAME_LENGTH * TICKS_PER_US, primary=el)
                 self.frames.append(ef)
                 for webid in (ef.webid, ef.path_webid, ef.id_webid):
                     m.by_webid[webid] = ef
@@ -106,12 +114,12 @@ class EventFrames:
     def obj(self, req: Req, ef: SimEventFrame) -> Dict[str, Any]:
         b, wt = req.base_url, self.api.webid_type(req)
         w = ef.webid_for(wt)
-        now = self.api.archive.now()
+        now = self.api.archive.now_ticks()
         assert ef.primary is not None
         return {"WebId": w, "Id": str(ef.guid), "Name": ef.name, "Description": f"batch on {ef.primary.name}",
                 "Path": ef.path, "TemplateName": EVENT_FRAME_TEMPLATE, "HasChildren": False,
-                "CategoryNames": ["Batch"], "ExtendedProperties": {}, "StartTime": format_ts(ef.start),
-                "EndTime": format_ts(ef.end) if ef.end <= now else OPEN_END, "Severity": "None",
+                "CategoryNames": ["Batch"], "ExtendedProperties": {}, "StartTime": format_ticks(ef.start),
+                "EndTime": format_ticks(ef.end) if ef.end <= now else OPEN_END, "Severity": "None",
                 "AcknowledgedBy": "", "AcknowledgedDate": "1970-01-01T00:00:00Z", "CanBeAcknowledged": False,
                 "IsAcknowledged": False, "IsAnnotated": False, "IsLocked": False, "AreValuesCaptured": ef.end <= now,
                 "RefElementWebIds": [ef.primary.webid_for(wt)],
@@ -126,9 +134,9 @@ class EventFrames:
         api = self.api
         if req.match["webId"] != api.model.database_webid:
             raise PIError(404, f"The specified AF database was not found for WebId '{req.match['webId']}'.")
-        now = api.archive.now()
-        start = parse_pi_time(req.q("startTime", "*-8h"), now)
-        end = parse_pi_time(req.q("endTime", "*"), now)
+        now = api.archive.now_ticks()
+        start = _time(req, "startTime", "*-8h", now)
+        end = _time(req, "endTime", "*", now)
         if end < start:
             raise PIError(400, "The endTime must be greater than or equal to the startTime.")
         mode = _choice(req, "searchMode", ("Overlapped", "Inclusive"), "Overlapped")
@@ -158,21 +166,32 @@ class EventFrames:
 
     def get(self, req: Req) -> Resp:
         ef = self.api.lookup(req.match["webId"], (SimEventFrame,))
-        if ef.start > self.api.archive.now():
+        if ef.start > self.api.archive.now_ticks():
             raise PIError(404, f"The specified event frame was not found for WebId '{req.match['webId']}'.")
         return json_resp(self.obj(req, ef))
 
 
+def _time(req: Req, name: str, default: str, now: int) -> int:
+    """A PI time parameter → epoch ticks (a 7-digit ISO stamp keeps its seventh digit)."""
+    raw = req.q(name, default)
+    try:
+        return parse_pi_time_ticks(raw, now)
+    except ValueError:
+        raise PIError(400, f"The parameter '{name}' is not a valid time: '{raw}'.") from None
+
+
 def _range(api: "RestAPI", req: Req) -> Tuple[int, int]:
-    now = api.archive.now()
-    start = parse_pi_time(req.q("startTime", "*-1d"), now)
-    end = parse_pi_time(req.q("endTime", "*"), now)
+    """[startTime, endTime] in ticks, as the archive compares stamps."""
+    now = api.archive.now_ticks()
+    start = _time(req, "startTime", "*-1d", now)
+    end = _time(req, "endTime", "*", now)
     if end < start:
         raise PIError(400, "The end time must not be before the start time.")
     return start, end
 
 
 def _duration(req: Req, name: str, default: Optional[str]) -> Optional[int]:
+    """A time span parameter → ticks (PI spans go down to the µs here), None when absent."""
     raw = req.q(name, default)
     if raw is None or raw == "":
         return None
@@ -182,7 +201,7 @@ def _duration(req: Req, name: str, default: Optional[str]) -> Optional[int]:
         raise PIError(400, f"The parameter '{name}' is not a valid time span: '{raw}'.") from None
     if us <= 0:
         raise PIError(400, f"The parameter '{name}' must be greater than zero.")
-    return us
+    return us * TICKS_PER_US
 
 
 def _choice(req: Req, name: str, allowed: Tuple[str, ...], default: str) -> str:
@@ -355,7 +374,7 @@ def _summary_value(api: "RestAPI", tag: Any, inside: List[Any], kind: str, basis
         weights = [stamps[i + 1] - stamps[i] for i in range(len(values))]
         span = sum(weights)
         avg = sum(v * w for v, w in zip(values, weights)) / span if span else values[-1]
-        return (avg if kind == "Average" else avg * (b - a) / (86400 * MICROS)), None, True
+        return (avg if kind == "Average" else avg * (b - a) / (86400 * TICKS_PER_SECOND)), None, True
     mean = sum(values) / len(values)
     sq = sum((v - mean) ** 2 for v in values)
     if kind == "PopulationStdDev":
