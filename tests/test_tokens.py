@@ -11,6 +11,7 @@ import pytest
 from pyspark.errors import StreamingQueryException
 
 from pi_stream_source.channel import ChannelReceiver, ShardBuffer
+from pi_stream_source.pitime import parse_ticks
 from pi_stream_source.errors import PIAuthError, PIOptionError
 from pi_stream_source.options import parse_options
 from pi_stream_source.rest import PIRestClient
@@ -141,17 +142,31 @@ def _receive(opts, sim, webids):
 
 
 def _assert_buffer_matches_archive(sim, rec, webids):
-    """Every value PI archived between the channel's first cutoff and the newest value taken is in
-    the buffer exactly once (live values and gap fills together)."""
-    batches = rec.buffer.slice(0, rec.buffer.next_seq)
+    """Every value PI archived between the channel's first cutoff and the newest value taken is read
+    exactly once: the live values the planner keeps plus the archive ranges it plans for each
+    reconnect (read with the REST client), in PI's ticks."""
+    import numpy as np
+
+    from pi_stream_source.planning import Stream, plan_shard
+
+    next_seq, epochs = rec.buffer.state()
+    plan = plan_shard([Stream(w, None, None) for w in webids], rec.buffer.slice_seq(0, next_seq), epochs,
+                      (1, len(epochs)), epochs[0].cutoff.copy(), np.ones(len(webids), dtype=bool), max_backfill=1 << 60)
     got = {}
-    for b in batches:
+    for b in plan.rows:
         for w, ts in zip(b.column(0).to_pylist(), b.column(3).to_pylist()):
             got[(w, ts)] = got.get((w, ts), 0) + 1
+    for r in plan.ranges:
+        for page in rec.rest.recorded([r.stream.webid], r.lo + 1, r.hi):
+            for stream in page:
+                for item in stream["Items"]:
+                    ts = parse_ticks(item["Timestamp"])
+                    if r.lo < ts <= r.hi:
+                        got[(stream["WebId"], ts)] = got.get((stream["WebId"], ts), 0) + 1
     assert all(n == 1 for n in got.values()), "values taken twice"
     for w in webids:
         newest = max(ts for (x, ts) in got if x == w)
-        want = {ts for ts, _ in sim.archive(w, rec.since_by_tag[w] + 1, newest)}
+        want = {ts for ts, _ in sim.archive(w, rec.since_by_tag[w] + 1, newest, ticks=True)}
         have = {ts for (x, ts) in got if x == w}
         assert want == have, f"{w}: missing {sorted(want - have)[:3]} extra {sorted(have - want)[:3]}"
 
