@@ -18,6 +18,7 @@ setup(
         "requests>=2.31",
         "databricks-sdk>=0.30",
         "pyarrow>=14",
+        "numpy>=1.22",
     ],
     extras_require={
         # pyspark[connect] brings what `spark-pipelines` (open-source declarative pipelines) needs

@@ -22,7 +22,6 @@ import os
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
-from .delta import create_table, write_batch
 from .errors import PIOptionError
 from .offsets import start_micros
 from .pitime import MICROS, format_ts, now_micros, parse_duration, parse_pi_time
@@ -98,6 +97,8 @@ def backfill(spark: Any, table: str, options: Mapping[str, Any], start: Any, end
         raise PIOptionError(f"chunk: {exc}") from None
     if step < MICROS:
         raise PIOptionError(f"chunk must be at least 1s, got {chunk!r}")
+    from .delta import create_table, write_batch      # pyspark: not needed to build the CLI's parser
+
     create_table(spark, table)
     run = now_micros()              # a batch id no other backfill uses: its rows are staged under it
     rows, chunks = 0, 0
