@@ -32,13 +32,7 @@ from pi_stream_source.testing import ReaderDriver
 Key = Tuple[str, int]
 
 
-def _form(webid: str, form: str) -> str:
-    info = W.decode(webid)
-    if form == "IDOnly":
-        return W.id_only_point(info.server_guid, info.point_id)
-    if form == "PathOnly":
-        return W.path_only(info.path)
-    return webid
+_form = W.point_in_form
 
 
 class Landing:

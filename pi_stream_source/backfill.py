@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import PIOptionError
-from .offsets import start_micros
+from .offsets import query_start
 from .pitime import MICROS, format_ts, now_micros, parse_duration, parse_pi_time
 
 log = logging.getLogger(__name__)
@@ -35,22 +34,11 @@ _CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "Con
 
 def stream_start(checkpoint: str) -> Optional[int]:
     """The start (PI time, epoch µs) of the ``pi_websocket`` query with this checkpoint (a local or
-    mounted path), or None when it has not planned a batch yet. Every offset carries it."""
-    folder = os.path.join(checkpoint, "offsets")
-    if not os.path.isdir(folder):
-        return None
-    names = sorted((int(n) for n in os.listdir(folder) if n.isdigit()))
-    if not names:
-        return None
-    with open(os.path.join(folder, str(names[0])), encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    for line in lines[2:]:
-        doc = json.loads(line)
-        if isinstance(doc, str):
-            doc = json.loads(doc)
-        if isinstance(doc, dict) and doc.get("start") is not None:
-            return start_micros(doc)
-    raise PIOptionError(f"stream_checkpoint {checkpoint!r} holds no pi_websocket offset with a start")
+    mounted path), or None when it has not planned a batch yet."""
+    try:
+        return query_start(checkpoint)
+    except ValueError:
+        raise PIOptionError(f"stream_checkpoint {checkpoint!r} holds no pi_websocket offset with a start") from None
 
 
 def _time(value: Any, name: str, now: int) -> int:
@@ -97,7 +85,7 @@ def backfill(spark: Any, table: str, options: Mapping[str, Any], start: Any, end
         raise PIOptionError(f"chunk: {exc}") from None
     if step < MICROS:
         raise PIOptionError(f"chunk must be at least 1s, got {chunk!r}")
-    from .delta import create_table, write_batch      # pyspark: not needed to build the CLI's parser
+    from .delta import create_table      # pyspark only when a backfill runs, not for the CLI's parser
 
     create_table(spark, table)
     run = now_micros()              # a batch id no other backfill uses: its rows are staged under it
@@ -119,6 +107,8 @@ def backfill(spark: Any, table: str, options: Mapping[str, Any], start: Any, end
 def _land_chunk(spark: Any, table: str, opts: Dict[str, str], a: int, b: int, batch_id: int, attempts: int) -> int:
     reader = spark.read.format("pi").options(**opts).option("startTime", format_ts(a)).option("endTime", format_ts(b))
     df = reader.option("mode", "recorded").load()
+    from .delta import write_batch
+
     for attempt in range(1, attempts + 1):
         try:
             counts = write_batch(df, batch_id, table, "pi_stream_source:backfill", mode="merge")

@@ -131,3 +131,25 @@ def start_micros(offset: Dict[str, Any]) -> Optional[int]:
     if offset.get("start") is None:
         return None
     return int(offset["start"]) // 10 if offset.get("v", 1) >= 2 else int(offset["start"])
+
+
+def query_start(checkpoint: str) -> Optional[int]:
+    """The start (epoch µs) of the ``pi_websocket`` query whose checkpoint is this local or mounted
+    path, or None when it has planned no batch yet. Every offset carries it; Spark purges old
+    offset files, so the oldest one left is read."""
+    import json
+    import os
+
+    folder = os.path.join(checkpoint, "offsets")
+    names = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    if not names:
+        return None
+    with open(os.path.join(folder, str(min(names))), encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for line in lines[2:]:
+        doc = json.loads(line)
+        if isinstance(doc, str):
+            doc = json.loads(doc)
+        if isinstance(doc, dict) and doc.get("start") is not None:
+            return start_micros(doc)
+    raise ValueError(f"{checkpoint}: its offsets hold no pi_websocket offset with a start")

@@ -32,25 +32,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 def checkpoint_start(checkpoint: str) -> int:
     """The start time (epoch µs, floored from the offset's 100-ns ticks) of a pi_websocket query,
-    from its checkpoint's first offset."""
-    import json
-    import os
+    from its checkpoint."""
+    from .offsets import query_start
 
-    # every offset carries the query's "start"; Spark purges old offset files (minBatchesToRetain),
-    # so read the oldest one still there
-    folder = os.path.join(checkpoint, "offsets")
-    oldest = min((int(n) for n in os.listdir(folder) if n.isdigit()), default=0)
-    with open(os.path.join(folder, str(oldest)), encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    for line in lines[2:]:
-        doc = json.loads(line)
-        if isinstance(doc, str):
-            doc = json.loads(doc)
-        if isinstance(doc, dict) and doc.get("start") is not None:
-            from .offsets import start_micros
-
-            return start_micros(doc)
-    raise ValueError(f"no pi_websocket offset in {checkpoint}/offsets/0")
+    start = query_start(checkpoint)
+    if start is None:
+        raise ValueError(f"no pi_websocket offset in {checkpoint}/offsets")
+    return start
 
 
 def archive_window(sim: Any, start: int, ends: Dict[str, int]) -> Dict[str, List[Tuple[int, Any]]]:

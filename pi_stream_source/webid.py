@@ -232,3 +232,15 @@ def decode_parts(webid: str) -> WebIdParts:
     except (ValueError, struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed WebID 2.0 {webid[:12]!r}…: {exc}") from None
     return WebIdParts(kind, marker, **fields)
+
+
+def point_in_form(webid: str, form: str) -> str:
+    """A PI point's Full WebID written as ``form`` (Full, IDOnly or PathOnly): what a user may give."""
+    if form == "Full":
+        return webid
+    info = decode(webid)
+    if form == "IDOnly" and info.server_guid is not None and info.point_id is not None:
+        return id_only_point(info.server_guid, info.point_id)
+    if form == "PathOnly" and info.path:
+        return path_only(info.path)
+    raise ValueError(f"cannot write {webid[:12]}… as {form}")

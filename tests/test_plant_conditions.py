@@ -29,13 +29,7 @@ def values_flowed(sim, n, timeout=60):
     wait_until(lambda: sim.stats["values_sent"] >= base + n, timeout, what=f"{n} more values sent")
 
 
-def as_form(webid: str, form: str) -> str:
-    info = W.decode(webid)
-    if form == "IDOnly":
-        return W.id_only_point(info.server_guid, info.point_id)
-    if form == "PathOnly":
-        return W.path_only(info.path)
-    return webid
+as_form = W.point_in_form
 
 
 def source_metrics(q):
