@@ -196,7 +196,7 @@ def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any
                     ts = rng.choice(stamps[:-2]) + (0 if action == "edit" else rng.randint(1, 90_000))
                     sim.write_value(w, ts, rng.uniform(-1e4, 1e4), substituted=None if action == "edit" else False)
             else:
-                q.processAllAvailable()
+                time.sleep(1.5)
                 q.stop()
                 if action == "add":
                     w = sim.add_point(f"SIM.New{len(webids):04d}")
@@ -219,7 +219,6 @@ def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any
         last = {w: v[-1][0] for w, v in sim.sent_values().items() if v and w in selected}
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and q.exception() is None:
-            q.processAllAvailable()
             newest: Dict[str, int] = {}
             for w, ts, _ in read_rows():
                 newest[w] = max(ts, newest.get(w, ts))

@@ -353,7 +353,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 plan.live.append((k, sp.rows))
             plan.ranges += sp.ranges
             changed = True
-        if not changed:
+        if not changed or (not plan.live and not plan.ranges and not reach and m1 == m0):
+            # nothing to read (e.g. a reconnect while PI sends nothing): no empty batch; the
+            # connection is planned with the next rows
             return start, plan
         since = [r.since for r in self._receivers if r.since]
         end: Dict[str, Any] = {"v": O.VERSION, "start": int(start["start"]), "run": self.run_id, "seq": seq,
