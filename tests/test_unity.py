@@ -43,7 +43,17 @@ def _loader(ws, tmp_path, **kwargs):
                                   local_dir=str(tmp_path / "local"), **kwargs)
 
 
-def _rows(spark, n_tags=3, n_values=4, source="live", value_offset=0.0, start=dt.datetime(2026, 11, 27, 23, 59, 58)):
+def _utc(*args):
+    """A UTC instant (pyspark reads a naive datetime in this process's zone, which is not UTC here)."""
+    return dt.datetime(*args, tzinfo=dt.timezone.utc)
+
+
+def _utc_date(col):
+    """The UTC date of a timestamp column, whatever the session's zone (the contract's partition_date)."""
+    return F.expr(f"date_from_unix_date(cast(floor(unix_micros({col}) / 86400000000) as int))")
+
+
+def _rows(spark, n_tags=3, n_values=4, source="live", value_offset=0.0, start=_utc(2026, 11, 27, 23, 59, 58)):
     """Contract rows; they straddle midnight UTC so two partitions are written."""
     rows = []
     for t in range(n_tags):
@@ -91,7 +101,7 @@ def test_lost_statement_response_does_not_load_twice(spark, workspace, tmp_path)
     loader = _loader(workspace, tmp_path)
     loader(_rows(spark, n_values=1), 4)
     workspace.lose_statement_responses = 1              # COPY INTO commits, the answer is lost
-    loader(_rows(spark, n_values=4, start=dt.datetime(2026, 11, 28, 0, 0, 30)), 5)
+    loader(_rows(spark, n_values=4, start=_utc(2026, 11, 28, 0, 0, 30)), 5)
     assert workspace.read_table(TABLE).count() == 3 + 12
     copies = [s for s in workspace.history if s.text.startswith("COPY INTO")]
     assert len(copies) == 2 and copies[1].rows[0][1] == "0"
@@ -175,7 +185,7 @@ def _assert_table_is_archive(spark, ws, sim, checkpoint):
     expected = spark.createDataFrame(expected_rows(sent), actual.schema)
     assert landed.count() == sum(len(v) for v in sent.values())
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
-    assert landed.filter(F.col("partition_date") != F.to_date("timestamp")).count() == 0
+    assert landed.filter(F.col("partition_date") != _utc_date("timestamp")).count() == 0
 
 
 def test_end_to_end_simulator_to_unity_table(spark, simulator, workspace, tmp_path):
@@ -240,7 +250,8 @@ def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_
     assert all(rows[(w, ts)] == v for w, ts, v in sent)
     by_webid = {t.webid: t for t in sim.tags}
     for (w, ts), v in rows.items():
-        micros = int((ts - dt.datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+        micros = int((ts.astimezone(dt.timezone.utc).replace(tzinfo=None) - dt.datetime(1970, 1, 1)).total_seconds()
+                     * 1_000_000)
         k = (micros - sim.t0) // sim.period_us
         assert sim.tick_time(k) == micros and float(sim.value_at(by_webid[w], k)) == v
 
@@ -283,7 +294,7 @@ def test_seed_product_config_file_runs_into_unity(spark, simulator, workspace, t
 
 def test_statement_timeout_cancels_and_the_retry_loads_once(spark, workspace, tmp_path):
     loader = _loader(workspace, tmp_path)
-    first = _rows(spark, n_values=1, start=dt.datetime(2026, 11, 27, 23, 0))
+    first = _rows(spark, n_values=1, start=_utc(2026, 11, 27, 23, 0))
     loader(first, 8)
     loader.statement_timeout = 2
     workspace.slow_statements, workspace.statement_delay = 1, 3.0   # the first COPY INTO outlives the timeout
@@ -302,16 +313,16 @@ def test_live_edit_is_merged_not_copied(spark, workspace, tmp_path, session_zone
     """A PI edit arrives on the channel as a live value flagged Substituted: it replaces the row
     (whatever the Spark session's zone)."""
     loader = _loader(workspace, tmp_path)
-    loader(_rows(spark, n_values=1, start=dt.datetime(2026, 11, 27, 22, 0)), 0)
+    loader(_rows(spark, n_values=1, start=_utc(2026, 11, 27, 22, 0)), 0)
     batch = _rows(spark)
     loader(batch, 1)
     edits = batch.withColumn("value", F.col("value") + 0.25).withColumn("substituted", F.lit(True))
     loader(edits, 2)
-    table = workspace.read_table(TABLE).filter(F.col("timestamp") > dt.datetime(2026, 11, 27, 23))
+    table = workspace.read_table(TABLE).filter(F.col("timestamp") > _utc(2026, 11, 27, 23))
     assert table.count() == 12
     assert _key_value(table) == _key_value(edits)
     assert workspace.history[-1].text.startswith("MERGE INTO")
-    dates = workspace.read_table(TABLE).filter(F.col("partition_date") != F.to_date("timestamp"))
+    dates = workspace.read_table(TABLE).filter(F.col("partition_date") != _utc_date("timestamp"))
     assert dates.count() == 0
 
 
@@ -377,6 +388,6 @@ def test_copy_into_of_a_killed_process_commits_before_the_restart_loads(spark, w
     wait_until(lambda: all(s.finished for s in workspace.history), 60, what="the warehouse idle")
     landed = workspace.read_table(TABLE)
     assert landed.count() == 24
-    assert _key_value(landed) == sorted(_key_value(_rows(spark, start=dt.datetime(2026, 11, 27, 22, 0))) +
+    assert _key_value(landed) == sorted(_key_value(_rows(spark, start=_utc(2026, 11, 27, 22, 0))) +
                                         _key_value(_rows(spark, value_offset=1000.0)))
     assert not json.loads((tmp_path / "ck" / "unity_inflight.json").read_text())["statements"]

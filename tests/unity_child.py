@@ -13,7 +13,7 @@ from pi_stream_source import unity
 from pi_stream_source.local_spark import get_spark
 from test_unity import TABLE, VOLUME, _rows
 
-BATCH_2_START = dt.datetime(2026, 11, 27, 22, 0)
+BATCH_2_START = dt.datetime(2026, 11, 27, 22, 0, tzinfo=dt.timezone.utc)   # an instant, whatever TZ the process has
 
 
 def main() -> int:
