@@ -30,7 +30,8 @@ def main() -> int:
             print(f"SLOW {batch_id}", flush=True)
             time.sleep(600)
         write_batch(batch, batch_id, table, f"pi_stream_source:{checkpoint}")
-        print(f"BATCH {batch_id}", flush=True)
+        sources = sorted(r.source for r in batch.select("source").distinct().collect())
+        print(f"BATCH {batch_id} {','.join(sources)}", flush=True)
 
     q = (df.writeStream.option("checkpointLocation", checkpoint).trigger(processingTime="500 milliseconds")
          .foreachBatch(land).start())
