@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 

@@ -114,11 +114,7 @@ def _format_seconds(secs: int) -> str:
 
 def format_ts(micros: int) -> str:
     """Epoch microseconds → ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (fraction trimmed, as PI does)."""
-    secs, frac = divmod(micros, MICROS)
-    base = _format_seconds(secs)
-    if frac:
-        return base + "." + f"{frac:06d}".rstrip("0") + "Z"
-    return base + "Z"
+    return format_ticks(micros * TICKS_PER_MICRO)
 
 
 def to_datetime(micros: int) -> datetime:

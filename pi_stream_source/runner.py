@@ -8,7 +8,6 @@ notebook) it uses the active SparkSession; elsewhere it starts a local Spark wit
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re

@@ -16,7 +16,7 @@ from pyspark.sql.types import StructType
 
 from . import offsets as O
 from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, shard_webids
-from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadAllAvailable, ReadLimit, ReadMaxRows,
+from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadLimit, ReadMaxRows,
                      SupportsTriggerAvailableNow, admission_control, default_limit)
 from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptionError
 from .options import OPTIONS, SourceOptions, parse_options

@@ -208,7 +208,7 @@ class ReaderDriver:
     def step(self, limit: Any = None, commit: bool = True) -> int:
         """One trigger: plan the next batch, read it, commit it (unless ``commit`` is False).
         Returns the rows read (0 and no batch when nothing is new)."""
-        from .source import ReadAllAvailable, ReadMaxRows
+        from .compat import ReadAllAvailable, ReadMaxRows
 
         start = self.log[-1]
         end = self.reader.latestOffset(start, ReadMaxRows(limit) if limit else ReadAllAvailable())
