@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from .health import (HEALTH_DDL, HealthRecorder, health_table, read_checkpoint_file, source_offset)
 from .schema import CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
     """Land one micro-batch in one Delta commit: an idempotent append (``txnAppId``/``txnVersion``)
     when every row is a plain live value, else one MERGE of the whole batch on the key, so a
     reader never sees half a batch. Returns counts: ``appended``, ``merged`` (rows of the batch),
-    ``keyless`` (rows without a timestamp, among them) and ``retries`` (commit conflicts met).
+    ``keyless`` (rows without a timestamp, among them), ``retries`` (commit conflicts met) and
+    ``by_source`` (rows per ``source``; absent when the rows were not looked at).
 
     ``mode`` skips the look at the rows when the caller knows better: ``"append"`` appends in one
     job without Delta's transaction-id lookup (only for a batch that cannot be in the table yet),
@@ -137,8 +139,13 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
         return {"appended": -1, "merged": 0, "keyless": -1, "retries": retries}
     batch = batch.persist()
     try:
-        counts = {(r["m"], r["k"]): r["n"] for r in batch.groupBy(
-            _needs_merge().alias("m"), F.col("timestamp").isNull().alias("k")).agg(F.count("*").alias("n")).collect()}
+        groups = batch.groupBy(_needs_merge().alias("m"), F.col("timestamp").isNull().alias("k"),
+                               F.col("source").alias("s")).agg(F.count("*").alias("n")).collect()
+        counts: Dict[Any, int] = {}
+        by_source: Dict[str, int] = {}
+        for r in groups:
+            counts[(r["m"], r["k"])] = counts.get((r["m"], r["k"]), 0) + r["n"]
+            by_source[r["s"]] = by_source.get(r["s"], 0) + r["n"]
         plain = sum(n for (m, _), n in counts.items() if not m)
         special = sum(n for (m, _), n in counts.items() if m)
         keyless = sum(n for (_, k), n in counts.items() if k)
@@ -151,13 +158,14 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
                 f"MERGE of batch {batch_id}",
                 lambda: _merge(spark, spark.read.parquet(where), table, plain + special, (app_id, batch_id)))
             _remove(spark, where)
-            return {"appended": 0, "merged": plain + special, "keyless": keyless, "retries": retries}
+            return {"appended": 0, "merged": plain + special, "keyless": keyless, "retries": retries,
+                    "by_source": by_source}
         retries = 0
         if plain:
             writer = batch.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
             _, retries = _retry_conflicts(f"append of batch {batch_id}",
                                           lambda: writer.save(table) if is_path(table) else writer.saveAsTable(table))
-        return {"appended": plain, "merged": 0, "keyless": keyless, "retries": retries}
+        return {"appended": plain, "merged": 0, "keyless": keyless, "retries": retries, "by_source": by_source}
     finally:
         batch.unpersist()
 
@@ -166,34 +174,10 @@ def planned_plain(spark: SparkSession, checkpoint: str, batch_id: int) -> Option
     """What the ``pi_websocket`` source recorded when it planned ``batch_id``: True when the batch
     holds only plain live rows (its offset says ``"merge": false``), False when it may hold rows
     already in the table, None when unknown (another source, or the file cannot be read)."""
-    path = f"{checkpoint.rstrip('/')}/offsets/{batch_id}"
-    text = None
-    try:
-        if "://" not in path or path.startswith("file:"):
-            with open(path.replace("file://", "").replace("file:", ""), encoding="utf-8") as fh:
-                text = fh.read()
-        else:
-            jvm = spark.sparkContext._jvm
-            hpath = jvm.org.apache.hadoop.fs.Path(path)
-            fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-            stream = fs.open(hpath)
-            try:
-                text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-            finally:
-                stream.close()
-    except Exception as exc:   # Spark Connect, missing file…: fall back to looking at the rows
-        log.debug("offsets of batch %d not readable (%s); checking its rows", batch_id, type(exc).__name__)
+    offset = source_offset(read_checkpoint_file(spark, f"{checkpoint.rstrip('/')}/offsets/{batch_id}"))
+    if offset is None or offset.get("merge") is None:
         return None
-    flags = []
-    for line in text.splitlines()[2:]:
-        if '"marks"' in line or '"shards"' in line:      # a pi_websocket offset (v2, or v1)
-            try:
-                flags.append(json.loads(line).get("merge"))
-            except ValueError:
-                return None
-    if len(flags) != 1 or flags[0] is None:
-        return None
-    return not flags[0]
+    return not offset["merge"]
 
 
 def batch_mode(spark: SparkSession, checkpoint: str, batch_id: int, first: bool) -> Optional[str]:
@@ -270,15 +254,69 @@ def _merge(spark: SparkSession, rows: DataFrame, table: str, size: int = 0,
             spark.conf.unset(k) if v is None else spark.conf.set(k, v)
 
 
+def _aware(micros: Optional[int]) -> Optional[dt.datetime]:
+    # an aware UTC datetime: pyspark reads a naive one in the process's zone
+    return None if micros is None else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)
+
+
+def health_frame(spark: SparkSession, rows: Sequence[Dict[str, Any]]) -> DataFrame:
+    """Health rows (``health.health_row``, times as epoch µs) as a DataFrame of the health schema."""
+    data = []
+    for r in rows:
+        r = dict(r)
+        for key in ("planned_at", "committed_at"):
+            r[key] = _aware(r[key])
+        r["date"] = dt.date(1970, 1, 1) + dt.timedelta(days=r["date"])
+        for key in ("gap_ranges", "data_loss"):
+            r[key] = [{**g, "from_ts": _aware(g["from_ts"]), "to_ts": _aware(g["to_ts"])} for g in r[key]]
+        data.append(r)
+    return spark.createDataFrame(data, HEALTH_DDL)
+
+
+def create_health_table(spark: SparkSession, table: str) -> None:
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {_ref(table)} ({HEALTH_DDL}) USING DELTA "
+              "COMMENT 'pi_stream_source: the ingestion health of each micro-batch (see health.py)'")
+
+
+def health_recorder(spark: SparkSession, checkpoint: str, table: str, health: Union[bool, str],
+                    interval: float) -> Optional[HealthRecorder]:
+    """A recorder landing health rows in ``health`` (a table name or path; True: ``<table>_health``)
+    with an idempotent Delta append (``txnAppId`` = the checkpoint's, version = the last batch)."""
+    if not health:
+        return None
+    target = health_table(table) if health is True else str(health)
+    app_id = f"pi_stream_source_health:{checkpoint}"
+
+    def land(rows: Sequence[Dict[str, Any]]) -> None:
+        create_health_table(spark, target)
+        writer = (health_frame(spark, rows).write.format("delta").mode("append")
+                  .option("txnAppId", app_id).option("txnVersion", max(r["batch_id"] for r in rows)))
+        _retry_conflicts("append of health rows", lambda: writer.save(target) if is_path(target) else writer.saveAsTable(target))
+
+    def last_landed(query_id: str) -> Optional[int]:
+        try:
+            return spark.sql(f"SELECT max(batch_id) AS b FROM {_ref(target)} WHERE query_id = '{query_id}'").first().b
+        except Exception:        # no health table yet
+            return None
+
+    return HealthRecorder(spark, checkpoint, table, land, last_landed, interval)
+
+
 def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str, Dict[str, Any], None] = "1 second",
                  query_name: Optional[str] = None, merge: bool = True,
-                 properties: Optional[Dict[str, str]] = None):
+                 properties: Optional[Dict[str, str]] = None, health: Union[bool, str] = True,
+                 health_interval: float = 10.0):
     """Start the checkpointed stream of ``df`` (a ``pi_websocket`` stream) into ``table``.
 
     ``table`` is a path or a catalog name (``main.bronze.pi_streaming_timeseries``); it is created
     when missing. ``trigger`` is a processing-time interval (``"1 second"``), ``"availableNow"``, or
     a dict of ``DataStreamWriter.trigger`` keyword arguments. With ``merge=False`` the stream is a
     plain Delta append (duplicates possible in replayed overlaps; see README).
+
+    ``health``: land a row of ingestion health per micro-batch (``health.py``) in ``<table>_health``
+    (True), in the table or path given, or not (False); rows are landed every ``health_interval``
+    seconds off the batches' path. The returned query has ``.health`` (the recorder; ``stop()``
+    lands what is pending), or None.
     """
     spark = df.sparkSession
     create_table(spark, table, properties)
@@ -293,10 +331,13 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
         writer = writer.trigger(processingTime=trigger)
     if not merge:
         writer = writer.format("delta").outputMode("append").partitionBy("partition_date")
-        return writer.start(table) if is_path(table) else writer.toTable(table)
+        query = writer.start(table) if is_path(table) else writer.toTable(table)
+        query.health = None  # type: ignore[attr-defined]
+        return query
     app_id = f"pi_stream_source:{checkpoint}"
 
     staging = checkpoint.rstrip("/") + "/pi_merge_staging"
+    recorder = health_recorder(spark, checkpoint, table, health, health_interval)
 
     first = [True]
 
@@ -307,8 +348,12 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
         log.info("batch %d → %s: %s appended, %d merged, %s without a timestamp, %d commit conflicts retried",
                  batch_id, table, "all" if counts["appended"] < 0 else counts["appended"], counts["merged"],
                  "?" if counts["keyless"] < 0 else counts["keyless"], counts["retries"])
+        if recorder is not None:
+            recorder.batch_done(batch_id, counts.get("by_source"))
 
-    return writer.foreachBatch(land).start()
+    query = writer.foreachBatch(land).start()
+    query.health = recorder  # type: ignore[attr-defined]
+    return query
 
 
 # ---- maintenance ---------------------------------------------------------------------------------

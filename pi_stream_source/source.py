@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from pyspark.sql.types import StructType
 
 from . import offsets as O
+from .health import plan_health
 from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, shard_webids
 from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadLimit, ReadMaxRows,
                      SupportsTriggerAvailableNow, admission_control, default_limit)
@@ -111,6 +112,12 @@ class PIArchivePartition(InputPartition):
                 f"{format_ticks(self.part.t)}..{format_ticks(self.part.u)}, {self.source})")
 
 
+def _key(offset: Dict[str, Any]) -> str:
+    """An offset's identity: its JSON without the health record (``"h"``), which says what the
+    reader saw when it planned the batch, not what the batch holds."""
+    return json.dumps({k: v for k, v in offset.items() if k != "h"}, sort_keys=True)
+
+
 @dataclass
 class _Plan:
     live: List[Tuple[int, List[pa.RecordBatch]]]
@@ -144,6 +151,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._lost: List[Dict[str, Any]] = []
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
+        self._health_base: Dict[str, Any] = {}        # running totals when the last batch was planned
 
     def __getstate__(self) -> Dict[str, Any]:
         # Executors get a pickled copy: no sockets, threads or buffers travel with it.
@@ -271,7 +279,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         end, plan = self._plan(start, limit)
         if end is start:
             return start
-        self._plans[json.dumps(end, sort_keys=True)] = plan
+        self._plans[_key(end)] = plan
         while len(self._plans) > 4:                       # Spark plans the batch it asked about next
             self._plans.pop(next(iter(self._plans)))
         return end
@@ -312,7 +320,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         merge = False
         changed = False
         fresh = initial and self.opts.start_time is None
-        start_key = json.dumps(start, sort_keys=True)
+        start_key = _key(start)
+        lost_before = len(self._lost)
         progress: Dict[int, Any] = {}
         for k, (begin, ep0, _, epochs) in states.items():
             stop = begin + pending[str(k)]
@@ -363,9 +372,14 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                "marks": O.encode_marks(m1), "merge": merge}
         if reach:
             end["from"] = O.encode_marks(reach)
+        if targets is None:                               # a batch planned anew: what the reader saw
+            totals = self._totals()[0]
+            end["h"] = plan_health(now_ticks(), (b for _, rows in plan.live for b in rows), plan.ranges, totals,
+                                   self._health_base, self._lost[lost_before:], len(self.unknown))
+            self._health_base = totals
         # where each connection's archive ranges stand after this batch, for the batch after it
         # (kept per offset: planning the same start again, Spark's right, gives the same batch)
-        end_key = json.dumps(end, sort_keys=True)
+        end_key = _key(end)
         for k in range(len(shards)):
             if k in progress:
                 self._progress[(k, end_key)] = progress[k]
@@ -380,7 +394,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if start == end:                                  # Spark 4.0 names a restart's last offset so
             return []
         if end.get("run") == self.run_id:
-            plan = self._plans.pop(json.dumps(end, sort_keys=True), None)
+            plan = self._plans.pop(_key(end), None)
             if plan is None:                              # not planned by latestOffset here: plan it again
                 self._ensure_started()
                 _, plan = self._plan(start, targets={int(k): (v[0], v[1]) for k, v in end["seq"].items()})
@@ -426,19 +440,26 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if int(key) < len(self._buffers):
                 self._buffers[int(key)].trim(int(upto))
 
-    def reportLatestOffset(self) -> Optional[Dict[str, Any]]:
-        if not self._started:
-            return None
+    def _totals(self) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
+        """The reader's running totals (and each shard's metrics)."""
         shards = {str(i): {**r.metrics(), "gapFills": self._gap_fills.get(i, 0)} for i, r in enumerate(self._receivers)}
-        totals = {k: sum(m[k] for m in shards.values()) for k in
-                  ("received", "buffered", "reconnects", "gapFills", "failedAttempts", "malformedFrames",
-                   "valueErrors", "repeatsDropped", "unknownWebIds")}
+        totals: Dict[str, Any] = {k: sum(m[k] for m in shards.values()) for k in
+                                  ("received", "buffered", "reconnects", "gapFills", "failedAttempts", "malformedFrames",
+                                   "valueErrors", "repeatsDropped", "unknownWebIds")}
         totals.update(self._counts)
         totals["unknownStreams"] = len(self.unknown)
         lags = [m["lagSeconds"] for m in shards.values() if m["lagSeconds"] is not None]
         totals["maxLagSeconds"] = max(lags) if lags else None
         totals["channelsOpen"] = sum(1 for m in shards.values() if m["state"] == "open")
         totals["channels"] = len(shards)
+        errors = [m["lastError"] for m in shards.values() if m.get("lastError")]
+        totals["lastError"] = errors[-1] if errors else None
+        return totals, shards
+
+    def reportLatestOffset(self) -> Optional[Dict[str, Any]]:
+        if not self._started:
+            return None
+        totals, shards = self._totals()
         report: Dict[str, Any] = {"run": self.run_id, "totals": totals, "shards": shards}
         if self.unknown:
             report["unknownStreams"] = self.unknown[:10]

@@ -45,7 +45,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import PIStreamError
-from .delta import planned_plain
+from .delta import date_literal, planned_plain, utc_timestamp_literal
+from .health import HEALTH_COLUMNS, HEALTH_DDL, HealthRecorder, health_table
 from .schema import CONTRACT_DDL, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,38 @@ def merge_sql(table: str, directory: str, files: Sequence[str], first_date: Opti
             f"WHEN MATCHED AND NOT ({same}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
 
 
+
+
+def _health_literal(value: Any, kind: str) -> str:
+    if value is None:
+        return f"CAST(NULL AS {kind})"
+    if kind == "STRING":
+        return _sql_str(str(value))
+    if kind == "TIMESTAMP":
+        return utc_timestamp_literal(int(value))
+    if kind == "DATE":
+        return date_literal(int(value))
+    if kind.startswith("ARRAY"):
+        items = ", ".join(f"named_struct('stream', {_sql_str(str(g['stream']))}, 'from_ts', "
+                          f"{utc_timestamp_literal(g['from_ts'])}, 'to_ts', {utc_timestamp_literal(g['to_ts'])})"
+                          for g in value)
+        return f"CAST(array({items}) AS {kind})"
+    return f"CAST({float(value)!r} AS {kind})" if kind == "DOUBLE" else f"CAST({int(value)} AS {kind})"
+
+
+def health_create_sql(table: str) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {_quote(_three_part(table, 'table'))} ({HEALTH_DDL}) USING DELTA"
+
+
+def health_merge_sql(table: str, rows: Sequence[dict]) -> str:
+    """Health rows (``health.health_row``) into the health table, once per (query, batch)."""
+    names = [n for n, _ in HEALTH_COLUMNS]
+    values = ", ".join("(" + ", ".join(_health_literal(r.get(n), k) for n, k in HEALTH_COLUMNS) + ")" for r in rows)
+    return (f"MERGE INTO {_quote(_three_part(table, 'table'))} AS t USING (SELECT * FROM VALUES {values} "
+            f"AS v({', '.join(names)})) AS s ON t.query_id = s.query_id AND t.batch_id = s.batch_id "
+            f"WHEN NOT MATCHED THEN INSERT *")
+
+
 def optimize_sql(table: str) -> str:
     return f"OPTIMIZE {_quote(_three_part(table, 'table'))}"
 
@@ -143,6 +176,7 @@ class StagedBatch:
     merge: bool
     first_date: Optional[dt.date]
     last_date: Optional[dt.date]
+    by_source: Optional[dict] = None
 
 
 def stage_locally(batch_df, batch_id: int, local_dir: Path, rows_per_file: int = ROWS_PER_FILE) -> StagedBatch:
@@ -164,8 +198,9 @@ def stage_locally(batch_df, batch_id: int, local_dir: Path, rows_per_file: int =
         name = f"batch-{batch_id}-{n}.parquet"
         pq.write_table(table.slice(first, rows_per_file), local_dir / name)
         files.append(name)
+    counts = pc.value_counts(table.column("source")).to_pylist()
     return StagedBatch(batch_id, local_dir, files, table.num_rows, bool(sources & MERGE_SOURCES) or edited,
-                       dates["min"].as_py(), dates["max"].as_py())
+                       dates["min"].as_py(), dates["max"].as_py(), {c["values"]: c["counts"] for c in counts})
 
 
 def _query_id(checkpoint: str) -> str:
@@ -184,7 +219,8 @@ class UnityBatchLoader:
     def __init__(self, client, table: str, warehouse_id: str, volume: str, checkpoint: str,
                  optimize_interval_seconds: Optional[float] = None, max_load_attempts: int = 5,
                  retry_backoff_seconds: float = 1.0, statement_timeout_seconds: float = 600.0,
-                 local_dir: Optional[str] = None) -> None:
+                 local_dir: Optional[str] = None, health: Any = True, health_interval: float = 10.0,
+                 spark: Any = None) -> None:
         _three_part(table, "table")
         if not warehouse_id or not str(warehouse_id).strip():
             raise ValueError("warehouse_id is required: the id of the SQL warehouse that loads the table")
@@ -213,6 +249,12 @@ class UnityBatchLoader:
         self._lock = threading.Lock()
         #: (batch id, rows, "COPY INTO"|"MERGE", seconds) of the last LOADED_KEPT batches loaded
         self.loaded: Deque[tuple] = deque(maxlen=LOADED_KEPT)
+        #: where each batch's ingestion health lands (``health.py``): ``<table>_health`` by default
+        self.health_table = None if not health else (health_table(table) if health is True else str(health))
+        if self.health_table:
+            _three_part(self.health_table, "health table")
+        self._health_interval = health_interval
+        self.health: Optional[HealthRecorder] = None
 
     # -- statements ----------------------------------------------------------------------------
     def _secret_free(self, text: str) -> str:
@@ -365,6 +407,7 @@ class UnityBatchLoader:
             staged_at = time.monotonic()
             try:
                 if staged.rows == 0:
+                    self._record_health(batch_df.sparkSession, batch_id, {})
                     return
                 # the first batch of this loader may have been loaded before its process died; the
                 # source says in the batch's offset when live rows may be in the table already (late
@@ -379,6 +422,7 @@ class UnityBatchLoader:
                     self._delete_staged(remote, staged.files)
                 self._write_fence([])
                 self._last_batch = batch_id
+                self._record_health(batch_df.sparkSession, batch_id, staged.by_source)
                 took = time.monotonic() - started
                 self.loaded.append((batch_id, staged.rows, kind, took))
                 log.info("batch %d: %d rows into %s by %s in %.2fs (%.2fs to stage locally)", batch_id,
@@ -386,6 +430,26 @@ class UnityBatchLoader:
             finally:
                 shutil.rmtree(staged.local_dir, ignore_errors=True)
             self._maybe_optimize()
+
+    def _record_health(self, spark: Any, batch_id: int, by_source: Optional[dict]) -> None:
+        if not self.health_table:
+            return
+        if self.health is None:
+            def land(rows: Sequence[dict]) -> None:
+                self.execute(health_create_sql(self.health_table))
+                self.execute(health_merge_sql(self.health_table, rows))
+
+            def last_landed(query_id: str) -> Optional[int]:
+                try:
+                    resp = self.execute(f"SELECT max(batch_id) FROM {_quote(_three_part(self.health_table, 'table'))} "
+                                        f"WHERE query_id = {_sql_str(query_id)}")
+                    cell = resp.result.data_array[0][0] if resp and resp.result and resp.result.data_array else None
+                    return None if cell is None else int(cell)
+                except Exception:    # no health table yet
+                    return None
+
+            self.health = HealthRecorder(spark, self.checkpoint, self.table, land, last_landed, self._health_interval)
+        self.health.batch_done(batch_id, by_source)
 
     def _maybe_optimize(self) -> None:
         """OPTIMIZE every ``optimize_interval`` seconds, asynchronously: it must not hold up batches."""
@@ -421,7 +485,7 @@ def default_client(profile: Optional[str] = None):
 def write_stream(df, table: str, warehouse_id: str, volume: str, checkpoint: str, trigger: str = "1 second",
                  workspace_client=None, profile: Optional[str] = None, query_name: Optional[str] = None,
                  optimize_interval_seconds: Optional[float] = None, max_load_attempts: int = 5,
-                 retry_backoff_seconds: float = 1.0):
+                 retry_backoff_seconds: float = 1.0, health: Any = True, health_interval: float = 10.0):
     """Start a streaming query that lands every micro-batch of ``df`` in the Unity Catalog ``table``.
 
     Args:
@@ -437,13 +501,17 @@ def write_stream(df, table: str, warehouse_id: str, volume: str, checkpoint: str
         optimize_interval_seconds: run ``OPTIMIZE`` through the warehouse this often (off when None).
         max_load_attempts: attempts per batch before the query stops with :class:`UnityLoadError`;
             waits ``retry_backoff_seconds`` × 2^n between them.
+        health: land a row of ingestion health per batch (``health.py``) in ``<table>_health``
+            (True), in the ``catalog.schema.table`` given, or not (False), every
+            ``health_interval`` seconds off the batches' path.
 
     Returns the :class:`pyspark.sql.streaming.StreamingQuery`.
     """
     client = workspace_client if workspace_client is not None else default_client(profile)
     loader = UnityBatchLoader(client, table, warehouse_id, volume, checkpoint,
                               optimize_interval_seconds=optimize_interval_seconds,
-                              max_load_attempts=max_load_attempts, retry_backoff_seconds=retry_backoff_seconds)
+                              max_load_attempts=max_load_attempts, retry_backoff_seconds=retry_backoff_seconds,
+                              health=health, health_interval=health_interval)
     writer = (df.writeStream.foreachBatch(loader).option("checkpointLocation", checkpoint)
               .trigger(processingTime=trigger))
     if query_name:
