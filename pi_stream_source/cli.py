@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_backfill_arguments(back)
     back.set_defaults(func=run_backfill_from_args)
 
+    from .health_report import add_health_arguments, run_health_from_args
+
+    health = sub.add_parser("health", help="ingestion health of a stream's table: lag, reconnects, gaps, stale tags "
+                                           "(text, and a plot with --plot)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_health_arguments(health)
+    health.set_defaults(func=run_health_from_args)
+
     maint = sub.add_parser("maintain", help="optimize / vacuum / stats of a Delta table")
     maint.add_argument("--table", required=True, help="a path or a catalog table name")
     maint.add_argument("--optimize", action="store_true", help="compact files and Z-order")

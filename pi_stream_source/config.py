@@ -22,6 +22,8 @@ It accepts the field names users of the seed product already have (``pi_web_api_
     flush_interval_seconds: 1                  # or trigger: "1 second" | availableNow
     max_buffer_size: 100000                    # → maxRecordsPerTrigger
     auto_optimize_interval: 3600               # seconds (or "1h"): OPTIMIZE while streaming
+    health: true                               # a row of ingestion health per batch in <table>_health
+                                               # (false: none; or a table name/path)
     shard_count: 1                             # this process streams tags[shard_index::shard_count]
     options: {tagsPerChannel: 500}             # any other pi_websocket option
 
@@ -59,7 +61,7 @@ _ALIASES = {
     "warehouse_id": "warehouse_id", "volume": "volume", "profile": "profile",
     "auto_optimize_interval": "auto_optimize_interval",
     "shard_index": "shard_index", "shard_count": "shard_count",
-    "query_name": "query_name", "merge": "merge",
+    "query_name": "query_name", "merge": "merge", "health": "health", "health_table": "health",
     "options": "options", "source_options": "options",
     "spark_conf": "spark_conf", "warehouse": "warehouse", "log_level": "log_level",
     # secret references may also sit at the top level
@@ -118,6 +120,7 @@ class RunConfig:
     shard_count: int = 1
     query_name: Optional[str] = None
     merge: bool = True
+    health: Union[bool, str] = True
     options: Dict[str, str] = field(default_factory=dict)
     spark_conf: Dict[str, str] = field(default_factory=dict)
     warehouse: Optional[str] = None
@@ -363,6 +366,15 @@ def parse_config(raw: Mapping[str, Any], base_dir: Optional[Union[str, Path]] = 
     merge = values.get("merge", True)
     if isinstance(merge, str):
         merge = merge.strip().lower() in ("true", "1", "yes")
+    health = values.get("health", True)
+    if isinstance(health, str) and health.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        health = health.strip().lower() in ("true", "1", "yes")
+    elif not isinstance(health, (bool, str)) or (isinstance(health, str) and not health.strip()):
+        raise PIOptionError(f"config 'health' must be true, false or a table name, got {health!r}")
+    if isinstance(health, str) and target == "unity" and len(health.split(".")) != 3:
+        raise PIOptionError(f"config 'health' with target 'unity' needs a catalog.schema.table name, got {health!r}")
+    if isinstance(health, str) and "/" in health:
+        health = local(health)                   # a path, relative to the config like the table
     return RunConfig(
         url=url, tags=tags,
         data_server=values.get("data_server"), name_filter=values.get("name_filter"),
@@ -376,6 +388,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: Optional[Union[str, Path]] = 
         auto_optimize_interval=_seconds(values.get("auto_optimize_interval"), "auto_optimize_interval"),
         shard_index=shard_index, shard_count=shard_count,
         query_name=values.get("query_name"), merge=bool(merge),
+        health=health,
         options={str(k): _str(v) for k, v in extra.items()},
         spark_conf={str(k): _str(v) for k, v in spark_conf.items()},
         warehouse=local(str(values["warehouse"])) if values.get("warehouse") else None,

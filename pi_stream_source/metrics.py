@@ -11,7 +11,12 @@ string; ``str()`` of a dict on pyspark 4.0/4.1, which have no such hook and show
                           "maxLagSeconds", "channelsOpen", "channels"},
      "shards": {"0": {"state", "tags", "received", "buffered", "reconnects", "attempts",
                       "failedAttempts", "connections", "gapFills", "lagSeconds", "lastError", …}},
-     "unknownStreams": […], "dataLoss": […]}
+     "unknownStreams": […], "dataLoss": […],
+     "batch": {…}, "rowsBySource": {"live": …, "backfill": …}}
+
+``batch`` is what the reader recorded when it planned this progress's batch (the ``"h"`` of its end
+offset, ``health.py``): rows by source it buffered, the live rows' lag at planning [p50, p95, max]
+(seconds), archive ranges and this batch's reconnects, gap fills, failed attempts…
 """
 from __future__ import annotations
 
@@ -39,4 +44,18 @@ def source_metrics(progress: Any) -> Dict[str, Any]:
                 report = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 return {}
-    return report if isinstance(report, dict) and "totals" in report else {}
+    if not (isinstance(report, dict) and "totals" in report):
+        return {}
+    end = _json(progress["sources"][0].get("endOffset"))
+    if isinstance(end, dict) and isinstance(end.get("h"), dict):
+        report = {**report, "batch": end["h"], "rowsBySource": end["h"].get("rows") or {}}
+    return report
+
+
+def _json(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+    return raw

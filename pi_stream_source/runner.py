@@ -92,10 +92,12 @@ def start_query(spark, cfg: RunConfig):
             raise PIStreamError("target 'unity' needs a processing-time trigger such as '1 second'")
         return unity_write_stream(df, table=cfg.table, warehouse_id=cfg.warehouse_id, volume=cfg.volume,
                                   checkpoint=cfg.checkpoint, trigger=cfg.trigger, profile=cfg.profile,
-                                  query_name=name, optimize_interval_seconds=cfg.auto_optimize_interval)
+                                  query_name=name, optimize_interval_seconds=cfg.auto_optimize_interval,
+                                  health=cfg.health)
     from .delta import write_stream
 
-    return write_stream(df, cfg.table, cfg.checkpoint, trigger=cfg.trigger, query_name=name, merge=cfg.merge)
+    return write_stream(df, cfg.table, cfg.checkpoint, trigger=cfg.trigger, query_name=name, merge=cfg.merge,
+                        health=cfg.health)
 
 
 class StopSignal:
@@ -196,8 +198,11 @@ def progress_line(progress: Dict[str, Any], previous: Optional[Dict[str, Any]] =
     by_source = report.get("rowsBySource") or totals.get("rowsBySource")
     if isinstance(by_source, dict) and by_source:
         parts.append(" ".join(f"{k} {v:,}" for k, v in by_source.items()))
+    planned = report.get("batch") if isinstance(report.get("batch"), dict) else {}
     lag = totals.get("maxLagSeconds")
-    if isinstance(lag, (int, float)):
+    if isinstance(planned.get("lag"), list) and len(planned["lag"]) == 3:
+        parts.append(f"lag p50 {planned['lag'][0]:.1f} s p95 {planned['lag'][1]:.1f} s")
+    elif isinstance(lag, (int, float)):
         parts.append(f"lag {lag:.1f} s")
     if "channelsOpen" in totals and "channels" in totals:
         parts.append(f"channels {totals['channelsOpen']}/{totals['channels']} open")
@@ -287,6 +292,9 @@ def run(cfg: RunConfig, spark=None, stop: Optional[threading.Event] = None, seco
     finally:
         if query.isActive:
             query.stop()
+        from .health import stop_health
+
+        stop_health(query)                  # land the health rows still held
         if created:
             spark.stop()
     if failure is not None:

@@ -9,7 +9,10 @@ Python resources are relative to the bundle root.
 from __future__ import annotations
 
 from databricks.bundles.core import Bundle, Resources
+from databricks.bundles.dashboards import Dashboard
 from databricks.bundles.jobs import Job
+
+from pi_stream_source.dashboard import serialized
 
 PACKAGE, ENTRY_POINT = "pi_stream_source", "pi-stream"
 WHEEL = "dist/*.whl"
@@ -107,4 +110,24 @@ def load_resources(bundle: Bundle) -> Resources:
     make = serverless_job if compute == "serverless" else streaming_job
     for i in range(count):
         resources.add_resource(f"pi_stream_{i}" if count > 1 else "pi_stream", make(bundle, i, count))
+    dashboard = health_dashboard(bundle)
+    if dashboard is not None:
+        resources.add_resource("pi_ingestion_health", dashboard)
     return resources
+
+
+def health_dashboard(bundle: Bundle):
+    """The ingestion-health dashboard (``pi_stream_source/dashboard.py``) over the bronze table and
+    its ``_health`` table, in the bundle's schema; only when ``warehouse_id`` names the SQL warehouse
+    that runs it (a fresh workspace's first deploy must not depend on a warehouse's name)."""
+    warehouse = _var(bundle, "warehouse_id")
+    if not warehouse:
+        return None
+    table = _var(bundle, "table")
+    return Dashboard.from_dict({
+        "display_name": f"PI ingestion health ({table})",
+        "warehouse_id": warehouse,
+        "dataset_catalog": "${var.catalog}",
+        "dataset_schema": SCHEMA,
+        "serialized_dashboard": serialized(f"{table}_health", table),
+    })

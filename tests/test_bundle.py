@@ -362,3 +362,31 @@ def test_every_notebook_has_the_databricks_source_header():
     for path in notebooks:
         assert path.read_text().splitlines()[0] == NOTEBOOK_HEADER, path.name
         assert "# COMMAND ----------" in path.read_text(), path.name
+
+
+def test_the_health_dashboard_is_deployed_when_a_warehouse_is_named(schema):
+    """The dashboard's datasets are pi_stream_source.dashboard's SQL over the bundle's bronze table
+    and its _health table (the same SQL `pi-stream health` runs; tests/test_health.py runs it)."""
+    from pi_stream_source import dashboard
+
+    config, _ = load_bundle()
+    variables = variable_defaults(config)
+    assert variables["warehouse_id"] == "" and not python_resources(variables).dashboards
+    resources = python_resources({**variables, "warehouse_id": "abc123", "table": "bronze_x"})
+    [(key, board)] = resources.dashboards.items()
+    body = board.as_dict()
+    errors = [e.message[:200] for e in validator_for(schema, JOB_REF).iter_errors({"dashboards": {key: body}})]
+    assert errors == []
+    assert body["warehouse_id"] == "abc123" and body["dataset_schema"] == "${resources.schemas.pi.name}"
+    board_json = json.loads(body["serialized_dashboard"])
+    queries = {d["name"]: "".join(d["queryLines"]) for d in board_json["datasets"]}
+    assert queries == {n: dashboard.query(n, "bronze_x_health", "bronze_x") for n in dashboard.QUERIES}
+    used = {q["query"]["datasetName"] for w in board_json["pages"][0]["layout"] for q in w["widget"]["queries"]}
+    assert used == set(queries)
+    for item in board_json["pages"][0]["layout"]:     # every field a widget shows is one its query has
+        fields = {f["name"] for f in item["widget"]["queries"][0]["query"]["fields"]}
+        enc = item["widget"]["spec"]["encodings"]
+        shown = {c["fieldName"] for c in enc.get("columns", [])} | {e["fieldName"] for e in enc.values()
+                                                                   if isinstance(e, dict) and "fieldName" in e}
+        shown |= {f["fieldName"] for e in enc.values() if isinstance(e, dict) for f in e.get("fields", [])}
+        assert shown and shown <= fields

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 from pyspark.sql import functions as F
 
 from fake_workspace import FakeWorkspace
-from pi_stream_source import delta, source_metrics, unity, webid as W
+from pi_stream_source import dashboard, delta, source_metrics, unity, webid as W
 from pi_stream_source.health import health_row, health_table, stop_health
 from pi_stream_source.testing import finish, wait_until
 
@@ -86,6 +89,31 @@ def test_every_batch_has_a_health_row_with_its_rows_lag_reconnects_gaps_and_prob
     assert sum(r.malformed_frames for r in rows) >= 1
     assert {r.unknown_streams for r in rows} == {1}
     assert sum(r.data_loss_events for r in rows) == 0
+
+    # the dashboard's SQL (the Databricks dashboard and `pi-stream health` run it) on these tables
+    got = {name: spark.sql(dashboard.query(name, f"delta.`{health_table(table)}`", f"delta.`{table}`")).collect()
+           for name in dashboard.QUERIES}
+    [summary] = got["summary"]
+    assert summary.batches == len(rows) and summary.reconnects == sum(r.reconnects for r in rows)
+    assert summary.gap_fills == sum(r.gap_fills for r in rows) and summary.channels == 2
+    assert len(got["lag"]) == len(rows)
+    assert sum(r.reconnects for r in got["events"]) == summary.reconnects
+    assert len([g for g in got["gaps"] if g.kind == "archive read"]) == len(ranges)
+    last = {r.tag_webid: r.last_value_at for r in got["freshness"]}
+    landed = {r.tag_webid: r.t for r in spark.read.format("delta").load(table).groupBy("tag_webid")
+              .agg(F.max("timestamp").alias("t")).collect()}
+    assert last == landed and set(last) == {t.webid for t in sim.tags}
+
+    # and at the console, as a user runs it (a real process), with the plot
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    png = tmp_path / "health.png"
+    out = subprocess.run([sys.executable, "-m", "pi_stream_source.cli", "health", "--table", table, "--plot", str(png)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{len(rows)} batches" in out.stdout and f"reconnects {summary.reconnects}," in out.stdout, out.stdout
+    assert "stalest tags (6 with values in the window)" in out.stdout, out.stdout
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_health_rows_a_killed_writer_had_not_landed_are_rebuilt_from_the_checkpoint(spark, simulator, tmp_path):
