@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from .errors import guard_batch_function
 from .health import (HEALTH_DDL, HealthRecorder, health_table, read_checkpoint_file, source_offset)
 from .schema import CONTRACT_SCHEMA
 
@@ -351,7 +352,7 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
         if recorder is not None:
             recorder.batch_done(batch_id, counts.get("by_source"))
 
-    query = writer.foreachBatch(land).start()
+    query = writer.foreachBatch(guard_batch_function(land, table)).start()
     query.health = recorder  # type: ignore[attr-defined]
     return query
 

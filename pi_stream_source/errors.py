@@ -2,7 +2,9 @@
 never a credential."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import functools
+import logging
+from typing import Any, Callable, Iterable, Optional
 
 
 class PIStreamError(Exception):
@@ -52,3 +54,55 @@ class PITLSError(PIConnectionError):
 
 class PIDataLossError(PIStreamError):
     """Values could not be recovered from the archive (gap longer than ``maxBackfill``)."""
+
+
+class PIWriteError(PIStreamError):
+    """A micro-batch could not be landed (the sink's own error, shortened; the whole is logged)."""
+
+
+#: Java exceptions Spark reads as "the query was stopped" in a foreachBatch function's error
+INTERRUPTIONS = ("java.lang.InterruptedException", "java.io.InterruptedIOException",
+                 "java.nio.channels.ClosedByInterruptException")
+_PY4J = "py4j.protocol.Py4JJavaError: An error occurred while calling"
+
+
+def short_batch_error(exc: BaseException, what: str) -> BaseException:
+    """The exception a ``foreachBatch`` function raises instead of ``exc``, with a short message.
+
+    Spark decides whether a failed foreachBatch means "stopped" with a regular expression over the
+    error's text (``StreamExecution.PROXY_ERROR``: ``Py4JJavaError: An error occurred while
+    calling((.|\\r\\n|\\r|\\n)*)(java.lang.InterruptedException|…)``) that recurses once per
+    character: a Py4JJavaError's Java stack trace (thousands of characters) overflows the stream
+    thread's stack, and the query dies with a ``StackOverflowError`` instead of its error (or of a
+    clean stop). So the text Spark sees keeps only what it looks for: the call, the Java exception's
+    first line, and an interruption found anywhere in its causes."""
+    text = str(exc)
+    if "Py4JJavaError" not in type(exc).__name__ and "An error occurred while calling" not in text:
+        return exc
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    call = lines[0].rstrip(".") if lines else "An error occurred while calling ?"
+    call = call[call.find("An error occurred"):] if "An error occurred" in call else call
+    first = next((ln.lstrip(": ") for ln in lines[1:] if not ln.startswith("at ")), "")[:400]
+    causes = [name for name in INTERRUPTIONS if name in text and name not in first]
+    message = f"{_PY4J}{call[len('An error occurred while calling'):]}.\n: {first}"
+    message += "".join(f"\nCaused by: {name}" for name in causes)
+    return PIWriteError(f"{what}: {message}")
+
+
+def guard_batch_function(fn: Callable[[Any, int], None], where: str) -> Callable[[Any, int], None]:
+    """``fn`` (a ``foreachBatch`` function) raising :func:`short_batch_error`'s exception instead of
+    a long Py4JJavaError; the whole error goes to this package's log (at DEBUG when it is the query
+    being stopped)."""
+    @functools.wraps(fn)
+    def guarded(batch: Any, batch_id: int) -> None:
+        try:
+            fn(batch, batch_id)
+        except Exception as exc:
+            short = short_batch_error(exc, f"batch {batch_id} into {where}")
+            if short is exc:
+                raise
+            stopped = any(name in str(short) for name in INTERRUPTIONS) or "cancelled job group" in str(short)
+            logging.getLogger("pi_stream_source").log(logging.DEBUG if stopped else logging.ERROR,
+                                                       "batch %d into %s: %s", batch_id, where, exc)
+            raise short from None
+    return guarded

@@ -44,7 +44,7 @@ from typing import Any, Callable, Deque, List, Optional, Sequence
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import PIStreamError
+from .errors import PIStreamError, guard_batch_function
 from .delta import date_literal, planned_plain, utc_timestamp_literal
 from .health import HEALTH_COLUMNS, HEALTH_DDL, HealthRecorder, health_table
 from .schema import CONTRACT_DDL, CONTRACT_SCHEMA
@@ -512,7 +512,7 @@ def write_stream(df, table: str, warehouse_id: str, volume: str, checkpoint: str
                               optimize_interval_seconds=optimize_interval_seconds,
                               max_load_attempts=max_load_attempts, retry_backoff_seconds=retry_backoff_seconds,
                               health=health, health_interval=health_interval)
-    writer = (df.writeStream.foreachBatch(loader).option("checkpointLocation", checkpoint)
+    writer = (df.writeStream.foreachBatch(guard_batch_function(loader, table)).option("checkpointLocation", checkpoint)
               .trigger(processingTime=trigger))
     if query_name:
         writer = writer.queryName(query_name)

@@ -33,7 +33,8 @@ def test_append_is_idempotent_and_merge_replaces(spark, tmp_path):
     table = str(tmp_path / "t")
     create_table(spark, table)
     live = rows(spark, [("A", 1, 1.0, "live", False), ("B", 1, 2.0, "live", False)])
-    assert write_batch(live, 0, table, "app") == {"appended": 2, "merged": 0, "keyless": 0, "retries": 0}
+    assert write_batch(live, 0, table, "app") == {"appended": 2, "merged": 0, "keyless": 0, "retries": 0,
+                                                  "by_source": {"live": 2}}
     assert write_batch(live, 0, table, "app")["appended"] == 2                   # batch re-run: skipped
     assert content(spark, table) == [("A", 1, 1.0), ("B", 1, 2.0)]
     replay = rows(spark, [("A", 1, 1.0, "replay", False), ("A", 2, 3.0, "backfill", False),
@@ -209,3 +210,74 @@ def test_batch_0_run_again_after_more_than_100_commits_lands_once(spark, tmp_pat
     assert _keys(spark, table) == [("A", FALL_BACK, 1.0), ("B", FALL_BACK, 2.0)]
     assert batch_mode(spark, str(ck), 0, first=False) == "append"      # later batches: one job, no lookup
     assert batch_mode(spark, str(ck), 7, first=True) == "merge"
+
+
+def test_a_java_error_in_a_batch_fails_the_query_with_it_not_a_stack_overflow(spark, simulator, tmp_path):
+    """Spark reads a foreachBatch error with a regular expression that recurses once per character
+    of a Py4JJavaError's text: a Java stack trace overflowed the stream thread's stack and the query
+    died without its error. The writer's error is short and names the batch, the table and the cause."""
+    import os
+    import time
+
+    from pi_stream_source.testing import start_stream, wait_until
+
+    sim = simulator(tags=2, rate=5, seed=211)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True)
+    try:
+        log = os.path.join(table, "_delta_log")
+        wait_until(lambda: len([f for f in os.listdir(log) if f.endswith(".json")]) >= 2, 90, what="2 commits")
+        versions = sorted(int(f[:20]) for f in os.listdir(log) if f.endswith(".json"))
+        with open(os.path.join(log, f"{versions[-1] + 1:020d}.json"), "w") as fh:
+            fh.write("this is not a Delta commit\n")          # the next batch's commit cannot read the log
+        deadline = time.monotonic() + 120
+        while q.isActive and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not q.isActive, "the query should have failed"
+        error = q.exception()
+        assert error is not None, "the query died without its error (StackOverflowError in Spark's check)"
+        text = str(error)
+        assert "StackOverflowError" not in text
+        assert f"into {table}" in text and "Py4JJavaError: An error occurred while calling" in text
+        assert len(text) < 20_000
+    finally:
+        q.stop()
+
+
+#: Spark's StreamExecution.PROXY_ERROR (4.0-4.2): how it tells "stopped" from "failed" in a
+#: foreachBatch function's error text
+SPARK_PROXY_ERROR = (r"py4j.protocol.Py4JJavaError: An error occurred while calling((.|\r\n|\r|\n)*)"
+                     r"(java.lang.InterruptedException|java.io.InterruptedIOException|"
+                     r"java.nio.channels.ClosedByInterruptException)")
+
+
+class Py4JJavaError(Exception):
+    """Stands for py4j's (its text is what matters here)."""
+
+
+def _java_trace(first: str, cause: str = "") -> str:
+    frames = "".join(f"\tat org.apache.spark.Some$Class.method{i}(Some.scala:{i})\n" for i in range(2000))
+    return f"An error occurred while calling o412.save.\n: {first}\n{frames}" + (f"Caused by: {cause}\n{frames}" if cause else "")
+
+
+@pytest.mark.parametrize("first, cause, stopped", [
+    ("org.apache.spark.SparkException: Job aborted due to stage failure", "java.lang.InterruptedException", True),
+    ("java.nio.channels.ClosedByInterruptException", "", True),
+    ("org.apache.spark.SparkException: [SPARK_JOB_CANCELLED] Job 7 cancelled part of cancelled job group 1f2e", "",
+     None),
+    ("io.delta.exceptions.ConcurrentAppendException: Files were added to partition", "", False),
+])
+def test_a_batch_error_is_short_and_still_says_whether_the_query_was_stopped(first, cause, stopped):
+    import re
+
+    from pi_stream_source.errors import short_batch_error
+
+    long = Py4JJavaError(_java_trace(first, cause))
+    assert len(str(long)) > 100_000                 # what Spark's regex recursed over, once per character
+    short = short_batch_error(long, "batch 9 into /tbl")
+    text = f"pi_stream_source.errors.PIWriteError: {short}"       # the last line of the traceback Spark reads
+    assert len(text) < 1_000 and "batch 9 into /tbl" in text and first[:60] in text
+    if stopped is not None:
+        assert bool(re.search(SPARK_PROXY_ERROR, text)) is stopped
+    else:                                          # Spark's other check: a cancelled job group
+        assert "org.apache.spark.SparkException" in text and "cancelled job group 1f2e" in text
