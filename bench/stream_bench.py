@@ -390,28 +390,52 @@ def _stop(q, wait: float = 15) -> None:
         pass
 
 
+#: What each run is. "ours" runs read the simulator (its own process) through pi_websocket; the
+#: ceilings are Spark's rate source in the same columns into the same kind of sink.
+KINDS = {
+    "defaults-plain": "ours at the defaults (no option but url and webIds) → plain writeStream.format('delta')",
+    "ceiling-plain": "rate source → plain writeStream.format('delta')",
+    "defaults": "ours at the defaults → pi_stream_source.delta.write_stream (exactly-once writer, health rows)",
+    "ceiling": "rate source → write_batch as write_stream lands plain live rows",
+    "tuned": "ours with tagsPerChannel=--tags-per-channel, maxUrlLength=400000 → write_stream",
+}
+
+
 def run_one(spark, kind: str, tags: int, rate_hz: float, seconds: float, warmup: float, tmp: str, trigger: str,
             tags_per_channel: int, start_timeout: float = 180) -> Dict[str, Any]:
     """One bounded run: start, wait for the first data commit + warm-up, sample processes over the
-    window, stop everything, then read latency and throughput from the table."""
+    window, stop everything, then read latency and throughput from the table. ``kind``: see
+    :data:`KINDS` ("ours" is "tuned", for the ramp)."""
     from pi_stream_source.delta import write_stream
 
+    kind = "tuned" if kind == "ours" else kind
     offered = tags * rate_hz
-    name = f"{kind}-{tags}-{rate_hz:g}"
+    name = f"{kind}-{tags}-{rate_hz:g}-{tags_per_channel}"
     table, ck = f"{tmp}/{name}", f"{tmp}/{name}_ck"
-    label = (f"ours {tags:,} tags x {rate_hz:g} Hz" if kind == "ours" else f"ceiling rate {int(offered):,}/s")
-    result: Dict[str, Any] = {"run": label, "kind": kind, "tags": tags, "rate_hz": rate_hz,
-                              "offered_per_s": offered, "seconds": seconds, "warmup": warmup, "trigger": trigger,
+    ours = not kind.startswith("ceiling")
+    label = (f"{kind}: {tags:,} tags x {rate_hz:g} Hz" + (f", {tags_per_channel} per channel" if kind == "tuned" else "")
+             if ours else f"{kind}: rate {int(offered):,}/s")
+    result: Dict[str, Any] = {"run": label, "kind": "ours" if ours else "ceiling", "config": kind, "tags": tags,
+                              "rate_hz": rate_hz, "offered_per_s": offered, "seconds": seconds, "warmup": warmup,
+                              "trigger": trigger, "tags_per_channel": tags_per_channel if kind == "tuned" else None,
                               "error": None}
     sim = q = None
     t_wall0 = time.time()
     try:
-        if kind == "ours":
+        if ours:
             sim = Simulator(tags, rate_hz, tmp)
-            df = (spark.readStream.format("pi_websocket").option("url", sim.url)
-                  .option("webIds", ",".join(sim.webids)).option("tagsPerChannel", str(tags_per_channel))
-                  .option("maxUrlLength", "400000").load())
-            q = write_stream(df, table, ck, trigger=trigger)
+            reader = spark.readStream.format("pi_websocket").option("url", sim.url).option("webIds", ",".join(sim.webids))
+            if kind == "tuned":
+                reader = reader.option("tagsPerChannel", str(tags_per_channel)).option("maxUrlLength", "400000")
+            df = reader.load()
+            if kind == "defaults-plain":
+                q = (df.writeStream.format("delta").option("checkpointLocation", ck).partitionBy("partition_date")
+                     .trigger(processingTime=trigger).start(table))
+            else:
+                q = write_stream(df, table, ck, trigger=trigger)
+        elif kind == "ceiling-plain":
+            q = (ceiling_frame(spark, int(offered), tags).writeStream.format("delta").option("checkpointLocation", ck)
+                 .partitionBy("partition_date").trigger(processingTime=trigger).start(table))
         else:
             q = start_ceiling(spark, int(offered), tags, table, ck, trigger)
         t_start = time.time()
@@ -450,6 +474,9 @@ def run_one(spark, kind: str, tags: int, rate_hz: float, seconds: float, warmup:
         _stop(q)
         q = None
         result.update(analyze(spark, table, t_start, w_start, w_end))
+        series = result.get("series") or []
+        if series:       # a fresh query: from the first values to their rows committed
+            result["first_commit_p50_s"], result["first_commit_max_s"] = series[0]["p50"], series[0]["max"]
         ok, why = sustains(result)
         result["sustains"], result["sustains_why"] = ok, why
     except Exception as exc:  # noqa: BLE001 - a failed run is a result, the harness goes on
@@ -495,9 +522,10 @@ def markdown(doc: Dict[str, Any]) -> str:
     out = [f"Machine: {doc['machine']}", "", f"Arguments: {doc['args']}", ""]
     runs = doc["runs"]
     if runs:
-        out += ["| run | offered/s | values/s | ours/ceiling | p50 s | p95 s | max s | sustains | "
+        out += ["| run | offered/s | values/s | ours/ceiling | p50 s | p95 s | max s | p95 / ceiling p95 | "
+                "first commit p50 / max s | sustains | "
                 "driver py CPU % / RSS / PSS MB | JVM | source runner | py workers | simulator |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in runs:
             pr = r.get("processes") or {}
             cell = lambda role: (f"{pr[role]['cpu_pct']:.0f} / {pr[role]['rss_mb_max']:.0f} / "
@@ -505,6 +533,8 @@ def markdown(doc: Dict[str, Any]) -> str:
             out.append(f"| {r['run']} | {_f(r['offered_per_s'])} | {_f(r.get('values_per_s'))} | "
                        f"{_f(r.get('ratio_ours_over_ceiling'), '{:.2f}')} | {_f(r.get('latency_p50_s'), '{:.2f}')} | "
                        f"{_f(r.get('latency_p95_s'), '{:.2f}')} | {_f(r.get('latency_max_s'), '{:.2f}')} | "
+                       f"{_f(r.get('p95_over_ceiling_p95'), '{:.2f}')} | "
+                       f"{_f(r.get('first_commit_p50_s'), '{:.1f}')} / {_f(r.get('first_commit_max_s'), '{:.1f}')} | "
                        f"{'yes' if r.get('sustains') else 'no: ' + str(r.get('sustains_why'))} | {cell('driver_python')} | "
                        f"{cell('jvm')} | {cell('source_runner')} | {cell('python_workers')} | {cell('simulator')} |")
         errors = [f"- {r['run']}: {r['error']}" for r in runs if r.get("error")]
@@ -519,6 +549,14 @@ def markdown(doc: Dict[str, Any]) -> str:
                        f"{_f(s.get('latency_p50_s'), '{:.2f}')} | {_f(s.get('latency_p95_s'), '{:.2f}')} | "
                        f"{_f(s.get('p95_growth_over_window_s'), '{:.1f}')} | "
                        f"{'yes' if s.get('sustains') else 'no: ' + str(s.get('sustains_why'))} |")
+    pair = doc.get("channels") or []
+    if len(pair) == 2 and all(p.get("latency_p95_s") for p in pair):
+        a, b = pair
+        out += ["", f"Channels: {a['tags']:,} tags in channels of 100 vs 1,000: p50 {_f(a.get('latency_p50_s'), '{:.2f}')} "
+                    f"vs {_f(b.get('latency_p50_s'), '{:.2f}')} s, p95 {_f(a['latency_p95_s'], '{:.2f}')} vs "
+                    f"{_f(b['latency_p95_s'], '{:.2f}')} s ({(a['latency_p95_s'] / b['latency_p95_s'] - 1) * 100:+.0f} %), "
+                    f"values/s {_f(a.get('values_per_s'))} vs {_f(b.get('values_per_s'))}"]
+    out += ["", "Runs: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items())]
     cu = doc.get("catch_up")
     if cu:
         out += ["", f"Restart catch-up: {cu.get('gap_seconds', 0) / 3600:g} h gap at {cu.get('tags')} tags × 1 Hz: "
@@ -541,7 +579,7 @@ def plot(doc: Dict[str, Any], paths: List[Path]) -> None:
         if not series:
             continue
         color = size_color.setdefault(int(r["offered_per_s"]), colors[len(size_color) % len(colors)])
-        style = "-" if r["kind"] == "ours" else "--"
+        style = {"defaults-plain": "-", "defaults": "-", "tuned": "-."}.get(r.get("config", r["kind"]), "--")
         t = [s["t"] for s in series]
         ax1.plot(t, [s["p95"] for s in series], style, color=color, label=r["run"])
         # values/s: rows of each commit over the time since the previous commit
@@ -581,7 +619,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60, help="measured window of each run")
     ap.add_argument("--warmup", type=float, default=20, help="seconds after the first data commit not measured")
     ap.add_argument("--trigger", default="1 second")
-    ap.add_argument("--tags-per-channel", type=int, default=1000)
+    ap.add_argument("--tags-per-channel", type=int, default=1000, help="of the tuned runs")
+    ap.add_argument("--runs", nargs="+", choices=sorted(KINDS), default=["defaults-plain", "ceiling-plain", "defaults",
+                                                                          "ceiling", "tuned"],
+                    help="what runs at each --tags (ours beside the ceiling of the same sink)")
+    ap.add_argument("--channels-tags", type=int, nargs="*", default=[100000],
+                    help="T of a run in channels of 100 tags beside one in channels of 1,000 (same T and rate)")
     ap.add_argument("--ramp", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--ramp-ours", type=int, nargs="+", default=[50_000, 100_000, 150_000, 200_000, 300_000, 400_000],
                     help="offered values/s of our ramp steps (tags = min(level, --ramp-max-tags), rate = level/tags)")
@@ -605,6 +648,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.tags, args.seconds, args.warmup = [1000, 10000], 15, 5
+        args.channels_tags = [10000]
         args.ramp_ours, args.ramp_ceiling = [20_000, 40_000], [50_000, 200_000]
         args.ramp_seconds, args.ramp_warmup, args.ramp_budget = 12, 4, 120
         args.catch_up_seconds = 300
@@ -621,14 +665,28 @@ def main() -> int:
     register(spark)
     try:
         for tags in args.tags:
-            ours = run_one(spark, "ours", tags, 1.0, args.seconds, args.warmup, tmp, args.trigger, args.tags_per_channel)
-            log(ours)
-            ceiling = run_one(spark, "ceiling", tags, 1.0, args.seconds, args.warmup, tmp, args.trigger,
-                              args.tags_per_channel)
-            ours["ratio_ours_over_ceiling"] = (round(ours["values_per_s"] / ceiling["values_per_s"], 3)
-                                               if ours.get("values_per_s") and ceiling.get("values_per_s") else None)
-            log(ceiling)
-            doc["runs"] += [ours, ceiling]
+            done: Dict[str, Dict[str, Any]] = {}
+            for kind in args.runs:
+                r = run_one(spark, kind, tags, 1.0, args.seconds, args.warmup, tmp, args.trigger, args.tags_per_channel)
+                done[kind] = r
+                log(r)
+                doc["runs"].append(r)
+            for kind, r in done.items():      # each of ours beside its ceiling (same sink) in this run
+                ceiling = done.get("ceiling-plain" if kind == "defaults-plain" else "ceiling")
+                if kind.startswith("ceiling") or not ceiling:
+                    continue
+                if r.get("values_per_s") and ceiling.get("values_per_s"):
+                    r["ratio_ours_over_ceiling"] = round(r["values_per_s"] / ceiling["values_per_s"], 3)
+                if r.get("latency_p95_s") and ceiling.get("latency_p95_s"):
+                    r["p95_over_ceiling_p95"] = round(r["latency_p95_s"] / ceiling["latency_p95_s"], 2)
+        for tags in args.channels_tags:
+            # latency against the channel count: the same tags and rate in 10× more channels
+            pair = []
+            for per in (100, 1000):
+                r = run_one(spark, "tuned", tags, 1.0, args.seconds, args.warmup, tmp, args.trigger, per)
+                log(r)
+                pair.append(r)
+            doc["channels"] = pair
         if args.ramp:
             for kind, levels in (("ours", args.ramp_ours), ("ceiling", args.ramp_ceiling)):
                 doc["ramps"].append(ramp(spark, kind, levels, args.ramp_seconds, args.ramp_warmup, args.ramp_budget,
