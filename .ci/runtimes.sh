@@ -19,10 +19,10 @@ VERSIONS=("$@")
 [ ${#VERSIONS[@]} -eq 0 ] && VERSIONS=(4.0.5 4.1.4 4.3.0)
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/pi_stream_source/runtimes"
 KEY="$(cksum setup.py | cut -d' ' -f1)"
-# test_source.py's tests that hold on every line and that test_runtimes.py does not repeat (its
+# test_source.py's (and test_health.py's Delta) tests that hold on every line and that test_runtimes.py does not repeat (its
 # metric assertions need reportLatestOffset, which 4.0/4.1 lack; maxRecordsPerTrigger and
 # AvailableNow are in test_runtimes.py for every sink)
-CORE="test_runtimes or test_stream_lands_every_sent_value or restarted or bridged or bad_option"
+CORE="test_runtimes or test_stream_lands_every_sent_value or restarted or bridged or bad_option or killed_writer or offset_health"
 mkdir -p "$CACHE"
 sink_of() { case "${1%.*}" in 4.0|4.1|4.2) echo delta ;; *) echo parquet ;; esac; }
 venv_of() { echo "$CACHE/pyspark-$1-$KEY"; }
@@ -74,7 +74,7 @@ for v in "${VERSIONS[@]}"; do
   # session's; test_end_to_end.py in UTC (its expected_rows helper builds naive UTC datetimes)
   runs=("Asia/Kolkata tests/test_runtimes.py")
   if [ "$sink" = delta ]; then
-    runs=("Asia/Kolkata tests/test_runtimes.py tests/test_source.py" "UTC tests/test_end_to_end.py")
+    runs=("Asia/Kolkata tests/test_runtimes.py tests/test_source.py tests/test_health.py" "UTC tests/test_end_to_end.py")
   fi
   out="$CACHE/pyspark-$v.pytest.log"
   : >"$out"
