@@ -129,6 +129,7 @@ def add_backfill_arguments(parser: Any) -> None:
     parser.add_argument("--end", default="*", help="PI time or ISO 8601 (default: now)")
     parser.add_argument("--chunk", default="1d", help="time per MERGE commit (default 1d)")
     parser.add_argument("--stream-checkpoint", help="the streaming query's checkpoint: end at its start")
+    parser.add_argument("--tags", help="comma-separated WebIDs and/or \\\\server\\tag paths (as pi-stream run)")
     parser.add_argument("--webids", help="comma-separated WebIDs")
     parser.add_argument("--paths", help="comma-separated \\\\server\\tag paths")
     parser.add_argument("--data-server", help="data server for --name-filter")
@@ -138,26 +139,40 @@ def add_backfill_arguments(parser: Any) -> None:
                         help="any other option of the 'pi' source (authType, secretScope, caBundle, …); repeatable")
 
 
-def run_backfill_from_args(args: Any) -> int:
-    from pyspark.sql import SparkSession
-
-    from . import register
-    from .local_spark import get_spark
-
+def options_from_args(args: Any) -> Dict[str, str]:
+    """The ``pi`` source's options of ``pi-stream backfill``'s arguments. An empty value (as an
+    unset bundle variable gives the bundle's backfill job) counts as not given."""
     options: Dict[str, str] = {"url": args.url}
-    for flag, name in (("webids", "webIds"), ("paths", "paths"), ("data_server", "dataServer"),
-                       ("name_filter", "nameFilter"), ("element_path", "elementPath")):
+    tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
+    webids = [t for t in (args.webids or "").split(",") if t.strip()] + [t for t in tags if not t.startswith("\\")]
+    paths = [p for p in (args.paths or "").split(",") if p.strip()] + [t for t in tags if t.startswith("\\")]
+    if webids:
+        options["webIds"] = ",".join(webids)
+    if paths:
+        options["paths"] = ";".join(paths)       # the same separator pi-stream run's config uses
+    for flag, name in (("data_server", "dataServer"), ("name_filter", "nameFilter"), ("element_path", "elementPath")):
         if getattr(args, flag):
             options[name] = getattr(args, flag)
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SystemExit(f"--option must be KEY=VALUE, got {item!r}")
-        options[key.strip()] = value
+        if value.strip():
+            options[key.strip()] = value
+    return options
+
+
+def run_backfill_from_args(args: Any) -> int:
+    from pyspark.sql import SparkSession
+
+    from . import register
+    from .local_spark import get_spark
+
+    options = options_from_args(args)
     spark = SparkSession.getActiveSession() or get_spark("pi-stream-backfill")
     register(spark)
-    result = backfill(spark, args.table, options, args.start, args.end, chunk=args.chunk,
-                      stream_checkpoint=args.stream_checkpoint)
+    result = backfill(spark, args.table, options, args.start, args.end or "*", chunk=args.chunk or "1d",
+                      stream_checkpoint=args.stream_checkpoint or None)
     print(json.dumps(result))
     return 0
 
