@@ -40,6 +40,26 @@ def test_interpolated_plot_summary_match_the_spec(simulator):
         assert [i["Value"]["Value"] for i in body["Items"][0]["Items"]] == [count]
 
 
+def test_interpolated_at_times_matches_the_spec(simulator):
+    sim = simulator(tags=3, kinds="mixed", rate=1, history_seconds=900)
+    ids = [t.webid for t in sim.tags]
+    assert response_definition("/streamsets/interpolatedattimes", "get", "200") == "Items[StreamValues]"
+    times = [sim.t0 + 300 * MICROS + 400_000, sim.t0 + 200 * MICROS]
+    body = get(sim, "/streamsets/interpolatedattimes", webId=ids, time=[format_ts(t) for t in times]).json()
+    validate(body, "Items[StreamValues]")
+    assert [s["WebId"] for s in body["Items"]] == ids
+    for s in body["Items"]:                                   # ascending by default, at the times asked
+        assert [parse_ticks(v["Timestamp"]) for v in s["Items"]] == sorted(t * 10 for t in times)
+        assert [v["Value"] for v in s["Items"]] == [value_at(sim, s["WebId"], t * 10) for t in sorted(times)]
+    down = get(sim, "/streamsets/interpolatedattimes", webId=ids[0], time=[format_ts(t) for t in times],
+               sortOrder="Descending").json()
+    assert [parse_ticks(v["Timestamp"]) for v in down["Items"][0]["Items"]] == sorted((t * 10 for t in times), reverse=True)
+    for params in ({"time": "soon"}, {}):
+        r = get(sim, "/streamsets/interpolatedattimes", webId=ids[0], **params)
+        assert r.status_code == 400
+        validate(r.json(), "Errors")
+
+
 @pytest.mark.parametrize("params, status", [
     ({"summaryType": "Median"}, 400), ({"calculationBasis": "Both"}, 400), ({"summaryDuration": "0s"}, 400),
     ({"startTime": "*", "endTime": "*-1h"}, 400),

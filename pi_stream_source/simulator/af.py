@@ -1,5 +1,6 @@
 """History and asset-context endpoints of the simulated PI Web API: ``streamsets/interpolated``,
-``streamsets/plot`` and ``streamsets/summary`` computed from the archive, and AF event frames.
+``streamsets/plot``, ``streamsets/summary`` and ``streamsets/interpolatedattimes`` computed from
+the archive, and AF event frames.
 
 Event frames: every element has one ``Batch`` frame (template ``BatchTemplate``, category
 ``Batch``) every ``EVENT_FRAME_EVERY`` of archive time, starting ``EVENT_FRAME_STAGGER`` × its
@@ -14,6 +15,7 @@ recompute from ``PISimulator.archive``):
 * interpolated: at ``startTime + i * interval`` up to ``endTime``, a recorded value exactly there
   (flags kept), else linear between neighbours for floats, else the previous value;
   ``No Data`` (state 248) before the first value;
+* interpolatedattimes: the same value at each ``time`` asked (sorted by ``sortOrder``);
 * plot: per each of ``intervals`` equal intervals (``[a, b)``, the last ``[a, end]``), the first,
   last, minimum and maximum recorded values (first and last only for non-numbers), in time order;
 * summary: per ``summaryDuration`` interval (the whole range without it; ``[a, b)``, the last
@@ -70,6 +72,7 @@ def routes(api: "RestAPI") -> List[Tuple[str, str, Callable[[Req], Resp]]]:
         ("GET", r"streamsets/interpolated", lambda req: interpolated(api, req)),
         ("GET", r"streamsets/plot", lambda req: plot(api, req)),
         ("GET", r"streamsets/summary", lambda req: summary(api, req)),
+        ("GET", r"streamsets/interpolatedattimes", lambda req: interpolated_at_times(api, req)),
         ("GET", rf"assetdatabases/{w}/eventframes", frames.search),
         ("GET", rf"eventframes/{w}", frames.get),
     ]
@@ -222,6 +225,16 @@ def _answer(api: "RestAPI", req: Req, parts: List[bytes]) -> Resp:
     return Resp(200, b'{"Links":{},"Items":[' + b",".join(parts) + b"]}")
 
 
+def _interpolated_at(api: "RestAPI", tag: Any, ts: int) -> bytes:
+    """The value at ``ts`` (ticks): a recorded value exactly there (flags kept), else the
+    interpolation, else ``No Data``."""
+    p = api.archive.before(tag, ts + 1)
+    if p is not None and p[0] == ts:
+        return api.encoder.point_bytes(tag, p, shared=False)
+    v = api.interpolate(tag, ts)
+    return api.encoder.timed_value(tag, ts, NO_DATA, quality=BAD) if v is None else api.encoder.timed_value(tag, ts, v)
+
+
 def interpolated(api: "RestAPI", req: Req) -> Resp:
     streams = api.streams_of(req)
     start, end = _range(api, req)
@@ -229,19 +242,34 @@ def interpolated(api: "RestAPI", req: Req) -> Resp:
     assert step is not None
     n = (end - start) // step + 1
     _check_cap(api, n * len(streams))
-    arch, enc, wt = api.archive, api.encoder, api.webid_type(req)
+    enc, wt = api.encoder, api.webid_type(req)
     parts = []
     for s in streams:
-        tag, items = s.tag, []
-        for i in range(n):
-            ts = start + i * step
-            p = arch.before(tag, ts + 1)
-            if p is not None and p[0] == ts:
-                items.append(enc.point_bytes(tag, p, shared=False))
-                continue
-            v = api.interpolate(tag, ts)
-            items.append(enc.timed_value(tag, ts, NO_DATA, quality=BAD) if v is None else enc.timed_value(tag, ts, v))
+        items = [_interpolated_at(api, s.tag, start + i * step) for i in range(n)]
         parts.append(enc.stream_prefix(s, wt) + b',"Items":[' + b",".join(items) + b"]}")
+    return _answer(api, req, parts)
+
+
+def interpolated_at_times(api: "RestAPI", req: Req) -> Resp:
+    """``streamsets/interpolatedattimes``: per stream, the value at each ``time`` (repeated
+    parameter) as ``interpolated`` computes it, in ``sortOrder`` (Ascending by default)."""
+    streams = api.streams_of(req)
+    raw = req.qall("time")
+    if not raw:
+        raise PIError(400, "The parameter 'time' is required.")
+    now = api.archive.now_ticks()
+    times = []
+    for t in raw:
+        try:
+            times.append(parse_pi_time_ticks(t, now))
+        except ValueError:
+            raise PIError(400, f"The parameter 'time' is not a valid time: '{t}'.") from None
+    order = _choice(req, "sortOrder", ("Ascending", "Descending"), "Ascending")
+    times.sort(reverse=order == "Descending")
+    _check_cap(api, len(times) * len(streams))
+    enc, wt = api.encoder, api.webid_type(req)
+    parts = [enc.stream_prefix(s, wt) + b',"Items":[' + b",".join(_interpolated_at(api, s.tag, ts) for ts in times)
+             + b"]}" for s in streams]
     return _answer(api, req, parts)
 
 
