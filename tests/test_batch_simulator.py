@@ -96,3 +96,33 @@ def test_event_frames_match_the_spec_and_their_attributes_read_at_the_end(simula
     els = get(sim, f"/assetdatabases/{db}/elements").json()
     validate(els, "Items[Element]")
     assert els["Items"][0]["TemplateName"] == "UnitTemplate"
+
+
+def test_templates_categories_analyses_units_match_the_spec(simulator):
+    sim = simulator(tags=6, rate=1, attributes_per_element=3)
+    db, server = sim.model.database_webid, sim.model.assetserver_webid
+    for path, definition in [("elementtemplates", "Items[ElementTemplate]"),
+                             ("elementcategories", "Items[ElementCategory]"),
+                             ("attributecategories", "Items[AttributeCategory]"), ("analyses", "Items[Analysis]")]:
+        assert response_definition(f"/assetdatabases/{{webId}}/{path}", "get", "200") == definition
+        body = get(sim, f"/assetdatabases/{db}/{path}").json()
+        validate(body, definition)
+        assert body["Items"], path
+        assert get(sim, f"/assetdatabases/F1RDnosuch/{path}").status_code == 404
+    templates = get(sim, f"/assetdatabases/{db}/elementtemplates").json()["Items"]
+    assert [t["Name"] for t in get(sim, f"/assetdatabases/{db}/elementtemplates", maxCount=1).json()["Items"]] == \
+        [templates[0]["Name"]]
+    assert response_definition("/elementtemplates/{webId}/attributetemplates", "get", "200") == "Items[AttributeTemplate]"
+    attrs = get(sim, f"/elementtemplates/{templates[0]['WebId']}/attributetemplates").json()
+    validate(attrs, "Items[AttributeTemplate]")
+    assert [a["Name"] for a in attrs["Items"]] == [a.name for a in sim.elements[0].attributes]
+    assert response_definition("/assetservers/{webId}/unitclasses", "get", "200") == "Items[UnitClass]"
+    classes = get(sim, f"/assetservers/{server}/unitclasses").json()
+    validate(classes, "Items[UnitClass]")
+    # the spec names a single Unit as this answer; the endpoint lists the class's units: each is a Unit
+    assert response_definition("/unitclasses/{webId}/units", "get", "200") == "Unit"
+    units = get(sim, f"/unitclasses/{classes['Items'][0]['WebId']}/units").json()
+    assert set(units) == {"Links", "Items"} and units["Items"]
+    for unit in units["Items"]:
+        validate(unit, "Unit")
+    assert get(sim, "/unitclasses/F1UCnosuch/units").status_code == 404
