@@ -425,7 +425,7 @@ def test_backfill_job_is_on_demand_on_the_streaming_jobs_compute(schema, compute
         backfill_job({**variables, "compute": "gpu"})
 
 
-def test_backfill_job_runs_against_the_simulator(spark, simulator, secret_scope, tmp_path):
+def test_backfill_job_runs_against_the_simulator(spark, simulator, secret_scope, tmp_path, capsys):
     """The job's task, run for real: `pi-stream backfill` with the job's command line (variables
     and a start/end run parameter filled in; the catalog table mapped to a local path) against
     the simulator with basic auth from the secret scope lands exactly the archive of the range,
@@ -456,6 +456,12 @@ def test_backfill_job_runs_against_the_simulator(spark, simulator, secret_scope,
         landed = sorted((w, ts, v) for w, ts, v, _src in table_keys(spark, table))
         assert landed == expected
     assert sim.config.password not in json.dumps(params)
+    # "Run now" without a start: the job's default is empty, and the run fails naming it
+    capsys.readouterr()
+    params = job_parameters(body, variables, {})
+    params[params.index("--table") + 1] = table
+    assert main(params) == 1
+    assert "pi-stream backfill: start is required" in capsys.readouterr().err
 
 
 def _iso_in_kolkata(us: int) -> str:
