@@ -1,5 +1,6 @@
 """The ``pi`` batch data source: PI history (recorded, interpolated, plot, summary, end, at
-times) as a Spark DataFrame, read in parallel by stream × time, each call within PI's ``MaxReturnedItemsPerCall``.
+times) as a Spark DataFrame, read in parallel by stream × time, each call within PI's
+``MaxReturnedItemsPerCall``.
 
 ``spark.read.format("pi")`` takes the streaming source's options for choosing streams and for
 auth/TLS/proxy (``options.parse_options``), plus the ones in ``BATCH_OPTIONS``. The range is
@@ -34,9 +35,9 @@ log = logging.getLogger(__name__)
 MODES = ("recorded", "interpolated", "plot", "summary", "end", "attimes")
 #: modes that read no range: startTime/endTime given with them are refused, not ignored
 _POINT_MODES = ("end", "attimes")
-#: at most this many ``times`` (mode attimes): each is a value per stream
 SUMMARY_TYPES = ("Total", "Average", "Minimum", "Maximum", "Range", "StdDev", "PopulationStdDev", "Count",
                  "PercentGood")
+#: at most this many ``times`` (mode attimes): each is a value per stream
 MAX_TIMES = 100_000
 CALCULATION_BASES = ("TimeWeighted", "EventWeighted")
 TIME_TYPES = ("Auto", "EarliestTime", "MostRecentTime")
