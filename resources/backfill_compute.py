@@ -6,7 +6,6 @@ library. Registered under ``python.mutators`` in databricks.yml; a job opts in w
 ``compute: bundle``."""
 from __future__ import annotations
 
-
 from databricks.bundles.core import Bundle, job_mutator
 from databricks.bundles.jobs import Job
 
