@@ -13,7 +13,17 @@ Tables (option ``table``), each with its schema in ``TABLES``:
 * ``eventframe_values``: per event frame, its attributes' values at its end (now for a running
   one), from ``streamsets/{frame}/value?time=…``: the data contract's value columns;
 * ``points``: the points of ``dataServer`` (every one, or those matching ``nameFilter``): point
-  type, class, units, descriptor, digital set, span, zero, step.
+  type, class, units, descriptor, digital set, span, zero, step;
+* ``elementtemplates``: the database's element (and event frame: ``instance_type``) templates:
+  base template, naming pattern, categories, whether elements may extend them;
+* ``attributetemplates``: every attribute template of those templates (inherited and child ones
+  too), with its template: type, units, data reference, config string, default value, flags;
+* ``categories``: element and attribute categories (``kind`` = ``element`` | ``attribute``);
+* ``analyses``: name, template (null without one), target element (WebID and path), status
+  (``Running``, ``Stopped``, … as PI gives it), rule and time-rule plug-ins, priority, categories;
+* ``unitclasses``: the units-of-measure classes of the asset server(s) with their canonical unit;
+* ``units``: every unit of those classes: abbreviation, ``factor`` and ``offset`` to the
+  reference unit (``value * factor + offset``), the class.
 
 Join to values on ``tag_webid`` (= ``attributes.point_webid`` or ``points.webid``) or on the path.
 Auth, TLS and proxy options are the streaming source's (``options.parse_options``).
@@ -65,12 +75,38 @@ TABLES: Dict[str, StructType] = {
                       ("point_class", _S), ("point_type", _S), ("digital_set_name", _S), ("uom", _S),
                       ("span", DoubleType()), ("zero", DoubleType()), ("step", _B), ("future", _B),
                       ("data_server", _S)),
+    "elementtemplates": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("description", _S),
+                                ("instance_type", _S), ("base_template", _S), ("naming_pattern", _S),
+                                ("category_names", ArrayType(_S)), ("allow_element_to_extend", _B), ("severity", _S),
+                                ("can_be_acknowledged", _B), ("database_path", _S)),
+    "attributetemplates": _schema(("element_template_webid", _S), ("element_template_name", _S), ("webid", _S),
+                                  ("id", _S), ("name", _S), ("path", _S), ("description", _S), ("type", _S),
+                                  ("type_qualifier", _S), ("uom", _S), ("data_reference", _S), ("config_string", _S),
+                                  ("default_value", _S), ("is_configuration_item", _B), ("is_excluded", _B),
+                                  ("is_hidden", _B), ("is_manual_data_entry", _B), ("has_children", _B),
+                                  ("trait_name", _S), ("category_names", ArrayType(_S)), ("database_path", _S)),
+    "categories": _schema(("kind", _S), ("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("description", _S),
+                          ("database_path", _S)),
+    "analyses": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("description", _S),
+                        ("template_name", _S), ("target_webid", _S), ("target_path", _S), ("status", _S),
+                        ("analysis_rule_plugin", _S), ("time_rule_plugin", _S), ("priority", _S),
+                        ("category_names", ArrayType(_S)), ("auto_created", _B), ("publish_results", _B),
+                        ("database_path", _S)),
+    "unitclasses": _schema(("webid", _S), ("id", _S), ("name", _S), ("path", _S), ("description", _S),
+                           ("canonical_unit_name", _S), ("canonical_unit_abbreviation", _S), ("asset_server", _S)),
+    "units": _schema(("webid", _S), ("id", _S), ("name", _S), ("abbreviation", _S), ("path", _S), ("description", _S),
+                     ("factor", DoubleType()), ("offset", DoubleType()), ("reference_factor", DoubleType()),
+                     ("reference_offset", DoubleType()), ("reference_unit_abbreviation", _S), ("class_webid", _S),
+                     ("class_name", _S), ("asset_server", _S)),
 }
+#: tables read per asset server (the rest per database, points per data server)
+_SERVER_TABLES = ("unitclasses", "units")
 
 #: name → (default, help): this source's own options; auth/TLS/proxy come from ``options.OPTIONS``.
 AF_OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
-    "table": (None, "databases | elements | attributes | eventframes | eventframe_values | points (required)"),
-    "database": (None, "AF database path \\\\afserver\\db (default: every database of every asset server)"),
+    "table": (None, " | ".join(TABLES) + " (required)"),
+    "database": (None, "AF database path \\\\afserver\\db (default: every database of every asset server; "
+                       "unitclasses/units: its asset server)"),
     "dataServer": (None, "points: the PI Data Archive (name or WebID; default: every data server)"),
     "nameFilter": ("*", "points: point name filter (PI wildcards); eventframes: event frame name filter"),
     "startTime": ("*-1d", "eventframes/eventframe_values: start of the search range (PI time or ISO 8601)"),
@@ -169,6 +205,29 @@ def _databases(client: PIRestClient, o: AFOptions) -> List[Dict[str, Any]]:
     return out
 
 
+def _asset_servers(client: PIRestClient, o: AFOptions) -> List[Dict[str, Any]]:
+    """Every asset server, or the one of ``database`` (``\\\\server\\db``)."""
+    servers = [s for s in client.get("assetservers").get("Items") or [] if isinstance(s, dict)]
+    if not o.database:
+        return servers
+    name = o.database.lstrip("\\").split("\\")[0]
+    chosen = [s for s in servers if str(s.get("Name", "")).upper() == name.upper()]
+    if not chosen:
+        raise PIOptionError(f"option 'database' {o.database!r} names asset server {name!r}, which PI Web API does "
+                            "not list; known: " + ", ".join(str(s.get("Name")) for s in servers[:10]))
+    return chosen
+
+
+def _items(doc: Any) -> List[Dict[str, Any]]:
+    items = doc.get("Items") if isinstance(doc, dict) else None
+    return [i for i in items or [] if isinstance(i, dict)]
+
+
+def _text(v: Any) -> Optional[str]:
+    """A PI string field, None when empty (PI sends "" for no template, no base template, …)."""
+    return v if isinstance(v, str) and v else None
+
+
 def _point_of(attr: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
     """(WebID, path) of the PI point behind a PI Point data reference, from the Point link and the
     config string (``\\\\server\\tag;options``)."""
@@ -221,6 +280,8 @@ class AFReader(DataSourceReader):
                     raise PIOptionError(f"option 'dataServer' {want!r} matches no data server; known: "
                                         + ", ".join(str(s.get("Name")) for s in servers[:10]))
                 return [AFPartition(s["WebId"], s.get("Name") or "") for s in chosen]
+            if self.opts.table in _SERVER_TABLES:
+                return [AFPartition(a["WebId"], a.get("Name") or "") for a in _asset_servers(client, self.opts)]
             return [AFPartition(db["WebId"], db.get("Path") or db.get("Name") or "") for db in _databases(client, self.opts)]
         finally:
             client.close()
@@ -314,12 +375,96 @@ class AFReader(DataSourceReader):
                        cols.value[i], cols.value_string[i], cols.digital_state_code[i], cols.good[i], cols.uom[i],
                        cols.error[i])
 
+    def _template_items(self, client: PIRestClient, part: AFPartition) -> List[Dict[str, Any]]:
+        # 2018 SP1 pages no template listing (no startIndex): one call, refused when it may be cut
+        limit = 150_000
+        items = _items(client.get(f"assetdatabases/{part.key}/elementtemplates", params={"maxCount": limit}))
+        if len(items) >= limit:
+            raise PIWebAPIError(f"{part.label} has {limit} or more element templates: the listing may be cut", 413, [])
+        return items
+
+    def _elementtemplates(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        for t in self._template_items(client, part):
+            yield (t.get("WebId"), t.get("Id"), t.get("Name"), t.get("Path"), t.get("Description"),
+                   _text(t.get("InstanceType")), _text(t.get("BaseTemplate")), _text(t.get("NamingPattern")),
+                   list(t.get("CategoryNames") or []), t.get("AllowElementToExtend"), _text(t.get("Severity")),
+                   t.get("CanBeAcknowledged"), part.label)
+
+    def _attributetemplates(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        templates = self._template_items(client, part)
+        resources = [f"elementtemplates/{quote(t['WebId'])}/attributetemplates?showInherited=true"
+                     f"&showDescendants=true&maxCount=150000" for t in templates]
+        for t, (status, content) in zip(templates, batch_get(client, resources)):
+            if status != 200 or not isinstance(content, dict):
+                raise PIWebAPIError(f"attribute templates of {t.get('Path')}", status,
+                                    [client.credentials.redact(str(content)[:200])] if content else [])
+            for a in _items(content):
+                yield (t.get("WebId"), t.get("Name"), a.get("WebId"), a.get("Id"), a.get("Name"), a.get("Path"),
+                       a.get("Description"), _text(a.get("Type")), _text(a.get("TypeQualifier")),
+                       _text(a.get("DefaultUnitsNameAbbreviation")) or _text(a.get("DefaultUnitsName")),
+                       _text(a.get("DataReferencePlugIn")), _text(a.get("ConfigString")),
+                       _default_value(a.get("DefaultValue")), a.get("IsConfigurationItem"), a.get("IsExcluded"),
+                       a.get("IsHidden"), a.get("IsManualDataEntry"), a.get("HasChildren"), _text(a.get("TraitName")),
+                       list(a.get("CategoryNames") or []), part.label)
+
+    def _categories(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        for kind in ("element", "attribute"):
+            for c in _items(client.get(f"assetdatabases/{part.key}/{kind}categories")):
+                yield (kind, c.get("WebId"), c.get("Id"), c.get("Name"), c.get("Path"), c.get("Description"),
+                       part.label)
+
+    def _analyses(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        found = list(_paged(client, f"assetdatabases/{part.key}/analyses", {}, self.opts.page_size))
+        targets = sorted({a["TargetWebId"] for a in found if _text(a.get("TargetWebId"))})
+        paths: Dict[str, Optional[str]] = {}
+        for w, (status, content) in zip(targets, batch_get(client, [f"elements/{quote(w)}?selectedFields=Path"
+                                                                    for w in targets])):
+            paths[w] = content.get("Path") if status == 200 and isinstance(content, dict) else None
+        for a in found:
+            target = _text(a.get("TargetWebId"))
+            yield (a.get("WebId"), a.get("Id"), a.get("Name"), a.get("Path"), a.get("Description"),
+                   _text(a.get("TemplateName")), target, paths.get(target) if target else None, _text(a.get("Status")),
+                   _text(a.get("AnalysisRulePlugInName")), _text(a.get("TimeRulePlugInName")),
+                   _text(a.get("Priority")), list(a.get("CategoryNames") or []), a.get("AutoCreated"),
+                   a.get("PublishResults"), part.label)
+
+    def _class_items(self, client: PIRestClient, part: AFPartition) -> List[Dict[str, Any]]:
+        return _items(client.get(f"assetservers/{part.key}/unitclasses"))
+
+    def _unitclasses(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        for c in self._class_items(client, part):
+            yield (c.get("WebId"), c.get("Id"), c.get("Name"), c.get("Path"), c.get("Description"),
+                   c.get("CanonicalUnitName"), c.get("CanonicalUnitAbbreviation"), part.label)
+
+    def _units(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
+        classes = self._class_items(client, part)
+        resources = [f"unitclasses/{quote(c['WebId'])}/units" for c in classes]
+        for c, (status, content) in zip(classes, batch_get(client, resources)):
+            if status != 200 or not isinstance(content, dict):
+                raise PIWebAPIError(f"units of class {c.get('Name')}", status,
+                                    [client.credentials.redact(str(content)[:200])] if content else [])
+            # the 2018 SP1 spec names a single Unit as the answer; PI lists them (Items)
+            for u in _items(content) if "Items" in content else [content]:
+                yield (u.get("WebId"), u.get("Id"), u.get("Name"), u.get("Abbreviation"), u.get("Path"),
+                       u.get("Description"), _float(u.get("Factor")), _float(u.get("Offset")),
+                       _float(u.get("ReferenceFactor")), _float(u.get("ReferenceOffset")),
+                       _text(u.get("ReferenceUnitAbbreviation")), c.get("WebId"), c.get("Name"), part.label)
+
     def _points(self, client: PIRestClient, part: AFPartition) -> Iterator[Tuple[Any, ...]]:
         for p in _paged(client, f"dataservers/{part.key}/points", {"nameFilter": self.opts.name_filter},
                         self.opts.page_size):
             yield (p.get("WebId"), p.get("Id"), p.get("Name"), p.get("Path"), p.get("Descriptor"), p.get("PointClass"),
                    p.get("PointType"), p.get("DigitalSetName") or None, p.get("EngineeringUnits") or None,
                    _float(p.get("Span")), _float(p.get("Zero")), p.get("Step"), p.get("Future"), part.label)
+
+
+def _default_value(v: Any) -> Optional[str]:
+    """An attribute template's DefaultValue (any JSON: a number, a string, a digital state) as text."""
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return str(v.get("Name", v))
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def _float(v: Any) -> Optional[float]:

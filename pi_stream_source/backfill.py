@@ -11,23 +11,30 @@ seam with the streaming query:
   reads the archive from ``T`` (merged) and goes live;
 * stream first (any ``startingPosition``), backfill later, with ``stream_checkpoint`` set to the
   stream's checkpoint: the range is cut at the stream's start, so the backfill never writes a
-  time the stream will append live values for, and may run while the stream runs (a MERGE that
-  meets a concurrent Delta commit is retried).
+  time the stream will append live values for. While the stream runs, only dates it does not
+  write to are safe: a MERGE into the date partition the stream appends to meets a concurrent
+  commit (``ConcurrentAppendException``) on every try, is retried, and then fails with
+  ``BackfillConflictError`` naming the dates.
 """
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional
 
-from .errors import PIOptionError
+from .errors import PIOptionError, PIStreamError
 from .offsets import query_start
 from .pitime import MICROS, format_ts, now_micros, parse_duration, parse_pi_time
 
 log = logging.getLogger(__name__)
 
 #: Delta's optimistic-concurrency exceptions: another commit touched what the MERGE read.
+class BackfillConflictError(PIStreamError):
+    """A chunk's MERGE met a concurrent Delta commit on every try (a stream appending to its dates)."""
+
+
 _CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
               "ConcurrentTransactionException", "MetadataChangedException", "ProtocolChangedException")
 
@@ -44,6 +51,8 @@ def stream_start(checkpoint: str) -> Optional[int]:
 def _time(value: Any, name: str, now: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if not str(value or "").strip():        # PI reads an empty time as now: a range of nothing
+        raise PIOptionError(f"{name} is required: a PI time (*-30d, t) or ISO 8601")
     try:
         return parse_pi_time(str(value), now)
     except ValueError:
@@ -56,13 +65,15 @@ def _conflict(exc: BaseException) -> bool:
 
 
 def backfill(spark: Any, table: str, options: Mapping[str, Any], start: Any, end: Any = "*",
-             chunk: str = "1d", stream_checkpoint: Optional[str] = None, attempts: int = 5) -> Dict[str, Any]:
+             chunk: str = "1d", stream_checkpoint: Optional[str] = None, attempts: int = 2) -> Dict[str, Any]:
     """Land PI's archive over [``start``, ``end``] for the streams chosen in ``options`` (the
     ``pi`` source's options: url, webIds/paths/…, auth) into ``table`` (a path or catalog name,
     created with the contract schema when missing), one MERGE per ``chunk`` of time.
 
     Returns ``{"start", "end", "chunks", "rows"}``; ``end`` is clipped to the stream's start when
-    ``stream_checkpoint`` is given and that stream has started."""
+    ``stream_checkpoint`` is given and that stream has started. A chunk whose MERGE still meets
+    concurrent commits after ``delta.write_batch``'s retries is tried ``attempts`` times in all,
+    then ``BackfillConflictError`` is raised (the chunks before it stay landed: run it again)."""
     opts = {str(k): str(v) for k, v in options.items()}
     given = {k.lower() for k in opts}
     for own in ("starttime", "endtime", "mode"):
@@ -114,8 +125,16 @@ def _land_chunk(spark: Any, table: str, opts: Dict[str, str], a: int, b: int, ba
             counts = write_batch(df, batch_id, table, "pi_stream_source:backfill", mode="merge")
             return counts["merged"]
         except Exception as exc:               # noqa: BLE001 - Delta's conflicts come as Py4J/Spark errors
-            if not _conflict(exc) or attempt == attempts:
+            if not _conflict(exc):
                 raise
+            if attempt == attempts:
+                days = sorted({format_ts(t)[:10] for t in (a, b)})
+                raise BackfillConflictError(
+                    f"backfill of {format_ts(a)}..{format_ts(b)}: every MERGE into partition_date "
+                    f"{' to '.join(days)} met a concurrent Delta commit ({type(exc).__name__}; {attempts} tries of "
+                    "the writer's retries): another writer, such as a running stream, is writing those dates. "
+                    "Stop it (a stream fills its downtime from the archive when it restarts) or backfill other "
+                    "dates, then run the backfill again: what landed is matched, not doubled") from None
             log.warning("backfill %s..%s met a concurrent Delta commit (%s); retrying (%d/%d)",
                         format_ts(a), format_ts(b), type(exc).__name__, attempt, attempts)
             time.sleep(min(10.0, 0.5 * 2 ** attempt))
@@ -129,6 +148,7 @@ def add_backfill_arguments(parser: Any) -> None:
     parser.add_argument("--end", default="*", help="PI time or ISO 8601 (default: now)")
     parser.add_argument("--chunk", default="1d", help="time per MERGE commit (default 1d)")
     parser.add_argument("--stream-checkpoint", help="the streaming query's checkpoint: end at its start")
+    parser.add_argument("--tags", help="comma-separated WebIDs and/or \\\\server\\tag paths (as pi-stream run)")
     parser.add_argument("--webids", help="comma-separated WebIDs")
     parser.add_argument("--paths", help="comma-separated \\\\server\\tag paths")
     parser.add_argument("--data-server", help="data server for --name-filter")
@@ -138,28 +158,46 @@ def add_backfill_arguments(parser: Any) -> None:
                         help="any other option of the 'pi' source (authType, secretScope, caBundle, …); repeatable")
 
 
-def run_backfill_from_args(args: Any) -> int:
-    from pyspark.sql import SparkSession
-
-    from . import register
-    from .local_spark import get_spark
-
+def options_from_args(args: Any) -> Dict[str, str]:
+    """The ``pi`` source's options of ``pi-stream backfill``'s arguments. An empty value (as an
+    unset bundle variable gives the bundle's backfill job) counts as not given."""
     options: Dict[str, str] = {"url": args.url}
-    for flag, name in (("webids", "webIds"), ("paths", "paths"), ("data_server", "dataServer"),
-                       ("name_filter", "nameFilter"), ("element_path", "elementPath")):
+    tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
+    webids = [t for t in (args.webids or "").split(",") if t.strip()] + [t for t in tags if not t.startswith("\\")]
+    paths = [p for p in (args.paths or "").split(",") if p.strip()] + [t for t in tags if t.startswith("\\")]
+    if webids:
+        options["webIds"] = ",".join(webids)
+    if paths:
+        options["paths"] = ";".join(paths)       # the same separator pi-stream run's config uses
+    for flag, name in (("data_server", "dataServer"), ("name_filter", "nameFilter"), ("element_path", "elementPath")):
         if getattr(args, flag):
             options[name] = getattr(args, flag)
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SystemExit(f"--option must be KEY=VALUE, got {item!r}")
-        options[key.strip()] = value
+        if value.strip():
+            options[key.strip()] = value
+    return options
+
+
+def run_backfill_from_args(args: Any) -> int:
+    from pyspark.sql import SparkSession
+
+    from . import register
+    from .local_spark import get_spark
+
+    options = options_from_args(args)
     spark = SparkSession.getActiveSession() or get_spark("pi-stream-backfill")
     register(spark)
-    result = backfill(spark, args.table, options, args.start, args.end, chunk=args.chunk,
-                      stream_checkpoint=args.stream_checkpoint)
+    try:
+        result = backfill(spark, args.table, options, args.start, args.end or "*", chunk=args.chunk or "1d",
+                          stream_checkpoint=args.stream_checkpoint or None)
+    except PIStreamError as exc:        # bad input, PI errors, conflicts: one line that says what to do
+        print(f"pi-stream backfill: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result))
     return 0
 
 
-__all__: List[str] = ["backfill", "stream_start"]
+__all__: List[str] = ["backfill", "stream_start", "BackfillConflictError"]

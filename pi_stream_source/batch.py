@@ -1,5 +1,6 @@
-"""The ``pi`` batch data source: PI history (recorded, interpolated, plot, summary) as a Spark
-DataFrame, read in parallel by stream × time, each call within PI's ``MaxReturnedItemsPerCall``.
+"""The ``pi`` batch data source: PI history (recorded, interpolated, plot, summary, end, at
+times) as a Spark DataFrame, read in parallel by stream × time, each call within PI's
+``MaxReturnedItemsPerCall``.
 
 ``spark.read.format("pi")`` takes the streaming source's options for choosing streams and for
 auth/TLS/proxy (``options.parse_options``), plus the ones in ``BATCH_OPTIONS``. The range is
@@ -31,9 +32,13 @@ from .schema import ARROW_SCHEMA, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
 
-MODES = ("recorded", "interpolated", "plot", "summary")
+MODES = ("recorded", "interpolated", "plot", "summary", "end", "attimes")
+#: modes that read no range: startTime/endTime given with them are refused, not ignored
+_POINT_MODES = ("end", "attimes")
 SUMMARY_TYPES = ("Total", "Average", "Minimum", "Maximum", "Range", "StdDev", "PopulationStdDev", "Count",
                  "PercentGood")
+#: at most this many ``times`` (mode attimes): each is a value per stream
+MAX_TIMES = 100_000
 CALCULATION_BASES = ("TimeWeighted", "EventWeighted")
 TIME_TYPES = ("Auto", "EarliestTime", "MostRecentTime")
 
@@ -41,7 +46,10 @@ TIME_TYPES = ("Auto", "EarliestTime", "MostRecentTime")
 BATCH_OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "startTime": ("*-1d", "start of the range: PI time (*-7d, t, y) or ISO 8601; resolved once at load()"),
     "endTime": ("*", "end of the range (inclusive), same forms as startTime; not before startTime"),
-    "mode": ("recorded", "recorded | interpolated | plot | summary"),
+    "mode": ("recorded", "recorded | interpolated | plot | summary | end (last archived value per stream) | "
+                         "attimes (the value at each of `times`)"),
+    "times": (None, "attimes: comma-separated PI times or ISO 8601 (resolved once at load(); sorted, repeats "
+                    "read once); the values come from streamsets/interpolatedattimes"),
     "interval": ("1h", "interpolated: time between values (30s, 5m, 1h, 1d)"),
     "intervals": ("24", "plot: number of intervals over the range (each gives up to 4 values per stream)"),
     "summaryType": ("Average", "summary: comma-separated " + ", ".join(SUMMARY_TYPES)),
@@ -97,6 +105,7 @@ class BatchOptions:
     density_slices: int
     max_requests_per_second: Optional[float]
     concurrent_tasks: Optional[int]
+    times: Tuple[int, ...] = ()      # epoch µs, sorted, unique (attimes)
 
     def __repr__(self) -> str:
         return (f"BatchOptions({self.source!r}, mode={self.mode!r}, {format_ts(self.start)}..{format_ts(self.end)})")
@@ -163,11 +172,21 @@ def parse_batch_options(raw: Mapping[str, Any], now: Optional[int] = None) -> Ba
     mine, rest = split_options(raw)
     source = parse_options(rest)
     now = now_micros() if now is None else now
+    mode = _pick(mine["mode"], "mode", MODES)
+    given = {_BATCH_LOWER.get(str(k).lower()) for k in raw}
+    if mode in _POINT_MODES:
+        for name in ("startTime", "endTime"):
+            if name in given:
+                raise PIOptionError(f"option '{name}' does not apply to mode {mode} "
+                                    + ("(the last archived value of each stream)" if mode == "end"
+                                       else "(use option 'times')") + "; remove it")
+    times = _times(mine, now) if mode == "attimes" else ()
+    if mode != "attimes" and mine.get("times", "").strip():
+        raise PIOptionError(f"option 'times' applies only to mode attimes, not to mode {mode}")
     start, end = _time(mine, "startTime", now), _time(mine, "endTime", now)
     if end < start:
         raise PIOptionError(f"option 'endTime' ({mine['endTime']!r} = {format_ts(end)}) is before option "
                             f"'startTime' ({mine['startTime']!r} = {format_ts(start)}); the range must not be inverted")
-    mode = _pick(mine["mode"], "mode", MODES)
     types = [_pick(t, "summaryType", SUMMARY_TYPES) for t in mine["summaryType"].split(",") if t.strip()]
     if not types:
         raise PIOptionError(f"option 'summaryType' needs at least one of {', '.join(SUMMARY_TYPES)}")
@@ -193,7 +212,29 @@ def parse_batch_options(raw: Mapping[str, Any], now: Optional[int] = None) -> Ba
         max_requests_per_second=rate,
         concurrent_tasks=_int_option(mine, "concurrentTasks", 1, 1_000_000) if mine.get("concurrentTasks", "").strip()
         else None,
+        times=times,
     )
+
+
+def _times(opts: Mapping[str, str], now: int) -> Tuple[int, ...]:
+    """Option ``times`` → sorted, unique epoch µs; each entry must parse."""
+    raw = [t.strip() for t in (opts.get("times") or "").split(",")]
+    if not any(raw):
+        raise PIOptionError("option 'times' is required with mode attimes: comma-separated PI times (*-1h, t) "
+                            "or ISO 8601 (2024-01-31T00:00:00Z)")
+    out = set()
+    for i, t in enumerate(raw):
+        if not t:
+            raise PIOptionError(f"option 'times': entry {i + 1} is empty (a stray comma?)")
+        try:
+            out.add(parse_pi_time(t, now))
+        except ValueError as exc:
+            raise PIOptionError(f"option 'times': entry {i + 1} must be a PI time (*-7d, t, y) or ISO 8601, "
+                                f"got {t!r} ({exc})") from None
+    if len(out) > MAX_TIMES:
+        raise PIOptionError(f"option 'times' holds {len(out)} times; at most {MAX_TIMES} (use mode interpolated "
+                            "for a regular grid)")
+    return tuple(sorted(out))
 
 
 # ---- requests: paced, retried ------------------------------------------------------------------
@@ -360,6 +401,11 @@ def grid_plan(meta: Sequence[StreamMeta], o: "BatchOptions") -> List[HistoryPart
         cells = max(1, -(-(o.end - o.start) // dur))
         return plan_grid(meta, cells, len(o.summary_types), budget,
                          lambda i, j: (o.start + i * dur, min(o.end, o.start + j * dur)))
+    if o.mode == "end":
+        return plan_grid(meta, 1, 1, budget, lambda i, j: (0, 0))
+    if o.mode == "attimes":
+        # a partition's times are those in [lo, hi]: times are sorted and unique
+        return plan_grid(meta, len(o.times), 1, budget, lambda i, j: (o.times[i], o.times[j - 1]))
     per_cell = len(o.summary_types) if o.mode == "summary" else 4 * o.intervals
     return plan_grid(meta, 1, per_cell, budget, lambda i, j: (o.start, o.end))
 
@@ -434,6 +480,46 @@ def read_values(client: PIRestClient, part: HistoryPartition, opts: BatchOptions
         if batch is not None:
             yield batch
     _report(stats, f"{opts.mode} read of {part!r}")
+
+
+def read_end(client: PIRestClient, part: HistoryPartition, opts: BatchOptions,
+             ingested: int) -> Iterator[pa.RecordBatch]:
+    """``end`` rows of ``part`` (VALUES_SCHEMA): each stream's last archived value, from
+    ``streamsets/end`` (2018 SP1 answers Items[StreamValues], an ``Items`` list of one value; a
+    later server's single ``Value`` is read too)."""
+    known = {w: (n, p) for w, n, p in part.meta}
+    stats = ParseStats()
+    for group in split_for_call(list(known), 1, opts.source.max_url_length, len(client.base_url) + 300):
+        doc = client.get("streamsets/end", params={"webId": group})
+        streams = doc.get("Items") if isinstance(doc, dict) else doc
+        streams = [{**s, "Items": [s["Value"]]} if isinstance(s, dict) and "Items" not in s and "Value" in s else s
+                   for s in (streams if isinstance(streams, list) else [])]
+        batch = _values_batch(streams, known, "end", ingested, stats)
+        if batch is not None:
+            yield batch
+    _report(stats, f"end read of {part!r}")
+
+
+def read_at_times(client: PIRestClient, part: HistoryPartition, opts: BatchOptions,
+                  ingested: int) -> Iterator[pa.RecordBatch]:
+    """``attimes`` rows of ``part`` (VALUES_SCHEMA): per stream, the value at each of the
+    partition's times (``streamsets/interpolatedattimes``: the recorded value where one is exactly
+    there, else PI's interpolation; the timestamp is the time asked). Times go to PI in calls of
+    as many as half of ``maxUrlLength`` holds, streams in groups that keep the URL under it."""
+    known = {w: (n, p) for w, n, p in part.meta}
+    stats = ParseStats()
+    times = [format_ts(t) for t in opts.times if part.lo <= t <= part.hi]
+    per_call = max(1, (opts.source.max_url_length // 2) // (len(times[0]) + 6))        # "&time=" + the stamp
+    for i in range(0, len(times), per_call):
+        chunk = times[i:i + per_call]
+        base = len(client.base_url) + 300 + sum(len(t) + 6 for t in chunk)
+        for group in split_for_call(list(known), len(chunk), opts.source.max_url_length, base):
+            doc = client.get("streamsets/interpolatedattimes", params={"webId": group, "time": chunk})
+            batch = _values_batch(doc.get("Items") if isinstance(doc, dict) else doc, known, "attimes", ingested,
+                                  stats)
+            if batch is not None:
+                yield batch
+    _report(stats, f"attimes read of {part!r}")
 
 
 def read_summary(client: PIRestClient, part: HistoryPartition, opts: BatchOptions,
@@ -559,6 +645,10 @@ class PIHistoryReader(DataSourceReader):
                 yield from read_recorded(client, partition, o.source.recorded_page_size, o.source.max_url_length, ingested)
             elif o.mode == "summary":
                 yield from read_summary(client, partition, o, ingested)
+            elif o.mode == "end":
+                yield from read_end(client, partition, o, ingested)
+            elif o.mode == "attimes":
+                yield from read_at_times(client, partition, o, ingested)
             else:
                 yield from read_values(client, partition, o, ingested)
         finally:
@@ -588,6 +678,11 @@ class PIDataSource(DataSource):
     * ``summary``: ``summaryType`` values per stream and ``summaryDuration`` interval
       (``SUMMARY_SCHEMA``: summary_type, interval_start, interval_end, then the value columns;
       timestamp is where PI puts the value, see ``timeType``).
+    * ``end``: each stream's last archived value (``streamsets/end``; ``VALUES_SCHEMA``).
+    * ``attimes``: each stream's value at each of ``times`` (``streamsets/interpolatedattimes``:
+      the recorded value exactly there, else interpolated; ``VALUES_SCHEMA``, timestamp = the time
+      asked). 2018 SP1 also has ``streamsets/recordedattimes``, whose values sit at other times
+      than asked (``retrievalMode``); for archived values read mode ``recorded``.
 
     The work is split by stream × time so a task reads about ``valuesPerPartition`` values (recorded:
     sized from a Count summary per stream), each call stays within MaxReturnedItemsPerCall

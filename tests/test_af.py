@@ -113,6 +113,8 @@ def test_event_frames_and_their_values(spark, sim):
 @pytest.mark.parametrize("raw, message", [
     ({}, "option 'table' must be one of databases, elements"),
     ({"table": "templates"}, "option 'table' must be one of"),
+    ({"table": "uom"}, "option 'table' must be one of .*elementtemplates, attributetemplates, categories, analyses, "
+                       "unitclasses, units"),
     ({"table": "elements", "webIds": "F1DPx"}, "option 'webIds' chooses streams"),
     ({"table": "eventframes", "startTime": "*", "endTime": "*-1d"}, "option 'endTime'"),
     ({"table": "eventframes", "searchMode": "Backward"}, "option 'searchMode' must be Overlapped or Inclusive"),
@@ -122,3 +124,67 @@ def test_event_frames_and_their_values(spark, sim):
 def test_bad_options_name_the_option(raw, message):
     with pytest.raises(PIOptionError, match=message):
         parse_af_options({"url": "http://127.0.0.1:9/piwebapi", **raw})
+
+
+def test_templates_categories_analyses_units(spark, simulator):
+    """The tables the Lakeflow osipi connector has beyond the hierarchy, each compared with the
+    simulator's documented model (simulator/af.py): 7 elements, so analyses with and without a
+    template and both statuses; attribute templates joined to their element template."""
+    from pi_stream_source.simulator.rest_api import ELEMENT_CATEGORIES, ELEMENT_TEMPLATE
+
+    sim = simulator(tags=len(KINDS) * 2, kinds="mixed", rate=1, history_seconds=60, attributes_per_element=3,
+                    af_elements=7)
+    m = sim.model
+    assert len(m.elements) == 7
+    db = m.database_path
+    templates = {r.name: r for r in _table(spark, sim, "elementtemplates")}
+    assert set(templates) == {ELEMENT_TEMPLATE, sim_af.EVENT_FRAME_TEMPLATE}
+    unit, batch = templates[ELEMENT_TEMPLATE], templates[sim_af.EVENT_FRAME_TEMPLATE]
+    assert (unit.path, unit.instance_type, unit.base_template, unit.allow_element_to_extend, unit.database_path) == \
+        (f"{db}\\ElementTemplates[{ELEMENT_TEMPLATE}]", "Element", None, True, db)
+    assert (batch.instance_type, batch.allow_element_to_extend) == ("EventFrame", False)
+    # elements name their template: the join works
+    assert {r.template_name for r in _table(spark, sim, "elements")} <= set(templates)
+
+    attribute_templates = _table(spark, sim, "attributetemplates", database=db)
+    first = m.elements[0].attributes
+    types = {"int": "Int32", "digital": "EnumerationValue", "string": "String", "bool": "Boolean"}
+    assert [(r.element_template_webid, r.element_template_name, r.name, r.path, r.type, r.uom, r.data_reference,
+             r.default_value, r.category_names, r.database_path) for r in attribute_templates] == \
+        [(unit.webid, ELEMENT_TEMPLATE, a.name, f"{unit.path}|{a.name}", types.get(a.tag.gen.kind, "Double"),
+          a.tag.uom or None, "PI Point", "0", [sim_af.ATTRIBUTE_CATEGORIES[0]], db) for a in first]
+    assert {r.name for r in attribute_templates} == {a.name for e in m.elements for a in e.attributes}
+
+    categories = sorted((r.kind, r.name, r.path, r.database_path) for r in _table(spark, sim, "categories"))
+    assert categories == sorted(
+        [("element", n, f"{db}\\ElementCategories[{n}]", db) for n in ELEMENT_CATEGORIES]
+        + [("attribute", n, f"{db}\\AttributeCategories[{n}]", db) for n in sim_af.ATTRIBUTE_CATEGORIES])
+
+    analyses = {r.name: r for r in _table(spark, sim, "analyses", pageSize=2)}      # paged by 2
+    assert set(analyses) == {f"{e.name} rollup" for e in m.elements}
+    for i, e in enumerate(m.elements):
+        r = analyses[f"{e.name} rollup"]
+        assert (r.target_webid, r.target_path, r.template_name, r.status, r.path, r.database_path) == \
+            (e.webid, e.path, None if i % 3 == 2 else sim_af.ANALYSIS_TEMPLATE,
+             "Stopped" if i % 4 == 3 else "Running", f"{e.path}\\Analyses[{e.name} rollup]", db)
+    assert {r.status for r in analyses.values()} == {"Running", "Stopped"}
+
+    classes = {r.name: r for r in _table(spark, sim, "unitclasses")}
+    assert {n: (r.canonical_unit_name, r.canonical_unit_abbreviation, r.asset_server) for n, r in classes.items()} \
+        == {n: (c[0][0], c[0][1], m.af_server) for n, c in sim_af.UNIT_CLASSES.items()}
+    units = _table(spark, sim, "units", database=db)
+    assert sorted((r.class_name, r.name, r.abbreviation, r.factor, r.offset, r.reference_unit_abbreviation,
+                   r.class_webid) for r in units) == sorted(
+        (n, u[0], u[1], u[2], u[3], c[0][1], classes[n].webid) for n, c in sim_af.UNIT_CLASSES.items() for u in c[1])
+    # a unit's value in the canonical unit: 20 degC is 293.15 K
+    celsius = next(r for r in units if r.abbreviation == "degC")
+    assert 20 * celsius.factor + celsius.offset == pytest.approx(293.15)
+    for table in ("elementtemplates", "attributetemplates", "categories", "analyses", "unitclasses", "units"):
+        rows = _table(spark, sim, table)
+        assert len({r.webid for r in rows}) == len(rows) > 0, table
+
+
+def test_asset_server_tables_refuse_an_unknown_server(spark, simulator):
+    sim = simulator(tags=2, rate=1)
+    with pytest.raises(Exception, match=r"option 'database' .*names asset server 'NOSUCH'"):
+        _table(spark, sim, "units", database="\\\\NOSUCH\\db")

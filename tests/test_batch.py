@@ -130,6 +130,12 @@ def test_empty_and_bad_ranges(spark, simulator):
     ({"startingPosition": "latest"}, "option 'startingPosition' applies only to the streaming source"),
     ({"tagsperchannel": "5"}, "option 'tagsPerChannel' applies only to the streaming source"),
     ({"bogus": "1"}, "unknown option 'bogus'"),
+    ({"mode": "attimes"}, "option 'times' is required with mode attimes"),
+    ({"mode": "attimes", "times": "*-1h, soon"}, "option 'times': entry 2 must be a PI time"),
+    ({"mode": "attimes", "times": "*-1h,,*"}, "option 'times': entry 2 is empty"),
+    ({"mode": "end", "startTime": "*-1h"}, "option 'startTime' does not apply to mode end"),
+    ({"mode": "attimes", "times": "*", "endtime": "*"}, "option 'endTime' does not apply to mode attimes"),
+    ({"times": "*-1h"}, "option 'times' applies only to mode attimes, not to mode recorded"),
 ])
 def test_bad_options_name_the_option(raw, message):
     opts = {"url": "http://127.0.0.1:9/piwebapi", "webIds": "F1DPx", **raw}
@@ -287,3 +293,56 @@ def test_retries_on_429_and_503_and_keeps_to_the_request_rate(spark, simulator):
     assert requests >= 40
     # the whole read (planning and every task, retries included) at most 8 requests per second
     assert elapsed >= (requests - 1) / 8 * 0.95, (requests, elapsed)
+
+
+def test_end_is_each_streams_last_archived_value(spark, simulator, session_zone):
+    """``mode=end``: one row per stream (every point type), its newest archived value; streams split
+    over partitions. The archive grows while the read runs, so the row must be an archived value
+    between the newest one before the read and the newest one after it."""
+    from pyspark.sql import functions as F
+
+    from pi_stream_source.batch import VALUES_SCHEMA
+
+    sim = simulator(tags=len(KINDS), kinds="mixed", rate=0.2, history_seconds=600, seed=11)
+    ids = [t.webid for t in sim.tags]
+    before = {w: sim.archive(w)[-1][0] for w in ids}
+    df = _read(spark, sim, webIds=",".join(ids), mode="end", valuesPerPartition=3)
+    assert df.schema == VALUES_SCHEMA and df.rdd.getNumPartitions() == -(-len(ids) // 3)
+    rows = df.select("tag_webid", F.unix_micros("timestamp").alias("ts"), "value", "value_string",
+                     "digital_state_code").collect()
+    after = {w: sim.archive(w) for w in ids}
+    got = _landed(rows)
+    assert set(got) == set(ids)
+    for t in sim.tags:
+        [(ts, value)] = got[t.webid]
+        archived = dict((a, _row_value(v)) for a, v in after[t.webid])
+        assert before[t.webid] <= ts <= after[t.webid][-1][0] and archived[ts] == value, t.gen.kind
+
+
+def test_attimes_reads_the_value_at_each_time(spark, simulator, session_zone):
+    """``mode=attimes``: per stream, one row per distinct time asked (given unsorted, repeated, as
+    ISO 8601 with an offset and in UTC), the value PI has there (recorded or interpolated, from
+    the archive's 100-ns stamps), ``No Data`` before the first value; times split over partitions
+    and over calls (a short maxUrlLength)."""
+    from pyspark.sql import functions as F
+
+    from pi_stream_source.batch import VALUES_SCHEMA
+
+    sim = simulator(tags=4, kinds="sine,int,digital,string", rate=1, history_seconds=900, seed=13)
+    at = [sim.t0 + s * MICROS + f for s, f in [(400, 250_000), (100, 0), (250, 999_999), (700, 500_000),
+                                                (101, 1), (500, 0)]]
+    kolkata = timezone(timedelta(hours=5, minutes=30))
+    given = [to_datetime(t).astimezone(kolkata).isoformat() for t in at[:3]] + [format_ts(t) for t in at[3:]]
+    given += [format_ts(at[0])]                                         # a repeat: read once
+    early = sim.t0 - 3600 * MICROS                                      # before the first value
+    given.append(format_ts(early))
+    df = _read(spark, sim, webIds=",".join(t.webid for t in sim.tags), mode="attimes", times=", ".join(given),
+               valuesPerPartition=3, maxUrlLength=256)
+    assert df.schema == VALUES_SCHEMA and df.rdd.getNumPartitions() >= 4 * 3
+    got = _landed(df.select("tag_webid", F.unix_micros("timestamp").alias("ts"), "value", "value_string",
+                            "digital_state_code").collect())
+    no_data = (None, "No Data", 248)
+    for t in sim.tags:
+        want = [(early, no_data)] + [(ts, _row_value(value_at(sim, t.webid, ts * 10))) for ts in sorted(at)]
+        assert got[t.webid] == want, t.gen.kind
+    assert not df.filter(F.col("timestamp") == F.lit(to_datetime(early))).first().good

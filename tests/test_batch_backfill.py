@@ -90,6 +90,9 @@ def test_backfill_refuses_its_own_options_and_bad_ranges(spark, simulator, tmp_p
         backfill(spark, str(tmp_path / "t"), opts, "*-1h", "*-2h")
     with pytest.raises(PIOptionError, match="start must be a PI time"):
         backfill(spark, str(tmp_path / "t"), opts, "last tuesday")
+    for blank in ("", "  "):               # PI would read it as now: refused, not a range of nothing
+        with pytest.raises(PIOptionError, match="start is required"):
+            backfill(spark, str(tmp_path / "t"), opts, blank)
 
 
 def test_cli_backfill(simulator, tmp_path):
@@ -105,3 +108,34 @@ def test_cli_backfill(simulator, tmp_path):
     assert result["rows"] == 2 * 301 and result["chunks"] == 3
     bad = subprocess.run(cmd[:-2] + ["--option", "nonsense"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--option must be KEY=VALUE" in bad.stderr
+
+
+def test_backfill_into_the_date_a_running_stream_appends_to_fails_clearly_then_lands(spark, simulator, tmp_path):
+    """A stream appends to today's partition every half second; a backfill of today (cut at the
+    stream's start) meets ConcurrentAppendException on every MERGE, is retried, and fails naming
+    the dates and what to do. With the stream stopped the same backfill lands, and the stream,
+    restarted, fills its downtime: the table equals the archive from the backfill's start."""
+    from pi_stream_source.backfill import BackfillConflictError
+
+    sim = simulator(tags=3, rate=2, history_seconds=900, seed=25)
+    table, ck = str(tmp_path / "bronze"), str(tmp_path / "ck")
+    opts = {"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags)}
+    start = sim.t0 + 10 * MICROS
+    q = start_stream(spark, sim, table, ck, merge=True)
+    wait_until(lambda: q.lastProgress is not None and q.lastProgress["batchId"] >= 3, 120, what="a few batches")
+    today = format_ts(stream_start(ck))[:10]
+    try:
+        with pytest.raises(BackfillConflictError, match=rf"partition_date {today}.*concurrent Delta commit "
+                                                        r"\(ConcurrentAppendException.*Stop it"):
+            backfill(spark, table, opts, format_ts(start), "*", chunk="1d", stream_checkpoint=ck, attempts=1)
+        assert q.isActive and q.exception() is None
+    finally:
+        finish(q, sim, spark, table)
+    result = backfill(spark, table, opts, format_ts(start), "*", chunk="1d", stream_checkpoint=ck)
+    assert result["end"] == format_ts(stream_start(ck)) and result["rows"] > 3 * 2 * 800
+    stopped = now_micros()
+    q = start_stream(spark, sim, table, ck, merge=True)
+    wait_until(lambda: min(r[-1][0] for r in landed_by_tag(spark, table).values()) > stopped + 5 * MICROS,
+               180, what="the stream caught up past its restart")
+    finish(q, sim, spark, table)
+    assert_prefix_exact(spark, table, sim, start)

@@ -40,6 +40,26 @@ def test_interpolated_plot_summary_match_the_spec(simulator):
         assert [i["Value"]["Value"] for i in body["Items"][0]["Items"]] == [count]
 
 
+def test_interpolated_at_times_matches_the_spec(simulator):
+    sim = simulator(tags=3, kinds="mixed", rate=1, history_seconds=900)
+    ids = [t.webid for t in sim.tags]
+    assert response_definition("/streamsets/interpolatedattimes", "get", "200") == "Items[StreamValues]"
+    times = [sim.t0 + 300 * MICROS + 400_000, sim.t0 + 200 * MICROS]
+    body = get(sim, "/streamsets/interpolatedattimes", webId=ids, time=[format_ts(t) for t in times]).json()
+    validate(body, "Items[StreamValues]")
+    assert [s["WebId"] for s in body["Items"]] == ids
+    for s in body["Items"]:                                   # ascending by default, at the times asked
+        assert [parse_ticks(v["Timestamp"]) for v in s["Items"]] == sorted(t * 10 for t in times)
+        assert [v["Value"] for v in s["Items"]] == [value_at(sim, s["WebId"], t * 10) for t in sorted(times)]
+    down = get(sim, "/streamsets/interpolatedattimes", webId=ids[0], time=[format_ts(t) for t in times],
+               sortOrder="Descending").json()
+    assert [parse_ticks(v["Timestamp"]) for v in down["Items"][0]["Items"]] == sorted((t * 10 for t in times), reverse=True)
+    for params in ({"time": "soon"}, {}):
+        r = get(sim, "/streamsets/interpolatedattimes", webId=ids[0], **params)
+        assert r.status_code == 400
+        validate(r.json(), "Errors")
+
+
 @pytest.mark.parametrize("params, status", [
     ({"summaryType": "Median"}, 400), ({"calculationBasis": "Both"}, 400), ({"summaryDuration": "0s"}, 400),
     ({"startTime": "*", "endTime": "*-1h"}, 400),
@@ -76,3 +96,33 @@ def test_event_frames_match_the_spec_and_their_attributes_read_at_the_end(simula
     els = get(sim, f"/assetdatabases/{db}/elements").json()
     validate(els, "Items[Element]")
     assert els["Items"][0]["TemplateName"] == "UnitTemplate"
+
+
+def test_templates_categories_analyses_units_match_the_spec(simulator):
+    sim = simulator(tags=6, rate=1, attributes_per_element=3)
+    db, server = sim.model.database_webid, sim.model.assetserver_webid
+    for path, definition in [("elementtemplates", "Items[ElementTemplate]"),
+                             ("elementcategories", "Items[ElementCategory]"),
+                             ("attributecategories", "Items[AttributeCategory]"), ("analyses", "Items[Analysis]")]:
+        assert response_definition(f"/assetdatabases/{{webId}}/{path}", "get", "200") == definition
+        body = get(sim, f"/assetdatabases/{db}/{path}").json()
+        validate(body, definition)
+        assert body["Items"], path
+        assert get(sim, f"/assetdatabases/F1RDnosuch/{path}").status_code == 404
+    templates = get(sim, f"/assetdatabases/{db}/elementtemplates").json()["Items"]
+    assert [t["Name"] for t in get(sim, f"/assetdatabases/{db}/elementtemplates", maxCount=1).json()["Items"]] == \
+        [templates[0]["Name"]]
+    assert response_definition("/elementtemplates/{webId}/attributetemplates", "get", "200") == "Items[AttributeTemplate]"
+    attrs = get(sim, f"/elementtemplates/{templates[0]['WebId']}/attributetemplates").json()
+    validate(attrs, "Items[AttributeTemplate]")
+    assert [a["Name"] for a in attrs["Items"]] == [a.name for a in sim.elements[0].attributes]
+    assert response_definition("/assetservers/{webId}/unitclasses", "get", "200") == "Items[UnitClass]"
+    classes = get(sim, f"/assetservers/{server}/unitclasses").json()
+    validate(classes, "Items[UnitClass]")
+    # the spec names a single Unit as this answer; the endpoint lists the class's units: each is a Unit
+    assert response_definition("/unitclasses/{webId}/units", "get", "200") == "Unit"
+    units = get(sim, f"/unitclasses/{classes['Items'][0]['WebId']}/units").json()
+    assert set(units) == {"Links", "Items"} and units["Items"]
+    for unit in units["Items"]:
+        validate(unit, "Unit")
+    assert get(sim, "/unitclasses/F1UCnosuch/units").status_code == 404

@@ -20,6 +20,7 @@ jsonschema = pytest.importorskip("jsonschema")
 bundles_jobs = pytest.importorskip("databricks.bundles.jobs")
 bundles_pipelines = pytest.importorskip("databricks.bundles.pipelines")
 from databricks.bundles.core import Bundle  # noqa: E402
+from test_notebooks import secret_scope  # noqa: E402,F401 - the stand-in Secrets API fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = Path(__file__).with_name("data") / "bundle_jsonschema.json"
@@ -141,7 +142,7 @@ def test_bundle_matches_the_official_schema(schema):
 
 def test_bundle_loads_strictly_with_databricks_bundles():
     config, _ = load_bundle()
-    assert set(config["resources"]["jobs"]) == {"pi_maintenance"}
+    assert set(config["resources"]["jobs"]) == {"pi_maintenance", "pi_backfill"}
     assert set(config["resources"]["pipelines"]) == {"pi_pipeline"}
     assert strict_errors(config) == []
 
@@ -344,7 +345,7 @@ def test_every_file_the_bundle_names_exists():
     for owner, path in named:
         candidates = [path, path.with_suffix(".py")] if path.suffix == "" else [path]
         assert any(p.is_file() for p in candidates), f"{owner} names {path}, which does not exist"
-    for entry in config["python"]["resources"]:
+    for entry in config["python"]["resources"] + config["python"].get("mutators", []):
         module, _, func = entry.partition(":")
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file() and func
     # wheel globs point at the artifact's output directory (dist/ next to setup.py)
@@ -390,3 +391,109 @@ def test_the_health_dashboard_is_deployed_when_a_warehouse_is_named(schema):
                                                                    if isinstance(e, dict) and "fieldName" in e}
         shown |= {f["fieldName"] for e in enc.values() if isinstance(e, dict) for f in e.get("fields", [])}
         assert shown and shown <= fields
+
+
+# ---- the backfill job (resources/backfill.job.yml) ------------------------------------------------
+def backfill_job(variables: Dict[str, Any]) -> Dict[str, Any]:
+    """The backfill job as `bundle deploy` makes it: the YAML, then the python mutator."""
+    config, _ = load_bundle()
+    sys.path.insert(0, str(ROOT))
+    try:
+        from resources.backfill_compute import backfill_compute
+    finally:
+        sys.path.remove(str(ROOT))
+    job = bundles_jobs.Job.from_dict(copy.deepcopy(config["resources"]["jobs"]["pi_backfill"]))
+    return backfill_compute.function(Bundle(target="dev", variables=variables), job).as_dict()
+
+
+def job_parameters(body: Dict[str, Any], variables: Dict[str, Any], run: Dict[str, str]) -> list:
+    """The wheel task's command line with the variables and the run's job parameters filled in."""
+    defaults = {p["name"]: p["default"] for p in body["parameters"]}
+    values = {**defaults, **run}
+    params = [resolve(p, variables) for p in body["tasks"][0]["python_wheel_task"]["parameters"]]
+    return [re.sub(r"\{\{job\.parameters\.(\w+)\}\}", lambda m: values[m.group(1)], p) for p in params]
+
+
+@pytest.mark.parametrize("compute", ["classic", "serverless"])
+def test_backfill_job_is_on_demand_on_the_streaming_jobs_compute(schema, compute):
+    config, _ = load_bundle()
+    variables = {**variable_defaults(config), "compute": compute, "tags": "A,\\\\PI1\\t1"}
+    body = backfill_job(variables)
+    assert [e.message[:200] for e in validator_for(schema, JOB_REF).iter_errors({"jobs": {"pi_backfill": body}})] == []
+    assert "schedule" not in body and "continuous" not in body and "trigger" not in body    # on demand
+    assert body["max_concurrent_runs"] == 1
+    assert {p["name"] for p in body["parameters"]} >= {"start", "end"}
+    [task] = body["tasks"]
+    streaming = python_resources(variables).jobs["pi_stream"].as_dict()
+    if compute == "classic":
+        assert "environments" not in body and "environment_key" not in task
+        [cluster] = body["job_clusters"]
+        assert task["job_cluster_key"] == cluster["job_cluster_key"] and task["libraries"] == [{"whl": "dist/*.whl"}]
+        stream_cluster = streaming["job_clusters"][0]["new_cluster"]
+        for key in ("spark_version", "node_type_id", "data_security_mode"):
+            assert cluster["new_cluster"][key] == stream_cluster[key]
+    else:
+        assert "job_clusters" not in body and "job_clusters" not in streaming
+        [env] = body["environments"]
+        assert task["environment_key"] == env["environment_key"] and env["spec"]["dependencies"] == ["../dist/*.whl"]
+    # the command line is `pi-stream backfill` with the stream's tags, auth by secret names only
+    from pi_stream_source.backfill import add_backfill_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_backfill_arguments(parser)
+    params = job_parameters(body, variables, {"start": "*-2d", "end": "*-1d"})
+    assert params[0] == "backfill"
+    args = parser.parse_args(params[1:])
+    assert (args.start, args.end, args.table) == ("*-2d", "*-1d", f"main.{variables['schema']}.pi_streaming_timeseries")
+    options = options_from_args(args)
+    assert options == {"url": variables["pi_web_api_url"], "webIds": "A", "paths": "\\\\PI1\\t1",
+                       "authType": "basic", "secretScope": "pi_web_api", "usernameKey": "username",
+                       "passwordKey": "password"}                   # the empty token_key is left out
+    with pytest.raises(ValueError, match="compute must be one of classic, serverless"):
+        backfill_job({**variables, "compute": "gpu"})
+
+
+def test_backfill_job_runs_against_the_simulator(spark, simulator, secret_scope, tmp_path, capsys):
+    """The job's task, run for real: `pi-stream backfill` with the job's command line (variables
+    and a start/end run parameter filled in; the catalog table mapped to a local path) against
+    the simulator with basic auth from the secret scope lands exactly the archive of the range,
+    and a second run of the same range (a retry) changes nothing."""
+    from pi_stream_source.cli import main
+    from pi_stream_source.pitime import MICROS, format_ts
+    from pi_stream_source.testing import table_keys
+
+    sim = simulator(tags=4, rate=2, seed=31, auth="basic", history_seconds=900)
+    secret_scope.values = {("pi_web_api", "username"): sim.config.username,
+                           ("pi_web_api", "password"): sim.config.password}
+    config, _ = load_bundle()
+    tags = [sim.tags[0].webid, sim.tags[1].path, sim.tags[2].webid]     # WebIDs and paths, as the variable allows
+    variables = {**variable_defaults(config), "pi_web_api_url": sim.url, "tags": ",".join(tags)}
+    body = backfill_job(variables)
+    lo, hi = sim.t0 + 100 * MICROS, sim.t0 + 700 * MICROS
+    # the end as ISO 8601 in another zone: the job parameter is PI time or ISO 8601
+    run = {"start": format_ts(lo), "end": _iso_in_kolkata(hi), "chunk": "4m"}
+    params = job_parameters(body, variables, run)
+    table = str(tmp_path / "bronze")
+    params[params.index("--table") + 1] = table         # a catalog name on Databricks, a path here
+    wanted = [sim.tags[i].webid for i in (0, 1, 2)]
+    archive = sim.expected_archive(wanted, start_us=lo, end_us=hi)
+    expected = sorted((w, ts, v) for w, vals in archive.items() for ts, v in vals)
+    assert len(expected) > 3 * 2 * 500
+    for _ in range(2):
+        assert main(params) == 0
+        landed = sorted((w, ts, v) for w, ts, v, _src in table_keys(spark, table))
+        assert landed == expected
+    assert sim.config.password not in json.dumps(params)
+    # "Run now" without a start: the job's default is empty, and the run fails naming it
+    capsys.readouterr()
+    params = job_parameters(body, variables, {})
+    params[params.index("--table") + 1] = table
+    assert main(params) == 1
+    assert "pi-stream backfill: start is required" in capsys.readouterr().err
+
+
+def _iso_in_kolkata(us: int) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    zone = timezone(timedelta(hours=5, minutes=30))
+    return datetime.fromtimestamp(us / 1e6, zone).isoformat(timespec="microseconds")

@@ -111,7 +111,9 @@ def secret_scope(spark, monkeypatch, tmp_path):
 def test_notebooks_stream_explore_maintain(spark, simulator, secret_scope, tmp_path):
     from pyspark.sql import functions as F
 
-    sim = simulator(tags=6, rate=5, seed=21, auth="basic", history_seconds=120)
+    # two AF elements of two attributes each: tags 0-3 have AF context, tags 4 and 5 none
+    sim = simulator(tags=6, rate=5, seed=21, auth="basic", history_seconds=120, af_elements=2,
+                    attributes_per_element=2)
     webids = [t.webid for t in sim.tags]
     table = str(tmp_path / "bronze")
     secret_scope.values = {("pi_web_api", "username"): sim.config.username,
@@ -134,7 +136,7 @@ def test_notebooks_stream_explore_maintain(spark, simulator, secret_scope, tmp_p
     keys = {(r.tag_webid, r.ts) for r in landed.select("tag_webid", F.unix_micros("timestamp").alias("ts")).collect()}
     assert keys <= archive and len(keys) == rows            # archived values only, no duplicates
 
-    ns = run_notebook("explore", spark, {"table": table, "plot_tags": "4", "minutes": "10"})
+    ns = run_notebook("explore", spark, {"table": table, "plot_tags": "4", "minutes": "10", "url": sim.url})
     assert {r.tag_webid for r in ns["latest_rows"]} == set(webids)
     assert sum(r.rows for r in ns["latest_rows"]) == rows
     assert ns["plot_lines"] == 4
@@ -144,7 +146,22 @@ def test_notebooks_stream_explore_maintain(spark, simulator, secret_scope, tmp_p
     every = landed.select(F.max(latency)).first()[0]
     assert ns["quality_row"].max_live_latency_s == pytest.approx(live)
     assert live < every, (live, every)              # the 30 s of backfill (*-30s) is left out
-    assert len(ns["__displayed__"]) >= 4
+    assert len(ns["__displayed__"]) >= 6
+    # values joined to AF context: per tag, the element and attribute of the simulator's model
+    # (the rows of a tag no attribute references are kept, with null context)
+    from pi_stream_source.simulator.rest_api import ELEMENT_TEMPLATE
+
+    per_tag = {w: n for w, n in landed.groupBy("tag_webid").count().collect()}
+    expected = {(t.webid, None, None, None, None, None, per_tag[t.webid]) for t in sim.tags}
+    for a in sim.attributes:
+        expected.discard((a.tag.webid, None, None, None, None, None, per_tag[a.tag.webid]))
+        expected.add((a.tag.webid, a.element.path, a.name, a.path, a.tag.uom or None, ELEMENT_TEMPLATE,
+                      per_tag[a.tag.webid]))
+    got = {(r.tag_webid, r.element_path, r.attribute_name, r.attribute_path, r.attribute_uom, r.template_name, r.rows)
+           for r in ns["context_rows"]}
+    assert got == expected and len(ns["context_rows"]) == len(expected) == 6
+    assert {r.element_path for r in ns["context_rows"]} == {e.path for e in sim.elements} | {None}
+    assert secret_scope.reads and not ns["__dbutils__"].secrets.reads     # the source read the scope
 
     ns = run_notebook("maintenance", spark, {"table": table, "vacuum_retention_hours": "168"})
     result = json.loads(ns["__exit__"])
@@ -197,7 +214,7 @@ def _install_lines() -> List[tuple]:
 
 
 def test_notebooks_that_need_the_package_install_it():
-    assert {name for name, _ in _install_lines()} == {"stream_to_delta.py", "maintenance.py"}
+    assert {name for name, _ in _install_lines()} == {"stream_to_delta.py", "maintenance.py", "explore.py"}
 
 
 @pytest.mark.slow

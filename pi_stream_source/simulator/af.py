@@ -1,5 +1,6 @@
 """History and asset-context endpoints of the simulated PI Web API: ``streamsets/interpolated``,
-``streamsets/plot`` and ``streamsets/summary`` computed from the archive, and AF event frames.
+``streamsets/plot``, ``streamsets/summary`` and ``streamsets/interpolatedattimes`` computed from
+the archive, and AF event frames.
 
 Event frames: every element has one ``Batch`` frame (template ``BatchTemplate``, category
 ``Batch``) every ``EVENT_FRAME_EVERY`` of archive time, starting ``EVENT_FRAME_STAGGER`` × its
@@ -8,12 +9,26 @@ the open end PI uses (9999-12-31). Its primary (only) referenced element is the 
 attributes are the element's (``streamsets/{frame}/value?time=…`` reads them, e.g. at its end).
 (Elements carry a template and categories too: ``rest_api.ELEMENT_TEMPLATE``, ``ELEMENT_CATEGORIES``.)
 
+Asset context beyond the hierarchy (``AssetContext``), fixed by the model, so a test can list what
+PI must answer:
+
+* element templates: ``UnitTemplate`` (instance type Element; its attribute templates are the
+  attribute names the elements use, ``ATTRIBUTE_NAMES[:attributes_per_element]``, PI Point data
+  references, units and type of the first element's attribute of that name, category
+  ``Process Data``) and ``BatchTemplate`` (EventFrame, no attribute templates);
+* element categories ``ELEMENT_CATEGORIES``; attribute categories ``ATTRIBUTE_CATEGORIES``;
+* analyses: one per element, ``<element> rollup`` targeting it, template ``UnitRollup`` except
+  every third element's (no template), status ``Running`` except every fourth (``Stopped``);
+* units of measure: ``UNIT_CLASSES`` (each with its canonical unit and units: factor and offset
+  to the canonical unit).
+
 Registered by ``RestAPI`` through ``routes(api)``. What the simulator computes (and a test can
 recompute from ``PISimulator.archive``):
 
 * interpolated: at ``startTime + i * interval`` up to ``endTime``, a recorded value exactly there
   (flags kept), else linear between neighbours for floats, else the previous value;
   ``No Data`` (state 248) before the first value;
+* interpolatedattimes: the same value at each ``time`` asked (sorted by ``sortOrder``);
 * plot: per each of ``intervals`` equal intervals (``[a, b)``, the last ``[a, end]``), the first,
   last, minimum and maximum recorded values (first and last only for non-numbers), in time order;
 * summary: per ``summaryDuration`` interval (the whole range without it; ``[a, b)``, the last
@@ -63,16 +78,167 @@ EVENT_FRAMES_AHEAD = 2 * 86400 * MICROS       # frames exist for this long past 
 OPEN_END = "9999-12-31T23:59:59Z"
 
 
+ATTRIBUTE_CATEGORIES = ("Process Data", "Diagnostics")
+ANALYSIS_TEMPLATE = "UnitRollup"
+#: name → (canonical unit (name, abbreviation), [(name, abbreviation, factor, offset)]): a value in
+#: the unit is ``value * factor + offset`` in the canonical unit
+UNIT_CLASSES: Dict[str, Tuple[Tuple[str, str], List[Tuple[str, str, float, float]]]] = {
+    "Temperature": (("kelvin", "K"), [("kelvin", "K", 1.0, 0.0), ("degree Celsius", "degC", 1.0, 273.15),
+                                      ("degree Fahrenheit", "degF", 5.0 / 9.0, 255.3722222222222)]),
+    "Pressure": (("pascal", "Pa"), [("pascal", "Pa", 1.0, 0.0), ("kilopascal", "kPa", 1000.0, 0.0),
+                                    ("bar", "bar", 100000.0, 0.0), ("pound-force per square inch", "psi",
+                                                                      6894.757293168361, 0.0)]),
+    "Ratio": (("percent", "%"), [("percent", "%", 1.0, 0.0), ("parts per million", "ppm", 0.0001, 0.0)]),
+}
+
+
 def routes(api: "RestAPI") -> List[Tuple[str, str, Callable[[Req], Resp]]]:
     frames = EventFrames(api)
+    context = AssetContext(api)
     w = r"(?P<webId>[^/]+)"
     return [
+        ("GET", rf"assetdatabases/{w}/elementtemplates", context.element_templates),
+        ("GET", rf"elementtemplates/{w}/attributetemplates", context.attribute_templates),
+        ("GET", rf"assetdatabases/{w}/elementcategories", context.element_categories),
+        ("GET", rf"assetdatabases/{w}/attributecategories", context.attribute_categories),
+        ("GET", rf"assetdatabases/{w}/analyses", context.analyses),
+        ("GET", rf"assetservers/{w}/unitclasses", context.unit_classes),
+        ("GET", rf"unitclasses/{w}/units", context.units),
         ("GET", r"streamsets/interpolated", lambda req: interpolated(api, req)),
         ("GET", r"streamsets/plot", lambda req: plot(api, req)),
         ("GET", r"streamsets/summary", lambda req: summary(api, req)),
+        ("GET", r"streamsets/interpolatedattimes", lambda req: interpolated_at_times(api, req)),
         ("GET", rf"assetdatabases/{w}/eventframes", frames.search),
         ("GET", rf"eventframes/{w}", frames.get),
     ]
+
+
+def _webid(marker: str, owner: uuid.UUID, guid: uuid.UUID) -> str:
+    """A Full-form-like WebID of an AF object (marker, owner and object GUIDs)."""
+    return "F1" + marker + W.encode_guid(owner) + W.encode_guid(guid)
+
+
+class AssetContext:
+    """Templates, categories, analyses and units of measure of the simulated AF server (see the
+    module docstring); each object is built once, with stable GUIDs, as PI Web API objects."""
+
+    def __init__(self, api: "RestAPI") -> None:
+        from .rest_api import ELEMENT_CATEGORIES, ELEMENT_TEMPLATE
+
+        self.api = api
+        m = api.model
+        db, g = m.database_path, m.db_guid
+        first = {a.name: a for e in reversed(m.elements) for a in e.attributes}    # the first element's wins
+        names = [a.name for a in m.elements[0].attributes] if m.elements else []
+        self.templates: List[Dict[str, Any]] = []
+        self.attribute_template_lists: Dict[str, List[Dict[str, Any]]] = {}
+        for name, kind, attrs in ((ELEMENT_TEMPLATE, "Element", names), (EVENT_FRAME_TEMPLATE, "EventFrame", [])):
+            guid = uuid.uuid5(g, "template:" + name)
+            path = f"{db}\\ElementTemplates[{name}]"
+            t = {"WebId": _webid("ET", g, guid), "Id": str(guid), "Name": name, "Description": f"{kind} template",
+                 "Path": path, "BaseTemplate": "", "NamingPattern": "", "CategoryNames": [],
+                 "AllowElementToExtend": kind == "Element", "InstanceType": kind, "Severity": "None",
+                 "CanBeAcknowledged": False, "ExtendedProperties": {}, "Links": {}}
+            self.templates.append(t)
+            self.attribute_template_lists[t["WebId"]] = [self._attribute_template(path, guid, first[a]) for a in attrs]
+        self.element_category_list = [self._category("EC", "ElementCategories", n) for n in ELEMENT_CATEGORIES]
+        self.attribute_category_list = [self._category("AC", "AttributeCategories", n) for n in ATTRIBUTE_CATEGORIES]
+        self.analysis_list = []
+        for i, el in enumerate(m.elements):
+            name = f"{el.name} rollup"
+            guid = uuid.uuid5(el.guid, "analysis:" + name)
+            templated = i % 3 != 2
+            self.analysis_list.append({
+                "WebId": _webid("XS", g, guid), "Id": str(guid), "Name": name, "Description": f"rollup of {el.name}",
+                "Path": f"{el.path}\\Analyses[{name}]", "AnalysisRulePlugInName": "PerformanceEquation",
+                "AutoCreated": False, "CategoryNames": ["Rollups"], "GroupId": 0, "HasNotification": False,
+                "HasTarget": True, "HasTemplate": templated, "IsConfigured": True,
+                "IsTimeRuleDefinedByTemplate": templated, "MaximumQueueSize": 0, "OutputTime": "",
+                "Priority": "High", "PublishResults": False, "Status": "Stopped" if i % 4 == 3 else "Running",
+                "TargetWebId": el.webid, "TemplateName": ANALYSIS_TEMPLATE if templated else "",
+                "TimeRulePlugInName": "Periodic", "Links": {}})
+        self.unit_class_list: List[Dict[str, Any]] = []
+        self.unit_lists: Dict[str, List[Dict[str, Any]]] = {}
+        for cname, ((canon, canon_abbr), units) in UNIT_CLASSES.items():
+            cguid = uuid.uuid5(m.af_guid, "uom-class:" + cname)
+            cpath = f"\\\\{m.af_server}\\UOMClasses[{cname}]"
+            c = {"WebId": _webid("UC", m.af_guid, cguid), "Id": str(cguid), "Name": cname,
+                 "Description": f"{cname} units", "Path": cpath, "CanonicalUnitName": canon,
+                 "CanonicalUnitAbbreviation": canon_abbr, "Links": {}}
+            self.unit_class_list.append(c)
+            self.unit_lists[c["WebId"]] = [
+                {"WebId": _webid("UT", cguid, uuid.uuid5(cguid, uname)), "Id": str(uuid.uuid5(cguid, uname)),
+                 "Name": uname, "Abbreviation": abbr, "Description": "", "Path": f"{cpath}\\UOMs[{uname}]",
+                 "Factor": factor, "Offset": offset, "ReferenceFactor": factor, "ReferenceOffset": offset,
+                 "ReferenceUnitAbbreviation": canon_abbr, "Links": {}}
+                for uname, abbr, factor, offset in units]
+
+    def _attribute_template(self, template_path: str, template_guid: uuid.UUID, a: Any) -> Dict[str, Any]:
+        from .rest_api import attribute_type
+
+        guid = uuid.uuid5(template_guid, "attribute:" + a.name)
+        return {"WebId": _webid("AT", template_guid, guid), "Id": str(guid), "Name": a.name,
+                "Description": f"{a.name} of the unit", "Path": f"{template_path}|{a.name}",
+                "Type": attribute_type(a.tag), "TypeQualifier": "", "DefaultUnitsName": a.tag.uom,
+                "DefaultUnitsNameAbbreviation": a.tag.uom, "DefaultValue": 0, "DataReferencePlugIn": "PI Point",
+                "ConfigString": "\\\\%Server%\\%Element%.%Attribute%", "IsConfigurationItem": False,
+                "IsExcluded": False, "IsHidden": False, "IsManualDataEntry": False, "HasChildren": False,
+                "TraitName": "", "CategoryNames": [ATTRIBUTE_CATEGORIES[0]], "Links": {}}
+
+    def _category(self, marker: str, collection: str, name: str) -> Dict[str, Any]:
+        m = self.api.model
+        guid = uuid.uuid5(m.db_guid, f"{collection}:{name}")
+        return {"WebId": _webid(marker, m.db_guid, guid), "Id": str(guid), "Name": name,
+                "Description": f"{name} category", "Path": f"{m.database_path}\\{collection}[{name}]", "Links": {}}
+
+    def _database(self, req: Req) -> None:
+        if req.match["webId"] != self.api.model.database_webid:
+            raise PIError(404, f"The specified AF database was not found for WebId '{req.match['webId']}'.")
+
+    def element_templates(self, req: Req) -> Resp:
+        """No startIndex in 2018 SP1: ``maxCount`` (default 1000) cuts the list."""
+        self._database(req)
+        count = req.qint("maxCount", 1000)
+        if count < 1:
+            raise PIError(400, "Parameter 'maxCount' must not be negative or zero.")
+        return json_resp({"Links": {}, "Items": self.templates[:count]})
+
+    def attribute_templates(self, req: Req) -> Resp:
+        found = self.attribute_template_lists.get(req.match["webId"])
+        if found is None:
+            raise PIError(404, f"The specified element template was not found for WebId '{req.match['webId']}'.")
+        first, count = req.qint("startIndex", 0), req.qint("maxCount", 1000)
+        if first < 0 or count < 1:
+            raise PIError(400, "Parameters 'startIndex' and 'maxCount' must not be negative or zero.")
+        return json_resp({"Links": {}, "Items": found[first:first + count]})
+
+    def element_categories(self, req: Req) -> Resp:
+        self._database(req)
+        return json_resp({"Links": {}, "Items": self.element_category_list})
+
+    def attribute_categories(self, req: Req) -> Resp:
+        self._database(req)
+        return json_resp({"Links": {}, "Items": self.attribute_category_list})
+
+    def analyses(self, req: Req) -> Resp:
+        self._database(req)
+        first, count = req.qint("startIndex", 0), req.qint("maxCount", 1000)
+        if first < 0 or count < 1:
+            raise PIError(400, "Parameters 'startIndex' and 'maxCount' must not be negative or zero.")
+        return json_resp({"Links": {}, "Items": self.analysis_list[first:first + count]})
+
+    def unit_classes(self, req: Req) -> Resp:
+        if req.match["webId"] != self.api.model.assetserver_webid:
+            raise PIError(404, f"The specified PI AF server was not found for WebId '{req.match['webId']}'.")
+        return json_resp({"Links": {}, "Items": self.unit_class_list})
+
+    def units(self, req: Req) -> Resp:
+        """The units of a class as ``Items`` (the 2018 SP1 spec names ``Unit`` as this response, a
+        slip of the spec: the endpoint lists every unit of the class, as ``Items[Unit]``)."""
+        found = self.unit_lists.get(req.match["webId"])
+        if found is None:
+            raise PIError(404, f"The specified unit class was not found for WebId '{req.match['webId']}'.")
+        return json_resp({"Links": {}, "Items": found})
 
 
 @dataclass(eq=False)
@@ -222,6 +388,16 @@ def _answer(api: "RestAPI", req: Req, parts: List[bytes]) -> Resp:
     return Resp(200, b'{"Links":{},"Items":[' + b",".join(parts) + b"]}")
 
 
+def _interpolated_at(api: "RestAPI", tag: Any, ts: int) -> bytes:
+    """The value at ``ts`` (ticks): a recorded value exactly there (flags kept), else the
+    interpolation, else ``No Data``."""
+    p = api.archive.before(tag, ts + 1)
+    if p is not None and p[0] == ts:
+        return api.encoder.point_bytes(tag, p, shared=False)
+    v = api.interpolate(tag, ts)
+    return api.encoder.timed_value(tag, ts, NO_DATA, quality=BAD) if v is None else api.encoder.timed_value(tag, ts, v)
+
+
 def interpolated(api: "RestAPI", req: Req) -> Resp:
     streams = api.streams_of(req)
     start, end = _range(api, req)
@@ -229,19 +405,34 @@ def interpolated(api: "RestAPI", req: Req) -> Resp:
     assert step is not None
     n = (end - start) // step + 1
     _check_cap(api, n * len(streams))
-    arch, enc, wt = api.archive, api.encoder, api.webid_type(req)
+    enc, wt = api.encoder, api.webid_type(req)
     parts = []
     for s in streams:
-        tag, items = s.tag, []
-        for i in range(n):
-            ts = start + i * step
-            p = arch.before(tag, ts + 1)
-            if p is not None and p[0] == ts:
-                items.append(enc.point_bytes(tag, p, shared=False))
-                continue
-            v = api.interpolate(tag, ts)
-            items.append(enc.timed_value(tag, ts, NO_DATA, quality=BAD) if v is None else enc.timed_value(tag, ts, v))
+        items = [_interpolated_at(api, s.tag, start + i * step) for i in range(n)]
         parts.append(enc.stream_prefix(s, wt) + b',"Items":[' + b",".join(items) + b"]}")
+    return _answer(api, req, parts)
+
+
+def interpolated_at_times(api: "RestAPI", req: Req) -> Resp:
+    """``streamsets/interpolatedattimes``: per stream, the value at each ``time`` (repeated
+    parameter) as ``interpolated`` computes it, in ``sortOrder`` (Ascending by default)."""
+    streams = api.streams_of(req)
+    raw = req.qall("time")
+    if not raw:
+        raise PIError(400, "The parameter 'time' is required.")
+    now = api.archive.now_ticks()
+    times = []
+    for t in raw:
+        try:
+            times.append(parse_pi_time_ticks(t, now))
+        except ValueError:
+            raise PIError(400, f"The parameter 'time' is not a valid time: '{t}'.") from None
+    order = _choice(req, "sortOrder", ("Ascending", "Descending"), "Ascending")
+    times.sort(reverse=order == "Descending")
+    _check_cap(api, len(times) * len(streams))
+    enc, wt = api.encoder, api.webid_type(req)
+    parts = [enc.stream_prefix(s, wt) + b',"Items":[' + b",".join(_interpolated_at(api, s.tag, ts) for ts in times)
+             + b"]}" for s in streams]
     return _answer(api, req, parts)
 
 

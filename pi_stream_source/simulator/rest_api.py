@@ -78,6 +78,12 @@ class Resp:
     headers: Dict[str, str] = field(default_factory=dict)
 
 
+def attribute_type(tag: SimTag) -> str:
+    """The AF value type of an attribute (or attribute template) over ``tag``."""
+    return {"int": "Int32", "digital": "EnumerationValue", "string": "String", "bool": "Boolean"}.get(
+        tag.gen.kind, "Double")
+
+
 def json_resp(obj: Any, status: int = 200) -> Resp:
     return Resp(status, orjson.dumps(obj))
 
@@ -351,8 +357,7 @@ class RestAPI:
         b, wt = req.base_url, self.webid_type(req)
         w = a.webid_for(wt)
         tag = a.tag
-        atype = {"int": "Int32", "digital": "EnumerationValue", "string": "String", "bool": "Boolean"}.get(
-            tag.gen.kind, "Double")
+        atype = attribute_type(tag)
         return {"WebId": w, "Id": str(a.guid), "Name": a.name, "Description": f"{a.name} of {a.element.name}",
                 "Path": a.path, "Type": atype, "TypeQualifier": "", "DefaultUnitsName": tag.uom,
                 "DefaultUnitsNameAbbreviation": tag.uom, "DisplayDigits": -5, "DataReferencePlugIn": "PI Point",
