@@ -9,7 +9,6 @@ condition so Delta only opens the files it must. Those bounds are UTC literals b
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import random
 import time

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import threading
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np

@@ -8,8 +8,11 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from .dashboard import query
-from .delta import is_path
-from .health import health_table
+
+
+def is_path(table: str) -> bool:
+    """As ``delta.is_path`` (this module is imported by the CLI, which must start without pyspark)."""
+    return "/" in table or "\\" in table
 
 
 def _ref(table: str) -> str:
@@ -18,6 +21,8 @@ def _ref(table: str) -> str:
 
 def collect(spark: Any, table: str, health: Optional[str] = None, hours: int = 24) -> Dict[str, List[Any]]:
     """Every dashboard dataset's rows for ``table`` (bronze) and its health table."""
+    from .health import health_table
+
     h = _ref(health or health_table(table))
     return {name: spark.sql(query(name, h, _ref(table), hours)).collect()
             for name in ("summary", "lag", "events", "gaps", "freshness")}
@@ -94,6 +99,7 @@ def add_health_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def run_health_from_args(args: argparse.Namespace) -> int:
     from .cli import maintained_table
+    from .health import health_table
     from .local_spark import get_spark
     from .runner import failure_line, on_databricks
 
