@@ -1,8 +1,11 @@
 """The PI Web API REST client: recorded values (gap fill, replay) and lookups."""
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import logging
 import random
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -275,6 +278,36 @@ class PIRestClient:
                         same = sum(1 for t in stamps if t == last)
                         pending[again] = (last, same + (skip if last == frm else 0))
                 yield streams
+
+
+#: executor side: one client (one requests.Session, its pooled connections, a renewed token) per
+#: connection setting and process; Spark runs a worker's tasks one after another and reuses the
+#: worker, so archive tasks after the first reuse its connections instead of opening their own
+_CLIENTS: Dict[Tuple[Any, ...], PIRestClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(base_url: str, credentials: Credentials, ca_bundle: Optional[str] = None, timeout: float = 30.0,
+                  retry_for: float = 120.0, proxy: Optional[ProxyConfig] = None) -> PIRestClient:
+    """The process's ``PIRestClient`` for these connection settings (made on first use, closed at
+    exit). The key holds the secrets' values only inside this dict (never logged: ``Secret``)."""
+    provider = credentials.token_provider
+    key = (base_url, dataclasses.replace(credentials, token_provider=None),
+           provider.key() if provider is not None else None, ca_bundle, timeout, retry_for, proxy)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = PIRestClient(base_url, credentials, ca_bundle, timeout, retry_for=retry_for,
+                                                  proxy=proxy)
+        return client
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
 
 
 def _is_links_document(body: bytes) -> bool:

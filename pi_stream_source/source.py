@@ -23,7 +23,7 @@ from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, parse_streams
 from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
 from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
-from .rest import PIRestClient, StreamMeta, page_for_span, describe_webids, element_attributes, points_by_filter, resolve_paths
+from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -99,16 +99,18 @@ def _pack(slices: List[Tuple[int, List[pa.RecordBatch]]], per_partition: int) ->
 
 @dataclass
 class PIArchivePartition(InputPartition):
-    """Values to read from the PI archive on an executor: one ``ArchiveSlice`` (streams, each with
-    its own (lo, hi], over (t, u] in ticks), marked ``source`` (``backfill`` for ranges this run
-    planned, ``replay`` for a batch an earlier run planned)."""
+    """Values to read from the PI archive on an executor: REST calls (``ArchiveSlice``: streams,
+    each with its own (lo, hi], over (t, u] in ticks), marked ``source`` (``backfill`` for ranges
+    this run planned, ``replay`` for a batch an earlier run planned)."""
     shard: int
-    part: ArchiveSlice
+    calls: List[ArchiveSlice]
     source: str
 
     def __repr__(self) -> str:
-        return (f"PIArchivePartition(streams={len(self.part.streams)}, "
-                f"{format_ticks(self.part.t)}..{format_ticks(self.part.u)}, {self.source})")
+        t = min(c.t for c in self.calls) if self.calls else 0
+        u = max(c.u for c in self.calls) if self.calls else 0
+        return (f"PIArchivePartition(calls={len(self.calls)}, streams={sum(len(c.streams) for c in self.calls)}, "
+                f"{format_ticks(t)}..{format_ticks(u)}, {self.source})")
 
 
 @dataclass
@@ -389,8 +391,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             plan = self._rebuild(start, end)
             source = "replay"
         chunk = max(1, int(self.opts.replay_chunk * TICKS))
-        parts: List[InputPartition] = [PIArchivePartition(0, sl, source) for sl in
-                                       group_ranges(plan.ranges, self.opts.replay_tags_per_partition, chunk)]
+        rates = [r.value_rate() for r in self._receivers]
+        rate = max(1.0, sum(rates) / len(rates)) if rates else 1.0   # as planned: at least 1 value/s per stream
+        parts: List[InputPartition] = [PIArchivePartition(0, calls, source) for calls in
+                                       group_ranges(plan.ranges, self.opts.archive_tasks, chunk, rate,
+                                                    self.opts.max_archive_records_per_trigger)]
         packed = _pack(plan.live, self.opts.rows_per_partition)
         log.debug("planned %d live rows in %d partitions and %d archive partitions",
                   sum(p.rows for p in packed), len(packed), len(parts))
@@ -466,20 +471,23 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     yield to_contract(batch, ingested)
 
     def _read_archive(self, part: PIArchivePartition, ingested: int) -> Iterator[pa.RecordBatch]:
-        sl = part.part
-        known = {s.webid: (s.name, s.path) for s in sl.streams}
+        # one REST session per executor process, shared by the tasks Spark runs in it in turn
+        rest = shared_client(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout,
+                             retry_for=self.opts.rest_retry_timeout, proxy=self.opts.proxy)
         stats = ParseStats()
-        # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
-        page = page_for_span(sl.u - sl.t, self.opts.recorded_page_size)
         log.debug("reading %r from the archive", part)
-        for streams in self.rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length):
-            cols = Columns()
-            parse_streams(streams, cols, stats, part.source, ingested, known)
-            if not len(cols):
-                continue
-            batch = keep_in_ranges(cols.to_arrow(), sl)
-            if batch.num_rows:
-                yield to_contract(batch, ingested)
+        for sl in part.calls:
+            known = {s.webid: (s.name, s.path) for s in sl.streams}
+            # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
+            page = page_for_span(sl.u - sl.t, self.opts.recorded_page_size)
+            for streams in rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length):
+                cols = Columns()
+                parse_streams(streams, cols, stats, part.source, ingested, known)
+                if not len(cols):
+                    continue
+                batch = keep_in_ranges(cols.to_arrow(), sl)
+                if batch.num_rows:
+                    yield to_contract(batch, ingested)
         if stats.malformed_frames or stats.value_errors or stats.unknown_webids:
             # executor side: rows with a problem carry it in ``error``; the rest is logged here
             log.warning("%s read: %d malformed answers, %d values with errors, %d unknown WebIDs; last: %s",

@@ -88,7 +88,7 @@ def test_bridge_overlap_rereads_known_streams_but_not_before_the_query_start():
 
 def test_slices_hold_each_stream_once_and_keep_rows_in_their_own_range():
     ranges = [ArchiveRange(A, 0, 10), ArchiveRange(B, 2, 8), ArchiveRange(A, 20, 30)]
-    slices = group_ranges(ranges, per_partition=10, chunk=100)
+    slices = [call for task in group_ranges(ranges, tasks=4, chunk=100) for call in task]
     assert all(len({s.webid for s in sl.streams}) == len(sl.streams) for sl in slices)
     assert sorted((s.webid, lo, hi) for sl in slices for s, lo, hi in zip(sl.streams, sl.lo, sl.hi)) == \
         [("F1DPa", 0, 10), ("F1DPa", 20, 30), ("F1DPb", 2, 8)]
