@@ -146,6 +146,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._lost: List[Dict[str, Any]] = []
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
+        self._fresh_run = False                      # this run planned the query's first batch, at "latest"
 
     def __getstate__(self) -> Dict[str, Any]:
         # Executors get a pickled copy: no sockets, threads or buffers travel with it.
@@ -313,7 +314,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         plan = _Plan([], [])
         merge = False
         changed = False
-        fresh = initial and self.opts.start_time is None
+        if initial and self.opts.start_time is None:
+            self._fresh_run = True                        # this run began the query at "latest"
+        fresh = self.opts.start_time is None and (initial or (same_run and self._fresh_run))
         start_key = json.dumps(start, sort_keys=True)
         progress: Dict[int, Any] = {}
         for k, (begin, ep0, _, epochs) in states.items():
@@ -348,7 +351,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._counts["lateKept"] += sp.late
             self._counts["archiveRanges"] += len(sp.ranges)
             self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
-            merge = merge or sp.merge or (bool(sp.ranges) and not fresh)
+            merge = merge or sp.merge or any(_may_be_landed(r, m0, fresh) for r in sp.ranges)
             seq[str(k)] = [stop if sp.stop is None else sp.stop, sp.epochs_done]
             progress[k] = {i: v for i, v in sp.progress.items() if i >= sp.epochs_done - 1}
             if sp.rows:
@@ -390,6 +393,10 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         else:
             plan = self._rebuild(start, end)
             source = "replay"
+            # a restart: Spark runs this batch again before it asks for the next offset; the
+            # channels open now, so live values buffer while it runs (what each batch holds does not
+            # change: the next one plans from this batch's marks to each connection's cutoff)
+            self._ensure_started()
         chunk = max(1, int(self.opts.replay_chunk * TICKS))
         rates = [r.value_rate() for r in self._receivers]
         rate = max(1.0, sum(rates) / len(rates)) if rates else 1.0   # as planned: at least 1 value/s per stream
@@ -492,6 +499,16 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # executor side: rows with a problem carry it in ``error``; the rest is logged here
             log.warning("%s read: %d malformed answers, %d values with errors, %d unknown WebIDs; last: %s",
                         part.source, stats.malformed_frames, stats.value_errors, stats.unknown_webids, stats.last_error)
+
+
+def _may_be_landed(r: ArchiveRange, marks: O.Marks, fresh: bool) -> bool:
+    """Whether an archive range may hold rows the table has (its batch is then merged): below its
+    stream's mark at the batch's start (a restart's re-read before the marks), or, for a stream
+    without a mark, unless the query began at "latest" in this run (nothing of the stream can be
+    in the table then; a start time may reach rows an earlier query landed). A range starting at
+    its stream's mark (a channel opened late, a reconnect's gap) holds only new rows."""
+    mark = marks.get(r.stream.key)
+    return not fresh if mark is None else r.lo < mark
 
 
 def _fair_share(pending: Dict[str, int], budget: int) -> Dict[str, int]:
