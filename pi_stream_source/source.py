@@ -20,7 +20,7 @@ from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadLim
                      SupportsTriggerAvailableNow, admission_control, default_limit)
 from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptionError
 from .options import OPTIONS, SourceOptions, parse_options
-from .parse import Columns, ParseStats, parse_streams
+from .parse import Columns, ParseStats, fast_batch, parse_streams
 from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
 from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
 from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
@@ -483,16 +483,29 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                              retry_for=self.opts.rest_retry_timeout, proxy=self.opts.proxy)
         stats = ParseStats()
         log.debug("reading %r from the archive", part)
+        declined = [False]
         for sl in part.calls:
             known = {s.webid: (s.name, s.path) for s in sl.streams}
+
+            def fast(data: bytes) -> Optional[pa.RecordBatch]:
+                # plain numeric values (the common case) straight to rows; anything else → parse_streams,
+                # for the rest of the task too (streams with strings or errors would decline again)
+                got = None if declined[0] else fast_batch(data, part.source, ingested, known)
+                declined[0] = got is None
+                return got[0] if got is not None else None
+
             # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
             page = page_for_span(sl.u - sl.t, self.opts.recorded_page_size)
-            for streams in rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length):
-                cols = Columns()
-                parse_streams(streams, cols, stats, part.source, ingested, known)
-                if not len(cols):
-                    continue
-                batch = keep_in_ranges(cols.to_arrow(), sl)
+            for got in rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length, fast):
+                if isinstance(got, pa.RecordBatch):
+                    batch = got
+                else:
+                    cols = Columns()
+                    parse_streams(got, cols, stats, part.source, ingested, known)
+                    if not len(cols):
+                        continue
+                    batch = cols.to_arrow()
+                batch = keep_in_ranges(batch, sl)
                 if batch.num_rows:
                     yield to_contract(batch, ingested)
         if stats.malformed_frames or stats.value_errors or stats.unknown_webids:

@@ -9,13 +9,18 @@ from __future__ import annotations
 import pickle
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
 
 import numpy as np
 import pytest
 
 from pi_stream_source import offsets as O
 from pi_stream_source.options import parse_options
+from pi_stream_source.pitime import parse_ticks
 from pi_stream_source.planning import ArchiveRange, Stream, group_ranges
 from pi_stream_source.source import PIArchivePartition, PIStreamReader
 
@@ -150,3 +155,63 @@ def test_archive_tasks_option_is_checked():
         parse_options({"url": "http://x/piwebapi", "webIds": "F1DPa", "archiveTasks": "0"})
     with pytest.raises(PIOptionError, match="replayTagsPerPartition.*archiveTasks"):
         parse_options({"url": "http://x/piwebapi", "webIds": "F1DPa", "replayTagsPerPartition": "200"})
+
+
+# ---- the typed fast path of archive pages: paging at duplicate timestamps ---------------------------
+SERIES = {"F1DPw": [1, 2, 2, 2, 3, 3, 4, 5, 5, 5, 5, 6], "F1DPv": list(range(1, 11))}
+
+
+def _stamp(s: int) -> str:
+    return f"2024-01-01T00:00:{s:02d}Z"
+
+
+class _Pages(BaseHTTPRequestHandler):
+    """``streamsets/recorded`` over SERIES: values at or after startTime, maxCount per stream (PI's
+    paging, with several values at one timestamp, which only the skip count pages past)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        query = parse_qs(urlsplit(self.path).query)
+        start, count = parse_ticks(query["startTime"][0]), int(query["maxCount"][0])
+        items = []
+        for w in query["webId"]:
+            vals = [{"Timestamp": _stamp(s), "Value": float(i), "Good": True} for i, s in enumerate(SERIES[w])
+                    if parse_ticks(_stamp(s)) >= start][:count]
+            items.append({"WebId": w, "Name": w[-1], "Items": vals})
+        body = orjson.dumps({"Links": {}, "Items": items})
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("page", [5, 6, 7, 100])      # above the most values at one stamp (4): PI has no cursor
+def test_archive_pages_decoded_to_rows_page_like_the_general_path(page):
+    from pi_stream_source.auth import Credentials
+    from pi_stream_source.parse import Columns, ParseStats, fast_batch, parse_streams
+    from pi_stream_source.rest import PIRestClient
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    known = {w: (w[-1], None) for w in SERIES}
+    try:
+        client = PIRestClient(f"http://127.0.0.1:{server.server_address[1]}/piwebapi", Credentials(), timeout=5,
+                              retry_for=0)
+        fast_rows, kinds = [], set()
+        for got in client.recorded(list(SERIES), 0, parse_ticks("2024-01-02T00:00:00Z"), page,
+                                   fast=lambda data: (fast_batch(data, "backfill", 1, known) or (None,))[0]):
+            kinds.add(type(got).__name__)
+            fast_rows += zip(got.column("tag_webid").to_pylist(), got.column("value").to_pylist())
+        cols, stats = Columns(), ParseStats()
+        for got in client.recorded(list(SERIES), 0, parse_ticks("2024-01-02T00:00:00Z"), page):
+            parse_streams(got, cols, stats, "backfill", 1, known)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    want = sorted((w, float(i)) for w, stamps in SERIES.items() for i in range(len(stamps)))
+    assert kinds == {"RecordBatch"}
+    assert sorted(fast_rows) == want
+    assert sorted(zip(cols.tag_webid, cols.value)) == want
