@@ -139,6 +139,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             begin_gap(epoch)
         lower, lo, r = state[epoch.index]
         hi = epoch.cutoff.astype(np.int64)
+        if epoch.index == 0 and bridge_overlap and (lo == lower).all() and (known & (lower < start)).any():
+            # a restart's first slice re-reads only the overlap below known marks (values the table
+            # may hold: its batch is merged); the rest of the gap, above the marks, is new (appended)
+            hi = np.where(known & (lower < start), np.minimum(hi, start), hi)
         if budget[0] is not None:
             need = np.clip(hi - lo, 0, None) * (r / TICKS)
             if need.sum() > budget[0]:

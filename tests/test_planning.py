@@ -83,7 +83,11 @@ def test_bridge_overlap_rereads_known_streams_but_not_before_the_query_start():
     ep = Epoch(0, 0, np.array([1_000, 1_000]))
     plan = plan_shard([A, B], [], [ep], (0, 1), np.array([500, 205]), np.array([True, True]), bridge_overlap=100,
                       floor=200, max_backfill=10_000)
-    assert [(r.lo, r.hi) for r in plan.ranges] == [(400, 1_000), (200, 1_000)]
+    # first the overlap below the marks alone (a merged batch), then the rest of the gap (appended)
+    assert [(r.lo, r.hi) for r in plan.ranges] == [(400, 500), (200, 205)] and plan.epochs_done == 0
+    rest = plan_shard([A, B], [], [ep], (0, 1), plan.marks, np.array([True, True]), bridge_overlap=100,
+                      floor=200, max_backfill=10_000, progress=plan.progress)
+    assert [(r.lo, r.hi) for r in rest.ranges] == [(500, 1_000), (205, 1_000)] and rest.epochs_done == 1
 
 
 def test_slices_hold_each_stream_once_and_keep_rows_in_their_own_range():
