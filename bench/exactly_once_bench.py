@@ -135,6 +135,8 @@ def catch_up(tags: int = 1000, seconds: int = 600) -> dict:
                 "%Y-%m-%dT%H:%M:%S", time.gmtime(t0)))
         time.sleep(3)
         q.stop()
+        for p in q.recentProgress:
+            print(json.dumps({"batch": p["batchId"], "rows": p["numInputRows"], "ms": p["durationMs"]}), file=sys.stderr)
         rows = (spark.read.format("delta").load(table).where(F.col("source") == "backfill")
                 .select(F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1).alias("file")))
         per_file = {r.file: r["count"] for r in rows.groupBy("file").count().collect()}
