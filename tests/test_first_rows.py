@@ -115,3 +115,34 @@ def test_restart_opens_the_channels_while_the_replayed_batch_is_planned(simulato
         seen |= {(r[0], r[1]) for r in rows}
         batches[i] = (end, n, kept)
     _assert_exact(sim, int(batches[0][0]["start"]), batches)
+
+
+def test_restart_gap_merges_only_the_overlap_below_the_marks(simulator):
+    """A restart after a downtime: the first batch re-reads lateDataOverlap below each stream's mark
+    (rows the table may hold: merged) and nothing above; the rest of the gap and the live rows come
+    after it in batches that are appended. Together: exactly PI's archive."""
+    sim = simulator(tags=4, rate=5, seed=163)
+    opts = parse_options({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags)})
+    first = PIStreamReader(opts)
+    batches: List[Tuple[dict, int, list]] = []
+    try:
+        off = _drive(first, first.initialOffset(), 3, batches)
+    finally:
+        first.stop()
+    marks = O.decode_marks(off["marks"])
+    sim.jump_time(60)                                  # the downtime
+    second = PIStreamReader(opts)
+    after: List[Tuple[dict, int, list]] = []
+    try:
+        _drive(second, off, 4, after)
+    finally:
+        second.stop()
+    overlap, rest = after[0], after[1:]
+    assert overlap[0]["merge"] and overlap[2]
+    key = {t.webid: Stream(t.webid, None, None).key for t in sim.tags}
+    assert all(ts <= marks[key[w]] // 10 for w, ts, _ in overlap[2])      # nothing above the marks
+    assert [b[0]["merge"] for b in rest] == [False] * len(rest)
+    assert any(s == "backfill" for b in rest for _, _, s in b[2]) and any(s == "live" for b in rest for _, _, s in b[2])
+    seen = {(w, ts) for b in batches for w, ts, _ in b[2]}
+    kept = [(end, n, [r for r in rows if (r[0], r[1]) not in seen]) for end, n, rows in after]   # as the MERGE does
+    _assert_exact(sim, int(batches[0][0]["start"]), batches + kept)
