@@ -126,6 +126,8 @@ class PIRestClient:
         delay = 0.2
         while True:
             try:
+                if decode is None:        # subclasses (batch.PacedClient) override the 4-argument form
+                    return self._call_once(method, path, params, body)
                 return self._call_once(method, path, params, body, decode)
             except (PIConnectionError, PIWebAPIError) as exc:
                 status = getattr(exc, "status", None)
