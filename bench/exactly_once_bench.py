@@ -1,21 +1,26 @@
 """Costs behind the exactly-once design (a harness, not a test):
 
 1. offset size at 10,000 tags (the checkpoint keeps one per batch);
-2. restart catch-up: a one-hour gap at 1,000 tags × 1 Hz read from the simulator's archive through
-   the reader's archive partitions (REST + parse + Arrow), in values/s;
+2. restart catch-up at the defaults: the archive read path alone (``read_path``: a restart batch
+   read task after task in one process, with its CPU and the simulator's), and a query through
+   ``delta.write_stream`` restarted after a 10-minute downtime at 1,000 tags × 1 Hz (``catch_up``:
+   archive values landed per second until the last archive row's commit);
 3. an append batch and a merge batch on a Delta table holding 10 million rows.
 
-    python bench/exactly_once_bench.py [--rows 10000000]
+    python bench/exactly_once_bench.py [--rows 10000000] [--tags 1000] [--gap 600]
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 
@@ -36,28 +41,128 @@ def offset_size() -> dict:
             "bytes_random_us_within_1h": size(ragged)}
 
 
-def catch_up(tags: int = 1000, seconds: int = 3600) -> dict:
-    from pi_stream_source.options import parse_options
-    from pi_stream_source.simulator import PISimulator
-    from pi_stream_source.source import PIArchivePartition, PIStreamReader
+def _simulator(tags: int, history: float):
+    """The simulator in its own process (its CPU apart), taking commands (``jump``) on stdin."""
+    import subprocess
 
-    sim = PISimulator(tags=tags, rate=1.0, history_seconds=seconds + 120)
-    sim.start()
+    webids_file = tempfile.mktemp(suffix=".txt")
+    proc = subprocess.Popen([sys.executable, "-m", "pi_stream_source.simulator", "--tags", str(tags), "--rate", "1",
+                             "--kinds", "sine", "--port", "0", "--history", f"{history:g}", "--webids-file", webids_file],
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    url = None
+    while url is None:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulator did not start")
+        if line.startswith("PI Web API simulator at "):
+            url = line.split(" at ", 1)[1].strip()
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    return proc, url, open(webids_file).read().split()
+
+
+def read_path(tags: int = 1000, seconds: int = 600) -> dict:
+    """The archive read path alone: a restart batch of ``tags`` streams × ``seconds`` at 1 Hz,
+    planned by the reader (archiveTasks tasks) and read task after task in this process (each
+    through its own unpickled copy of the reader, as Spark's reused Python worker does), with the
+    CPU of this process and of the simulator."""
+    import pickle
+
+    import psutil
+
+    from pi_stream_source.options import parse_options
+    from pi_stream_source.planning import Stream
+    from pi_stream_source.source import PIStreamReader
+
+    proc, url, webids = _simulator(tags, seconds + 300)
     try:
-        opts = parse_options({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags)})
-        reader = PIStreamReader(opts)
-        end = sim.tick_time(sim.last_tick())
-        start = end - seconds * 1_000_000 + 1
-        metas = [(t.webid, t.name, t.path) for t in sim.tags]
-        parts = [PIArchivePartition(0, metas[i:i + 200], start, end, "replay") for i in range(0, tags, 200)]
-        t0 = time.perf_counter()
-        rows = sum(b.num_rows for p in parts for b in reader.read(p))
-        elapsed = time.perf_counter() - t0
+        reader = PIStreamReader(parse_options({"url": url, "webIds": ",".join(webids)}))
+        now = time.time_ns() // 100
+        keys = [Stream(w, None, None).key for w in webids]
+        start = {"v": O.VERSION, "start": now - seconds * 10**7, "run": "earlier", "seq": {},
+                 "since": now - seconds * 10**7, "marks": O.encode_marks({k: now - seconds * 10**7 for k in keys}),
+                 "merge": False}
+        end = {**start, "marks": O.encode_marks({k: now for k in keys})}
+        parts = reader.partitions(start, end)
+        reader.stop()                                 # the channels a restart opens: not measured here
+        sim = psutil.Process(proc.pid)
+        sim0, cpu0, t0 = sum(sim.cpu_times()[:2]), time.process_time(), time.perf_counter()
+        rows = 0
+        for p in parts:
+            rows += sum(b.num_rows for b in pickle.loads(pickle.dumps(reader)).read(p))
+        wall, cpu, sim_cpu = time.perf_counter() - t0, time.process_time() - cpu0, sum(sim.cpu_times()[:2]) - sim0
     finally:
-        sim.stop()
-    return {"gap_seconds": seconds, "tags": tags, "values": rows, "seconds": round(elapsed, 2),
-            "values_per_s": round(rows / elapsed), "note": "one process reads every partition in turn; "
-            "Spark runs partitions on executors in parallel (2 cores here, shared with the simulator)"}
+        proc.terminate()
+        proc.wait()
+    return {"tags": tags, "gap_s": seconds, "tasks": len(parts), "values": rows, "wall_s": round(wall, 2),
+            "values_per_s": round(rows / wall), "reader_values_per_cpu_s": round(rows / cpu),
+            "simulator_values_per_cpu_s": round(rows / sim_cpu)}
+
+
+def catch_up(tags: int = 1000, seconds: int = 600) -> dict:
+    """A restart at the defaults: ``tags`` × 1 Hz through ``delta.write_stream``, stopped, PI's clock
+    moved ``seconds`` on (the downtime), started again; archive values landed per second from the
+    restart until the last archive row's commit (Delta log commit times)."""
+    from pyspark.sql import functions as F
+
+    from pi_stream_source import register
+    from pi_stream_source.delta import write_stream
+    from pi_stream_source.local_spark import get_spark
+
+    spark = get_spark("pi-catch-up-bench")
+    register(spark)
+    proc, url, webids = _simulator(tags, seconds + 300)
+    work = tempfile.mkdtemp(prefix="pi-catch-up-")
+    table, ck = os.path.join(work, "t"), os.path.join(work, "ck")
+    try:
+        df = lambda: spark.readStream.format("pi_websocket").option("url", url).option("webIds", ",".join(webids)).load()
+        q = write_stream(df(), table=table, checkpoint=ck, trigger="1 second")
+        while not os.path.exists(os.path.join(ck, "commits", "2")):
+            time.sleep(0.5)
+        q.stop()
+        proc.stdin.write(f"jump {seconds}\n")
+        proc.stdin.flush()
+        time.sleep(1)
+        t0 = time.time()
+        q = write_stream(df(), table=table, checkpoint=ck, trigger="1 second")
+        landed = 0
+        deadline = time.time() + 1800
+        while landed < tags * seconds and time.time() < deadline:
+            time.sleep(2)
+            landed = sum(p["numInputRows"] for p in q.recentProgress if p["timestamp"] >= time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.gmtime(t0)))
+        time.sleep(3)
+        q.stop()
+        for p in q.recentProgress:
+            print(json.dumps({"batch": p["batchId"], "rows": p["numInputRows"], "ms": p["durationMs"]}), file=sys.stderr)
+        rows = (spark.read.format("delta").load(table).where(F.col("source") == "backfill")
+                .select(F.element_at(F.split(F.col("_metadata.file_path"), "/"), -1).alias("file")))
+        per_file = {r.file: r["count"] for r in rows.groupBy("file").count().collect()}
+        commits = _file_commits(table)
+        archive = sum(per_file.values())
+        last = max(commits[f] for f in per_file)
+    finally:
+        proc.terminate()
+        proc.wait()
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"tags": tags, "gap_seconds": seconds, "values": archive, "seconds": round(last - t0, 2),
+            "values_per_s": round(archive / (last - t0)),
+            "note": "restart to the last archive row's Delta commit, delta.write_stream at the defaults"}
+
+
+def _file_commits(table: str) -> Dict[str, float]:
+    """Data file name → the mtime of the Delta commit that added it."""
+    out: Dict[str, float] = {}
+    for path in sorted(glob.glob(os.path.join(table, "_delta_log", "*.json"))):
+        with open(path) as fh:
+            for line in fh:
+                add = json.loads(line).get("add")
+                if add:
+                    out[os.path.basename(add["path"])] = os.path.getmtime(path)
+    return out
 
 
 def merge_cost(rows: int) -> dict:
@@ -117,12 +222,16 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--skip-merge", action="store_true")
     ap.add_argument("--skip-catch-up", action="store_true")
+    ap.add_argument("--tags", type=int, default=1000)
+    ap.add_argument("--gap", type=int, default=600, help="seconds of downtime")
     args = ap.parse_args()
     out = {"offset_size": offset_size()}
     print(json.dumps(out["offset_size"]), flush=True)
     if not args.skip_catch_up:
-        out["catch_up"] = catch_up()
-        print(json.dumps(out["catch_up"]), flush=True)
+        out["read_path"] = read_path(args.tags, args.gap)
+        print(json.dumps({"read_path": out["read_path"]}), flush=True)
+        out["catch_up"] = catch_up(args.tags, args.gap)
+        print(json.dumps({"catch_up": out["catch_up"]}), flush=True)
     if not args.skip_merge:
         out["merge_cost"] = merge_cost(args.rows)
         print(json.dumps(out["merge_cost"]), flush=True)

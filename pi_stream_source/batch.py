@@ -67,7 +67,7 @@ BATCH_OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
 #: Options of the streaming source that mean nothing for a batch read (rejected, not ignored).
 STREAMING_ONLY = ("tagsPerChannel", "heartbeatRate", "stallTimeout", "reconnectBackoff", "reconnectBackoffMax",
                   "maxReconnectAttempts", "startingPosition", "maxRecordsPerTrigger", "maxBufferRecords",
-                  "maxBackfill", "failOnDataLoss", "lateDataOverlap", "bridgeMargin", "replayTagsPerPartition",
+                  "maxBackfill", "failOnDataLoss", "lateDataOverlap", "bridgeMargin", "archiveTasks",
                   "replayChunk", "rowsPerPartition")
 _BATCH_LOWER = {k.lower(): k for k in BATCH_OPTIONS}
 _STREAMING_LOWER = {k.lower(): k for k in STREAMING_ONLY}

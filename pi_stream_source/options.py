@@ -83,8 +83,12 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "lateDataOverlap": ("10s", "replays and restarts re-read this much before each tag's high-water mark"),
     "failOnUnknownStreams": ("false", "true: a chosen stream PI does not know (deleted, renamed, mistyped) fails the "
                                       "query at start; false: it is skipped with a warning and counted (unknownStreams)"),
-    "replayTagsPerPartition": ("200", "streams per partition when a batch is rebuilt from the archive"),
-    "replayChunk": ("1h", "time span per partition when a batch is rebuilt from the archive"),
+    "archiveTasks": (None, "archive reads of a batch (gap fills, restarts, rebuilt batches) run in about this many Spark "
+                           "tasks, whatever the number of streams (more only when a task would read over "
+                           "maxArchiveRecordsPerTrigger values); default 2 × the driver's cores (set 2 × the "
+                           "cluster's cores on a cluster whose workers have more)"),
+    "replayChunk": ("1h", "archive ranges are cut at multiples of this span, so a long range is read by several tasks "
+                          "and streams with close starts share a REST call"),
     "rowsPerPartition": ("200000", "buffered live rows are packed into Spark partitions (tasks) of up to this many rows"),
 }
 _BY_LOWER = {k.lower(): k for k in OPTIONS}
@@ -206,7 +210,7 @@ class SourceOptions:
     late_data_overlap: float = 10.0
     fail_on_unknown_streams: bool = False
     max_archive_records_per_trigger: int = 1_000_000
-    replay_tags_per_partition: int = 200
+    archive_tasks: int = 2 * (os.cpu_count() or 1)
     replay_chunk: float = 3600.0
     rows_per_partition: int = 200_000
     startup_timeout: float = 10.0
@@ -254,6 +258,9 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
         if canon is None:
             if str(key).lower() in ("path",):      # Spark's load(path) argument: not ours
                 continue
+            if str(key).lower() == "replaytagsperpartition":
+                raise PIOptionError("option 'replayTagsPerPartition' is gone: archive reads are grouped into about "
+                                    "archiveTasks tasks whatever the number of streams; set archiveTasks instead")
             if str(key).lower() == "bridgemargin":
                 raise PIOptionError("option 'bridgeMargin' is gone: each channel's cutoff is PI's own newest value "
                                     "when it opens, so no margin is needed; remove the option")
@@ -410,7 +417,7 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
         fail_on_unknown_streams=_bool(opts, "failOnUnknownStreams"),
         max_archive_records_per_trigger=_int(opts, "maxArchiveRecordsPerTrigger", 1),
         late_data_overlap=_duration(opts, "lateDataOverlap"),
-        replay_tags_per_partition=_int(opts, "replayTagsPerPartition", 1),
+        archive_tasks=_int(opts, "archiveTasks", 1) if opts.get("archiveTasks") is not None else 2 * (os.cpu_count() or 1),
         replay_chunk=_duration(opts, "replayChunk"),
         rows_per_partition=_int(opts, "rowsPerPartition", 1000),
         start_time=start_time, proxy=proxy,

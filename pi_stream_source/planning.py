@@ -139,6 +139,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             begin_gap(epoch)
         lower, lo, r = state[epoch.index]
         hi = epoch.cutoff.astype(np.int64)
+        if epoch.index == 0 and bridge_overlap and (lo == lower).all() and (known & (lower < start)).any():
+            # a restart's first slice re-reads only the overlap below known marks (values the table
+            # may hold: its batch is merged); the rest of the gap, above the marks, is new (appended)
+            hi = np.where(known & (lower < start), np.minimum(hi, start), hi)
         if budget[0] is not None:
             need = np.clip(hi - lo, 0, None) * (r / TICKS)
             if need.sum() > budget[0]:
@@ -242,10 +246,15 @@ def _loss_message(streams: Sequence[Stream], i: int, lo: int, cut: int, max_back
 
 
 # ---- archive ranges → Spark partitions ------------------------------------------------------------
+#: below this many estimated values a task is not worth its overhead (Spark schedules, unpickles
+#: and opens a Python worker per task: tens of ms, the time to read ~20,000 values)
+MIN_TASK_VALUES = 20_000
+
+
 @dataclass
 class ArchiveSlice:
-    """Streams to read from the archive on one executor over (``t``, ``u``] (ticks), each kept
-    within its own (lo, hi]."""
+    """Streams to read from the archive in one REST call (paged) over (``t``, ``u``] (ticks), each
+    kept within its own (lo, hi]."""
     streams: List[Stream]
     lo: List[int]
     hi: List[int]
@@ -253,37 +262,64 @@ class ArchiveSlice:
     u: int
 
 
-def group_ranges(ranges: Sequence[ArchiveRange], per_partition: int, chunk: int) -> List[ArchiveSlice]:
-    """Ranges → slices: streams whose ranges start within ``chunk`` of each other share a slice (up
-    to ``per_partition`` streams per ``chunk`` of time: more for short spans), long spans are cut
-    into ``chunk``-long pieces. Ranges that differ a little (marks seconds apart) share one REST
-    call; none is read more than ``chunk`` beyond its own range."""
-    out: List[ArchiveSlice] = []
-    todo = sorted(ranges, key=lambda r: (r.lo, r.hi))
+def group_ranges(ranges: Sequence[ArchiveRange], tasks: int, chunk: int, rate: float = 1.0,
+                 max_task_values: float = 1_000_000) -> List[List[ArchiveSlice]]:
+    """Ranges → Spark tasks, each a list of calls (``ArchiveSlice``).
+
+    The number of tasks does not grow with the number of streams: about ``tasks`` (fewer when the
+    ranges hold under ``MIN_TASK_VALUES`` values per task, more only when a task would exceed
+    ``max_task_values``), with values estimated at ``rate`` per stream per second. Ranges are cut at
+    multiples of ``chunk`` (epoch-aligned, so pieces of different streams line up and share calls)
+    and further when one piece alone is more than a task's share (a long range of few streams is
+    read in parallel). Pieces go to tasks in time order, so a task's streams share calls; a call
+    asks each stream once, over (its earliest start, latest end]: none is read more than
+    max(60 s, a quarter of its own piece) before its range (``keep_in_ranges`` drops the extra)."""
     chunk = max(1, chunk)
-    i = 0
-    while i < len(todo):
-        a = todo[i].lo
-        group = [todo[i]]
-        keys = {todo[i].stream.key}
-        i += 1
-        # a stream appears once per slice (two ranges of one stream in one batch: two slices)
-        while i < len(todo) and todo[i].lo - a <= chunk and todo[i].stream.key not in keys:
-            b = max(r.hi for r in group + [todo[i]])
-            per = per_partition * max(1, chunk // max(1, b - a))
-            if len(group) >= per:
-                break
-            group.append(todo[i])
-            keys.add(todo[i].stream.key)
-            i += 1
-        b = max(r.hi for r in group)
-        t = a
-        while t < b:
-            u = min(b, t + chunk)
-            part = [r for r in group if r.lo < u and r.hi > t]
-            if part:
-                out.append(ArchiveSlice([r.stream for r in part], [r.lo for r in part], [r.hi for r in part], t, u))
+    pieces: List[Tuple[int, int, int, Stream]] = []        # (window, lo, hi, stream)
+    for r in ranges:
+        t = r.lo
+        while t < r.hi:
+            u = min(r.hi, (t // chunk + 1) * chunk)
+            pieces.append((t // chunk, t, u, r.stream))
             t = u
+    if not pieces:
+        return []
+    per_tick = max(rate, 1e-9) / TICKS
+    total = sum(u - t for _, t, u, _ in pieces) * per_tick
+    n = max(1, min(tasks, int(np.ceil(total / MIN_TASK_VALUES))), int(np.ceil(total / max(1.0, max_task_values))))
+    share = total / n
+    cut: List[Tuple[int, int, int, Stream]] = []
+    for w, t, u, s in pieces:
+        k = max(1, int(np.ceil((u - t) * per_tick / share - 1e-9)))
+        edges = [t + (u - t) * j // k for j in range(k + 1)]
+        cut += [(w, a, b, s) for a, b in zip(edges, edges[1:]) if b > a]
+    cut.sort(key=lambda p: (p[0], p[1], p[2], p[3].key))
+    bins: List[List[Tuple[int, int, int, Stream]]] = [[] for _ in range(n)]
+    done = 0.0
+    for p in cut:
+        w = (p[2] - p[1]) * per_tick
+        bins[min(n - 1, int((done + w / 2) / share))].append(p)
+        done += w
+    return [_calls(b) for b in bins if b]
+
+
+def _calls(pieces: List[Tuple[int, int, int, Stream]]) -> List[ArchiveSlice]:
+    """A task's pieces (sorted by window, lo) → calls: same window, starts close, each stream once."""
+    out: List[ArchiveSlice] = []
+    cur: Optional[ArchiveSlice] = None
+    window = None
+    keys: set = set()
+    for w, lo, hi, s in pieces:
+        slack = max(60 * TICKS, (hi - lo) // 4)
+        if cur is None or w != window or lo - cur.t > slack or s.key in keys:
+            cur = ArchiveSlice([], [], [], lo, hi)
+            out.append(cur)
+            window, keys = w, set()
+        keys.add(s.key)
+        cur.streams.append(s)
+        cur.lo.append(lo)
+        cur.hi.append(hi)
+        cur.u = max(cur.u, hi)
     return out
 
 

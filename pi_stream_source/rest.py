@@ -1,12 +1,18 @@
 """The PI Web API REST client: recorded values (gap fill, replay) and lookups."""
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import logging
 import random
+import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 
 from .auth import Credentials
@@ -112,14 +118,17 @@ class PIRestClient:
     def post(self, path: str, body: Any) -> Any:
         return self._call("POST", path, body=body)
 
-    def _call(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+    def _call(self, method: str, path: str, params: Any = None, body: Any = None,
+              decode: Optional[Callable[[bytes], Any]] = None) -> Any:
         """One request, retried with backoff for up to ``retry_for`` seconds while the server is
         unreachable or answers 5xx/429 (a PI Web API restart); 4xx and TLS errors fail at once."""
         deadline = time.monotonic() + self.retry_for
         delay = 0.2
         while True:
             try:
-                return self._call_once(method, path, params, body)
+                if decode is None:        # subclasses (batch.PacedClient) override the 4-argument form
+                    return self._call_once(method, path, params, body)
+                return self._call_once(method, path, params, body, decode)
             except (PIConnectionError, PIWebAPIError) as exc:
                 status = getattr(exc, "status", None)
                 retriable = (isinstance(exc, PIConnectionError) and not isinstance(exc, PITLSError)
@@ -155,7 +164,9 @@ class PIRestClient:
         except requests.exceptions.Timeout:
             raise PIConnectionError(f"{what}: no answer from {host} within {self.timeout}s") from None
 
-    def _call_once(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
+    def _call_once(self, method: str, path: str, params: Any = None, body: Any = None,
+                   decode: Optional[Callable[[bytes], Any]] = None) -> Any:
+        """The answer as JSON, or as ``decode(body)`` when that is not None (a typed fast path)."""
         what = f"{method} {path.split('?')[0]}"
         resp = self._send(method, path, params, body, what)
         if resp.status_code == 401 and self.credentials.renewable:
@@ -167,6 +178,9 @@ class PIRestClient:
                                     resp.headers.get("WWW-Authenticate"), self.credentials)
         if method == "POST" and resp.status_code == 207:
             return orjson.loads(resp.content)
+        fast = decode(resp.content) if decode is not None and resp.content else None
+        if fast is not None:
+            return fast
         doc = orjson.loads(resp.content) if resp.content else {}
         if isinstance(doc, dict) and doc.get("WebException"):
             web_exc = doc["WebException"]
@@ -218,12 +232,14 @@ class PIRestClient:
                                   "path (usually https://<host>/piwebapi)")
 
     def recorded(self, webids: Sequence[str], start: int, end: int, page_size: int = 10000,
-                 max_url_length: int = 4096) -> Iterator[List[Dict[str, Any]]]:
+                 max_url_length: int = 4096, fast: Optional[Callable[[bytes], Optional[pa.RecordBatch]]] = None
+                 ) -> Iterator[Union[List[Dict[str, Any]], pa.RecordBatch]]:
         """Pages of ``streamsets/recorded`` for ``webids`` over [start, end] (epoch ticks, PI's
         100 ns: the bounds go back to PI with all 7 digits), each a list of stream objects named by
-        Full WebIDs (``webIdType``) whatever form ``webids`` are in. A stream that filled its page
-        is asked again from its last timestamp; values already returned at that timestamp are
-        skipped (PI has no cursor).
+        Full WebIDs (``webIdType``) whatever form ``webids`` are in, or, where ``fast`` turns the
+        answer's bytes into rows (``parse.fast_batch``: plain numeric values), those rows. A stream
+        that filled its page is asked again from its last timestamp; values already returned at
+        that timestamp are skipped (PI has no cursor).
 
         Streams are asked in groups small enough that streams × ``page_size`` stays within PI's
         ``MaxReturnedItemsPerCall`` (150,000 by default) and the URL within ``max_url_length``."""
@@ -240,15 +256,18 @@ class PIRestClient:
             while calls:
                 (frm, skip), ws = calls.pop(0)
                 try:
-                    doc = self.get("streamsets/recorded", params={
+                    doc = self._call("GET", "streamsets/recorded", params={
                         "webId": ws, "startTime": format_ticks(frm), "endTime": format_ticks(end),
-                        "maxCount": page_size, "boundaryType": "Inside", "webIdType": WEBID_TYPE})
+                        "maxCount": page_size, "boundaryType": "Inside", "webIdType": WEBID_TYPE}, decode=fast)
                 except PINotFoundError:
                     if len(ws) == 1:
                         # a stream PI no longer knows (a deleted point): skipped, the others are read
                         log.warning("streamsets/recorded: stream %s is unknown to PI Web API (deleted?); skipped", ws[0])
                         continue
                     calls[:0] = [((frm, skip), [w]) for w in ws]
+                    continue
+                if isinstance(doc, pa.RecordBatch):
+                    yield _page_rows(doc, frm, skip, page_size, by_key, pending)
                     continue
                 streams = doc.get("Items", []) if isinstance(doc, dict) else []
                 # odd entries are left for parse_streams to count and report; here only paging
@@ -275,6 +294,70 @@ class PIRestClient:
                         same = sum(1 for t in stamps if t == last)
                         pending[again] = (last, same + (skip if last == frm else 0))
                 yield streams
+
+
+def _page_rows(rows: pa.RecordBatch, frm: int, skip: int, page_size: int, by_key: Dict[str, str],
+               pending: Dict[str, Tuple[int, int]]) -> pa.RecordBatch:
+    """The paging of ``recorded`` on a page decoded into rows (every row has a timestamp): the
+    first ``skip`` values of each stream at ``frm`` are dropped (returned by the page before), and a
+    stream that filled the page is asked again from its last timestamp."""
+    webid = rows.column(0)
+    names = pc.unique(webid)
+    idx = np.asarray(pc.index_in(webid, value_set=names).to_numpy(zero_copy_only=False), dtype=np.int64)
+    ts = np.asarray(rows.column(3).to_numpy(zero_copy_only=False), dtype=np.int64)
+    full = np.bincount(idx, minlength=len(names)) >= page_size
+    if skip:
+        keep = np.ones(len(ts), dtype=bool)
+        seen: Dict[int, int] = {}
+        for r in np.nonzero(ts == frm)[0].tolist():    # a stream's values at frm open its items
+            k = int(idx[r])
+            if seen.get(k, 0) < skip:
+                seen[k] = seen.get(k, 0) + 1
+                keep[r] = False
+        if not keep.all():
+            rows, idx, ts = rows.filter(pa.array(keep)), idx[keep], ts[keep]
+    if full.any():
+        last = np.full(len(names), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, idx, ts)
+        at_last = np.bincount(idx[ts == last[idx]], minlength=len(names))
+        left = np.bincount(idx, minlength=len(names))
+        for k in np.nonzero(full & (left > 0))[0].tolist():
+            again = by_key.get(stream_key(names[k].as_py()))
+            if again is None:
+                log.warning("streamsets/recorded: a full page for a stream not asked for; not asking for more")
+                continue
+            pending[again] = (int(last[k]), int(at_last[k]) + (skip if int(last[k]) == frm else 0))
+    return rows
+
+
+#: executor side: one client (one requests.Session, its pooled connections, a renewed token) per
+#: connection setting and process; Spark runs a worker's tasks one after another and reuses the
+#: worker, so archive tasks after the first reuse its connections instead of opening their own
+_CLIENTS: Dict[Tuple[Any, ...], PIRestClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(base_url: str, credentials: Credentials, ca_bundle: Optional[str] = None, timeout: float = 30.0,
+                  retry_for: float = 120.0, proxy: Optional[ProxyConfig] = None) -> PIRestClient:
+    """The process's ``PIRestClient`` for these connection settings (made on first use, closed at
+    exit). The key holds the secrets' values only inside this dict (never logged: ``Secret``)."""
+    provider = credentials.token_provider
+    key = (base_url, dataclasses.replace(credentials, token_provider=None),
+           provider.key() if provider is not None else None, ca_bundle, timeout, retry_for, proxy)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = PIRestClient(base_url, credentials, ca_bundle, timeout, retry_for=retry_for,
+                                                  proxy=proxy)
+        return client
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
 
 
 def _is_links_document(body: bytes) -> bool:

@@ -21,10 +21,10 @@ from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadLim
                      SupportsTriggerAvailableNow, admission_control, default_limit)
 from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptionError
 from .options import OPTIONS, SourceOptions, parse_options
-from .parse import Columns, ParseStats, parse_streams
+from .parse import Columns, ParseStats, fast_batch, parse_streams
 from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
 from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
-from .rest import PIRestClient, StreamMeta, page_for_span, describe_webids, element_attributes, points_by_filter, resolve_paths
+from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -100,16 +100,18 @@ def _pack(slices: List[Tuple[int, List[pa.RecordBatch]]], per_partition: int) ->
 
 @dataclass
 class PIArchivePartition(InputPartition):
-    """Values to read from the PI archive on an executor: one ``ArchiveSlice`` (streams, each with
-    its own (lo, hi], over (t, u] in ticks), marked ``source`` (``backfill`` for ranges this run
-    planned, ``replay`` for a batch an earlier run planned)."""
+    """Values to read from the PI archive on an executor: REST calls (``ArchiveSlice``: streams,
+    each with its own (lo, hi], over (t, u] in ticks), marked ``source`` (``backfill`` for ranges
+    this run planned, ``replay`` for a batch an earlier run planned)."""
     shard: int
-    part: ArchiveSlice
+    calls: List[ArchiveSlice]
     source: str
 
     def __repr__(self) -> str:
-        return (f"PIArchivePartition(streams={len(self.part.streams)}, "
-                f"{format_ticks(self.part.t)}..{format_ticks(self.part.u)}, {self.source})")
+        t = min(c.t for c in self.calls) if self.calls else 0
+        u = max(c.u for c in self.calls) if self.calls else 0
+        return (f"PIArchivePartition(calls={len(self.calls)}, streams={sum(len(c.streams) for c in self.calls)}, "
+                f"{format_ticks(t)}..{format_ticks(u)}, {self.source})")
 
 
 def _key(offset: Dict[str, Any]) -> str:
@@ -152,6 +154,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
         self._health_base: Dict[str, Any] = {}        # running totals when the last batch was planned
+        self._fresh_run = False                      # this run planned the query's first batch, at "latest"
 
     def __getstate__(self) -> Dict[str, Any]:
         # Executors get a pickled copy: no sockets, threads or buffers travel with it.
@@ -319,7 +322,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         plan = _Plan([], [])
         merge = False
         changed = False
-        fresh = initial and self.opts.start_time is None
+        if initial and self.opts.start_time is None:
+            self._fresh_run = True                        # this run began the query at "latest"
+        fresh = self.opts.start_time is None and (initial or (same_run and self._fresh_run))
         start_key = _key(start)
         lost_before = len(self._lost)
         progress: Dict[int, Any] = {}
@@ -355,7 +360,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._counts["lateKept"] += sp.late
             self._counts["archiveRanges"] += len(sp.ranges)
             self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
-            merge = merge or sp.merge or (bool(sp.ranges) and not fresh)
+            merge = merge or sp.merge or any(_may_be_landed(r, m0, fresh) for r in sp.ranges)
             seq[str(k)] = [stop if sp.stop is None else sp.stop, sp.epochs_done]
             progress[k] = {i: v for i, v in sp.progress.items() if i >= sp.epochs_done - 1}
             if sp.rows:
@@ -402,9 +407,16 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         else:
             plan = self._rebuild(start, end)
             source = "replay"
+            # a restart: Spark runs this batch again before it asks for the next offset; the
+            # channels open now, so live values buffer while it runs (what each batch holds does not
+            # change: the next one plans from this batch's marks to each connection's cutoff)
+            self._ensure_started()
         chunk = max(1, int(self.opts.replay_chunk * TICKS))
-        parts: List[InputPartition] = [PIArchivePartition(0, sl, source) for sl in
-                                       group_ranges(plan.ranges, self.opts.replay_tags_per_partition, chunk)]
+        rates = [r.value_rate() for r in self._receivers]
+        rate = max(1.0, sum(rates) / len(rates)) if rates else 1.0   # as planned: at least 1 value/s per stream
+        parts: List[InputPartition] = [PIArchivePartition(0, calls, source) for calls in
+                                       group_ranges(plan.ranges, self.opts.archive_tasks, chunk, rate,
+                                                    self.opts.max_archive_records_per_trigger)]
         packed = _pack(plan.live, self.opts.rows_per_partition)
         log.debug("planned %d live rows in %d partitions and %d archive partitions",
                   sum(p.rows for p in packed), len(packed), len(parts))
@@ -487,24 +499,50 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                     yield to_contract(batch, ingested)
 
     def _read_archive(self, part: PIArchivePartition, ingested: int) -> Iterator[pa.RecordBatch]:
-        sl = part.part
-        known = {s.webid: (s.name, s.path) for s in sl.streams}
+        # one REST session per executor process, shared by the tasks Spark runs in it in turn
+        rest = shared_client(self.opts.url, self.opts.credentials, self.opts.ca_bundle, self.opts.connect_timeout,
+                             retry_for=self.opts.rest_retry_timeout, proxy=self.opts.proxy)
         stats = ParseStats()
-        # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
-        page = page_for_span(sl.u - sl.t, self.opts.recorded_page_size)
         log.debug("reading %r from the archive", part)
-        for streams in self.rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length):
-            cols = Columns()
-            parse_streams(streams, cols, stats, part.source, ingested, known)
-            if not len(cols):
-                continue
-            batch = keep_in_ranges(cols.to_arrow(), sl)
-            if batch.num_rows:
-                yield to_contract(batch, ingested)
+        declined = [False]
+        for sl in part.calls:
+            known = {s.webid: (s.name, s.path) for s in sl.streams}
+
+            def fast(data: bytes) -> Optional[pa.RecordBatch]:
+                # plain numeric values (the common case) straight to rows; anything else → parse_streams,
+                # for the rest of the task too (streams with strings or errors would decline again)
+                got = None if declined[0] else fast_batch(data, part.source, ingested, known)
+                declined[0] = got is None
+                return got[0] if got is not None else None
+
+            # each call's answer stays within MaxReturnedItemsPerCall (see PIRestClient.recorded)
+            page = page_for_span(sl.u - sl.t, self.opts.recorded_page_size)
+            for got in rest.recorded([s.webid for s in sl.streams], sl.t, sl.u, page, self.opts.max_url_length, fast):
+                if isinstance(got, pa.RecordBatch):
+                    batch = got
+                else:
+                    cols = Columns()
+                    parse_streams(got, cols, stats, part.source, ingested, known)
+                    if not len(cols):
+                        continue
+                    batch = cols.to_arrow()
+                batch = keep_in_ranges(batch, sl)
+                if batch.num_rows:
+                    yield to_contract(batch, ingested)
         if stats.malformed_frames or stats.value_errors or stats.unknown_webids:
             # executor side: rows with a problem carry it in ``error``; the rest is logged here
             log.warning("%s read: %d malformed answers, %d values with errors, %d unknown WebIDs; last: %s",
                         part.source, stats.malformed_frames, stats.value_errors, stats.unknown_webids, stats.last_error)
+
+
+def _may_be_landed(r: ArchiveRange, marks: O.Marks, fresh: bool) -> bool:
+    """Whether an archive range may hold rows the table has (its batch is then merged): below its
+    stream's mark at the batch's start (a restart's re-read before the marks), or, for a stream
+    without a mark, unless the query began at "latest" in this run (nothing of the stream can be
+    in the table then; a start time may reach rows an earlier query landed). A range starting at
+    its stream's mark (a channel opened late, a reconnect's gap) holds only new rows."""
+    mark = marks.get(r.stream.key)
+    return not fresh if mark is None else r.lo < mark
 
 
 def _fair_share(pending: Dict[str, int], budget: int) -> Dict[str, int]:

@@ -83,12 +83,16 @@ def test_bridge_overlap_rereads_known_streams_but_not_before_the_query_start():
     ep = Epoch(0, 0, np.array([1_000, 1_000]))
     plan = plan_shard([A, B], [], [ep], (0, 1), np.array([500, 205]), np.array([True, True]), bridge_overlap=100,
                       floor=200, max_backfill=10_000)
-    assert [(r.lo, r.hi) for r in plan.ranges] == [(400, 1_000), (200, 1_000)]
+    # first the overlap below the marks alone (a merged batch), then the rest of the gap (appended)
+    assert [(r.lo, r.hi) for r in plan.ranges] == [(400, 500), (200, 205)] and plan.epochs_done == 0
+    rest = plan_shard([A, B], [], [ep], (0, 1), plan.marks, np.array([True, True]), bridge_overlap=100,
+                      floor=200, max_backfill=10_000, progress=plan.progress)
+    assert [(r.lo, r.hi) for r in rest.ranges] == [(500, 1_000), (205, 1_000)] and rest.epochs_done == 1
 
 
 def test_slices_hold_each_stream_once_and_keep_rows_in_their_own_range():
     ranges = [ArchiveRange(A, 0, 10), ArchiveRange(B, 2, 8), ArchiveRange(A, 20, 30)]
-    slices = group_ranges(ranges, per_partition=10, chunk=100)
+    slices = [call for task in group_ranges(ranges, tasks=4, chunk=100) for call in task]
     assert all(len({s.webid for s in sl.streams}) == len(sl.streams) for sl in slices)
     assert sorted((s.webid, lo, hi) for sl in slices for s, lo, hi in zip(sl.streams, sl.lo, sl.hi)) == \
         [("F1DPa", 0, 10), ("F1DPa", 20, 30), ("F1DPb", 2, 8)]
