@@ -70,7 +70,8 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
                                               "one micro-batch reads, estimated at each channel's live rate (at least "
                                               "1 value/s per stream); longer ranges are read in slices over several "
                                               "batches (maxRecordsPerTrigger bounds them too)"),
-    "maxBufferRecords": ("2000000", "rows all channels together hold in memory before they stop reading (backpressure)"),
+    "maxBufferRecords": ("1000000", "rows all channels together hold in memory before they stop reading (backpressure); "
+                         "a batch's live rows pass through the driver's JVM, so this also bounds its heap use"),
     "recordedPageSize": ("10000", "maxCount of each streamsets/recorded call when filling gaps"),
     "connectTimeout": ("30s", "timeout for HTTP requests and the WebSocket handshake"),
     "startupTimeout": ("10s", "at start, how long PI Web API may be unreachable (GET {url}/ is retried) before the "
@@ -89,7 +90,8 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
                            "cluster's cores on a cluster whose workers have more)"),
     "replayChunk": ("1h", "archive ranges are cut at multiples of this span, so a long range is read by several tasks "
                           "and streams with close starts share a REST call"),
-    "rowsPerPartition": ("200000", "buffered live rows are packed into Spark partitions (tasks) of up to this many rows"),
+    "rowsPerPartition": ("50000", "buffered live rows are packed into Spark partitions (tasks) of up to this many rows "
+                         "(~15 MB of Arrow each, serialized with the task)"),
 }
 _BY_LOWER = {k.lower(): k for k in OPTIONS}
 
@@ -212,7 +214,7 @@ class SourceOptions:
     max_archive_records_per_trigger: int = 1_000_000
     archive_tasks: int = 2 * (os.cpu_count() or 1)
     replay_chunk: float = 3600.0
-    rows_per_partition: int = 200_000
+    rows_per_partition: int = 50_000
     startup_timeout: float = 10.0
     rest_retry_timeout: float = 120.0
     start_time: Optional[int] = None
