@@ -250,6 +250,15 @@ def check_option_names(raw: Mapping[str, Any]) -> None:
             raise unknown_option(str(key))
 
 
+#: options that existed once: (name, why it is gone and what to do)
+_GONE = {
+    "replaytagsperpartition": ("replayTagsPerPartition", "archive reads are grouped into about archiveTasks tasks "
+                               "whatever the number of streams; set archiveTasks instead"),
+    "bridgemargin": ("bridgeMargin", "each channel's cutoff is PI's own newest value when it opens, so no margin "
+                     "is needed; remove the option"),
+}
+
+
 def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> SourceOptions:
     """Validate ``raw`` (as Spark passes it: keys possibly lower-cased) and return typed options.
     Raises ``PIOptionError`` naming the option and what is allowed. ``require_streams=False``: the
@@ -260,12 +269,9 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
         if canon is None:
             if str(key).lower() in ("path",):      # Spark's load(path) argument: not ours
                 continue
-            if str(key).lower() == "replaytagsperpartition":
-                raise PIOptionError("option 'replayTagsPerPartition' is gone: archive reads are grouped into about "
-                                    "archiveTasks tasks whatever the number of streams; set archiveTasks instead")
-            if str(key).lower() == "bridgemargin":
-                raise PIOptionError("option 'bridgeMargin' is gone: each channel's cutoff is PI's own newest value "
-                                    "when it opens, so no margin is needed; remove the option")
+            gone = _GONE.get(str(key).lower())
+            if gone is not None:                   # named as given (Spark may have lower-cased it)
+                raise PIOptionError(f"option {str(key)!r} ({gone[0]}) is gone: {gone[1]}")
             raise unknown_option(str(key))
         opts[canon] = "" if value is None else str(value)
     for name, (default, _) in OPTIONS.items():
