@@ -278,6 +278,16 @@ def create_health_table(spark: SparkSession, table: str) -> None:
               "COMMENT 'pi_stream_source: the ingestion health of each micro-batch (see health.py)'")
 
 
+def appended_rows(spark: SparkSession, table: str, app_id: str, batch_id: int) -> Optional[int]:
+    """The rows ``write_batch``'s plain append of ``batch_id`` wrote (its commit's ``numOutputRows``,
+    found by its ``userMetadata`` among the table's last commits), or None."""
+    marker = f"{app_id} batch {batch_id}"
+    for commit in _delta_table(spark, table).history(10).select("userMetadata", "operationMetrics").collect():
+        if commit.userMetadata == marker and commit.operationMetrics:
+            return int(commit.operationMetrics.get("numOutputRows", 0))
+    return None
+
+
 def health_recorder(spark: SparkSession, checkpoint: str, table: str, health: Union[bool, str],
                     interval: float) -> Optional[HealthRecorder]:
     """A recorder landing health rows in ``health`` (a table name or path; True: ``<table>_health``)
@@ -349,7 +359,8 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
                  batch_id, table, "all" if counts["appended"] < 0 else counts["appended"], counts["merged"],
                  "?" if counts["keyless"] < 0 else counts["keyless"], counts["retries"])
         if recorder is not None:
-            recorder.batch_done(batch_id, counts.get("by_source"))
+            recorder.batch_done(batch_id, counts.get("by_source"),
+                                rows_total=lambda: appended_rows(batch.sparkSession, table, app_id, batch_id))
 
     query = writer.foreachBatch(guard_batch_function(land, table)).start()
     query.health = recorder  # type: ignore[attr-defined]

@@ -146,11 +146,14 @@ def _spans(items: Sequence[Sequence[str]]) -> List[Dict[str, Any]]:
 
 
 def health_row(query_id: str, table: str, batch_id: int, offset: Dict[str, Any], committed_at: Optional[int],
-               rows_by_source: Optional[Dict[str, int]] = None) -> Optional[Dict[str, Any]]:
+               rows_by_source: Optional[Dict[str, int]] = None,
+               rows_total: Optional[Callable[[], Optional[int]]] = None) -> Optional[Dict[str, Any]]:
     """One row of the health table (times as epoch µs) for a batch whose end offset is ``offset``;
     None when the offset carries no health (an older reader, another source). ``rows_by_source``:
     what the writer counted in the batch (archive rows are only known once read); else the rows the
-    reader planned (its buffered rows)."""
+    reader planned (its buffered rows). ``rows_total``: asked only for a batch that read archive
+    ranges and whose rows were not counted (the rows the sink's commit says it wrote); the archive
+    rows of a reader's own batches are ``backfill``."""
     h = offset.get("h") if isinstance(offset, dict) else None
     if not isinstance(h, dict):
         return None
@@ -160,6 +163,11 @@ def health_row(query_id: str, table: str, batch_id: int, offset: Dict[str, Any],
     counted = rows_by_source is not None or not h.get("ranges")
     if rows_by_source is not None:
         rows = dict(rows_by_source)
+    elif not counted and rows_total is not None:
+        total = rows_total()
+        if total is not None:
+            rows["backfill"] = rows.get("backfill", 0) + max(0, int(total) - sum(int(v) for v in rows.values()))
+            counted = True
     lag = h.get("lag")
     shift = (committed_at - int(h["at"])) / 1e6 if committed_at is not None and lag else 0.0
     row: Dict[str, Any] = {
@@ -228,14 +236,16 @@ class HealthRecorder:
         self.landed = 0
         self.failures = 0
 
-    def batch_done(self, batch_id: int, rows_by_source: Optional[Dict[str, int]] = None) -> None:
-        """Call after batch ``batch_id`` is committed to the bronze table. Never raises: health must
-        not stop the data."""
+    def batch_done(self, batch_id: int, rows_by_source: Optional[Dict[str, int]] = None,
+                   rows_total: Optional[Callable[[], Optional[int]]] = None) -> None:
+        """Call after batch ``batch_id`` is committed to the bronze table (``health_row`` says what
+        the counts are). Never raises: health must not stop the data."""
         try:
             if self._query_id is None:
                 self._query_id = self._query_id_of()
             offset = source_offset(read_checkpoint_file(self.spark, f"{self.checkpoint.rstrip('/')}/offsets/{batch_id}"))
-            row = health_row(self._query_id, self.table, batch_id, offset or {}, now_micros(), rows_by_source)
+            row = health_row(self._query_id, self.table, batch_id, offset or {}, now_micros(), rows_by_source,
+                             rows_total)
             with self._lock:
                 if not self._recovered:
                     self._recovered, self._recover_before = True, batch_id

@@ -81,7 +81,7 @@ def test_restart_opens_the_channels_while_the_replayed_batch_is_planned(simulato
         off = first.initialOffset()
         off = _drive(first, off, 3, batches)
         # one more batch is planned, then the run dies before it commits
-        wait_until(lambda: first.latestOffset(off, first.getDefaultReadLimit()) != off, 10, what="a batch to plan")
+        wait_until(lambda: first.latestOffset(off, first.getDefaultReadLimit()) != off, 60, what="a batch to plan")
         planned = first.latestOffset(off, first.getDefaultReadLimit())
     finally:
         first.stop()
@@ -90,13 +90,15 @@ def test_restart_opens_the_channels_while_the_replayed_batch_is_planned(simulato
         parts = second.partitions(off, planned)       # Spark's re-run of the uncommitted batch
         assert parts and all(isinstance(p, PIArchivePartition) for p in parts)
         assert second._receivers, "no channel opened while the replayed batch was planned"
-        wait_until(lambda: all(r.since for r in second._receivers), 10, what="the channels open")
+        wait_until(lambda: all(r.since for r in second._receivers), 60, what="the channels open")
         rows = [(w, ts, s) for p in parts for b in second.read(p)
                 for w, ts, s in zip(b.column("tag_webid").to_pylist(), b.column("timestamp").cast("int64").to_pylist(),
                                     b.column("source").to_pylist())]
         batches.append((planned, len(parts), rows))
         second.commit(planned)
-        time.sleep(1.0)                               # live values buffer meanwhile
+        # live values buffer meanwhile (bounded wait: the machine may be loaded)
+        wait_until(lambda: second.latestOffset(planned, second.getDefaultReadLimit()) != planned, 60,
+                   what="a batch after the replay")
         end = second.latestOffset(planned, second.getDefaultReadLimit())
         assert end != planned
         parts = second.partitions(planned, end)
