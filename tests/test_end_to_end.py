@@ -40,7 +40,10 @@ def test_stream_lands_every_sent_value_in_delta(spark, simulator, tmp_path):
     # the table is partitioned by the UTC date of the PI timestamp
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{table}`").first()
     assert detail.partitionColumns == ["partition_date"]
-    wrong_date = landed.filter(F.col("partition_date") != F.to_date("timestamp")).count()
+    # the UTC date computed without a zone (to_date would use the session's: between 00:00 and
+    # 08:00 UTC a Los Angeles session's date is the day before)
+    utc_date = F.expr("date_from_unix_date(cast(floor(unix_micros(timestamp) / 86400000000) as int))")
+    wrong_date = landed.filter(F.col("partition_date") != utc_date).count()
     assert wrong_date == 0
     meta = landed.select("tag_name", "tag_path", "source", "good", "uom").distinct().collect()
     assert {r.source for r in meta} <= {"live", "backfill"} and "live" in {r.source for r in meta}
