@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 
 from .pitime import TICKS, format_ticks, now_micros, parse_ticks
 
@@ -77,17 +78,15 @@ def plan_health(at: int, live: Iterable[Any], ranges: Sequence[Any], totals: Dic
     counts: Dict[str, int] = {}
     stamps: List[np.ndarray] = []
     for batch in live:
-        src = batch.column(batch.schema.get_field_index("source")).to_numpy(zero_copy_only=False)
+        # in Arrow: this runs on the reader's planning path, every batch, over every buffered row
+        src = batch.column(batch.schema.get_field_index("source"))
         ts = batch.column(batch.schema.get_field_index("timestamp"))
-        names, n = np.unique(src.astype(str), return_counts=True)
-        for name, k in zip(names, n):
-            counts[str(name)] = counts.get(str(name), 0) + int(k)
-        live_mask = src == "live"
-        if live_mask.any():
-            values = ts.to_numpy(zero_copy_only=False)
-            keep = live_mask & ~np.asarray(ts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            stamps.append(np.asarray(values[keep], dtype=np.int64))
-    h: Dict[str, Any] = {"at": int(at) // 10, "rows": counts,
+        for item in pc.value_counts(src).to_pylist():
+            counts[str(item["values"])] = counts.get(str(item["values"]), 0) + int(item["counts"])
+        live_ts = pc.filter(ts, pc.and_(pc.equal(src, "live"), pc.is_valid(ts)))
+        if len(live_ts):
+            stamps.append(np.asarray(live_ts.to_numpy(zero_copy_only=False), dtype=np.int64))
+    h: Dict[str, Any] = {"at": int(at) // 10, "rows": dict(sorted(counts.items())),
                          "lag": _lag_percentiles(at, np.concatenate(stamps) if stamps else np.empty(0, np.int64)),
                          "ranges": len(ranges),
                          "gaps": [[r.stream.name or r.stream.webid, format_ticks(r.lo), format_ticks(r.hi)]

@@ -448,7 +448,9 @@ class UnityBatchLoader:
                 except Exception:    # no health table yet
                     return None
 
-            self.health = HealthRecorder(spark, self.checkpoint, self.table, land, last_landed, self._health_interval)
+            # the query id the staged files are named by (one id per query in both places)
+            self.health = HealthRecorder(spark, self.checkpoint, self.table, land, last_landed, self._health_interval,
+                                         query_id=lambda: self._query_id or _query_id(self.checkpoint))
         self.health.batch_done(batch_id, by_source)
 
     def _maybe_optimize(self) -> None:
