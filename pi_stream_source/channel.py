@@ -22,6 +22,7 @@ from .pitime import MIN_MICROS, TICKS, TICKS_PER_MICRO, now_micros, now_ticks, p
 from .rest import WEBID_TYPE, PIRestClient, error_from_status
 from .transport import tls_error_message
 from .webid import stream_key, url_webid
+from .wsloop import ReceiveLoop
 
 MIN_TICKS = MIN_MICROS * TICKS_PER_MICRO
 
@@ -176,8 +177,10 @@ class ChannelReceiver(threading.Thread):
 
     def __init__(self, shard: int, webids: List[str], opts: SourceOptions, buffer: ShardBuffer,
                  rest: PIRestClient, initial_values: bool = False, element: Optional[str] = None,
-                 known: Optional[Dict[str, Tuple[Optional[str], Optional[str]]]] = None) -> None:
+                 known: Optional[Dict[str, Tuple[Optional[str], Optional[str]]]] = None,
+                 loop: Optional["ReceiveLoop"] = None) -> None:
         super().__init__(name=f"pi-channel-{shard}", daemon=True)
+        self.loop = loop                          # the reader's receiving loop (None: this thread reads)
         self.shard, self.webids, self.opts, self.buffer = shard, webids, opts, buffer
         self.rest, self.initial_values, self.element = rest, initial_values, element
         self.known = dict(known) if known else {w: (None, None) for w in webids}
@@ -323,7 +326,10 @@ class ChannelReceiver(threading.Thread):
                     self.reconnects += 1
                 self._snapshot_next = first and self.initial_values
                 first = False
-                self._receive(ws)
+                if self.loop is not None:
+                    self.loop.serve(self, ws, self._stopping)
+                else:
+                    self._receive(ws)
             except PIStreamError as exc:
                 if self._give_up(exc, fatal=isinstance(exc, (PIAuthError, PITLSError))):
                     return
@@ -380,16 +386,19 @@ class ChannelReceiver(threading.Thread):
                 raise PIConnectionError("closed by server")
             if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                 continue
-            self.attempts = 0            # the connection works: failures count again from zero
-            self.last_message_at = time.time()
-            log.debug("channel %d: message of %d bytes", self.shard, len(data))
             self.buffer.budget.wait_for_room(self._stopping)
-            source = "snapshot" if self._snapshot_next else "live"
-            batch = self._parse(data, source)
-            if batch is not None and batch.num_rows:
-                self._snapshot_next = False
-                self._note(batch)
-                self.buffer.append(batch)
+            self._on_message(data)
+
+    def _on_message(self, data: bytes) -> None:
+        """One complete message of the open connection (from ``_receive`` or the receiving loop)."""
+        self.attempts = 0            # the connection works: failures count again from zero
+        self.last_message_at = time.time()
+        source = "snapshot" if self._snapshot_next else "live"
+        batch = self._parse(data, source)
+        if batch is not None and batch.num_rows:
+            self._snapshot_next = False
+            self._note(batch)
+            self.buffer.append(batch)
 
     def _parse(self, data: Any, source: str) -> Optional[pa.RecordBatch]:
         """One message → rows: msgspec's typed decoding for plain numeric messages (``fast_batch``),

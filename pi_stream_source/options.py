@@ -59,6 +59,8 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "proxyPasswordKey": (None, "key of the proxy password in secretScope"),
     "tagsPerChannel": ("500", "most streams in one channel (one channel and one partition per shard)"),
     "maxUrlLength": ("4096", "a channel URL is kept under this many characters (shards split further)"),
+    "receiver": ("loop", "loop: one thread reads every channel's frames (selectors); threads: a thread per channel "
+                         "reads its own (the path before 0.9; for comparison)"),
     "heartbeatRate": ("2", "server sends an empty message after this many idle polling intervals"),
     "stallTimeout": ("30s", "no message nor heartbeat for this long: the channel is reconnected"),
     "reconnectBackoff": ("0.5s", "first wait before reconnecting; doubles up to reconnectBackoffMax"),
@@ -105,6 +107,13 @@ def _int(opts: Mapping[str, str], name: str, low: int, high: Optional[int] = Non
     if value < low or (high is not None and value > high):
         limits = f"between {low} and {high}" if high is not None else f">= {low}"
         raise PIOptionError(f"option '{name}' must be {limits}, got {value}")
+    return value
+
+
+def _choice(opts: Mapping[str, str], name: str, allowed: Tuple[str, ...]) -> str:
+    value = str(opts[name]).strip().lower()
+    if value not in allowed:
+        raise PIOptionError(f"option '{name}' must be one of {', '.join(allowed)} (got {opts[name]!r})")
     return value
 
 
@@ -215,6 +224,7 @@ class SourceOptions:
     archive_tasks: int = 2 * (os.cpu_count() or 1)
     replay_chunk: float = 3600.0
     rows_per_partition: int = 50_000
+    receiver: str = "loop"
     startup_timeout: float = 10.0
     rest_retry_timeout: float = 120.0
     start_time: Optional[int] = None
@@ -408,6 +418,7 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
         tags_per_channel=_int(opts, "tagsPerChannel", 1, 100_000),
         max_url_length=_int(opts, "maxUrlLength", 256),
         heartbeat_rate=_int(opts, "heartbeatRate", 0),
+        receiver=_choice(opts, "receiver", ("loop", "threads")),
         stall_timeout=_duration(opts, "stallTimeout"),
         reconnect_backoff=_duration(opts, "reconnectBackoff"),
         reconnect_backoff_max=_duration(opts, "reconnectBackoffMax"),

@@ -26,6 +26,7 @@ from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
 from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
 from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
+from .wsloop import ReceiveLoop
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._budget = BufferBudget(options.max_buffer_records)
         self._buffers: List[ShardBuffer] = []
         self._receivers: List[ChannelReceiver] = []
+        self._loop: Optional[ReceiveLoop] = None           # reads every channel's frames (option receiver=loop)
         self._rest: Optional[PIRestClient] = None
         self._initial: Optional[Dict[str, Any]] = None
         self._target: Optional[Dict[int, int]] = None
@@ -217,10 +219,14 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if self._started:
                 return
             initial = self.opts.starting_position == "snapshot"
+            if self.opts.receiver == "loop":
+                self._loop = ReceiveLoop(self._budget, name=f"pi-receive-{self.run_id[:6]}")
+                self._loop.start()
             for index, shard in enumerate(self.shards()):
                 buf = ShardBuffer(self._budget)
                 rec = ChannelReceiver(index, [s.webid for s in shard], self.opts, buf, self.rest, initial_values=initial,
-                                      element=self._element, known={s.webid: (s.name, s.path) for s in shard})
+                                      element=self._element, known={s.webid: (s.name, s.path) for s in shard},
+                                      loop=self._loop)
                 self._buffers.append(buf)
                 self._receivers.append(rec)
             for rec in self._receivers:
@@ -484,6 +490,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             rec.stop()
         for rec in self._receivers:
             rec.join(5)
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop.join(5)
         if self._rest is not None:
             self._rest.close()
 
