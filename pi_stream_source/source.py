@@ -472,6 +472,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         totals["channels"] = len(shards)
         errors = [m["lastError"] for m in shards.values() if m.get("lastError")]
         totals["lastError"] = errors[-1] if errors else None
+        totals["receiver"] = self.opts.receiver
+        if self._loop is not None:       # the receiving loop's work (its CPU time: near 1 s per s = one core, its limit)
+            totals.update(self._loop.metrics())
         return totals, shards
 
     def reportLatestOffset(self) -> Optional[Dict[str, Any]]:

@@ -52,11 +52,23 @@ class FrameDecoder:
         self._parts: List[bytes] = []
         self._opcode: Optional[int] = None
         self._size = 0
+        self.error: Optional[FrameError] = None
 
     def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
+        """The messages completed by ``data``. At broken framing, the messages before it are
+        returned and ``error`` is set; the decoder takes nothing more after that."""
+        if self.error is not None:
+            return []
+        out: List[Tuple[int, bytes]] = []
+        try:
+            self._feed(data, out)
+        except FrameError as exc:
+            self.error = exc
+        return out
+
+    def _feed(self, data: bytes, out: List[Tuple[int, bytes]]) -> None:
         buf = self._buf
         buf += data
-        out: List[Tuple[int, bytes]] = []
         pos, end = self._pos, len(buf)
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
@@ -120,7 +132,6 @@ class FrameDecoder:
                 del buf[:pos]
                 pos = 0
         self._pos = pos
-        return out
 
 
 class _Connection:
@@ -172,6 +183,15 @@ class ReceiveLoop(threading.Thread):
             return
         if conn.error is not None:
             raise conn.error
+
+    def metrics(self) -> Dict[str, Any]:
+        cpu = None
+        if self.ident is not None and self.is_alive() and hasattr(time, "pthread_getcpuclockid"):
+            try:
+                cpu = round(time.clock_gettime(time.pthread_getcpuclockid(self.ident)), 3)
+            except OSError:                 # the thread ended in between
+                pass
+        return {"receiveMessages": self.messages, "receiveBytes": self.bytes, "receiveCpuSeconds": cpu}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -266,12 +286,7 @@ class ReceiveLoop(threading.Thread):
             return
         conn.last_rx = time.monotonic()
         self.bytes += len(data)
-        try:
-            frames = conn.decoder.feed(data)
-        except FrameError as exc:
-            self._end(conn, PIConnectionError(f"bad WebSocket framing from the server: {exc}"))
-            return
-        for opcode, payload in frames:
+        for opcode, payload in conn.decoder.feed(data):
             if opcode in (OP_TEXT, OP_BINARY):
                 self.messages += 1
                 try:
@@ -291,3 +306,5 @@ class ReceiveLoop(threading.Thread):
             elif opcode == OP_CLOSE:
                 self._end(conn, PIConnectionError("closed by server"))
                 return
+        if conn.decoder.error is not None:
+            self._end(conn, PIConnectionError(f"bad WebSocket framing from the server: {conn.decoder.error}"))

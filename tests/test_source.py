@@ -194,6 +194,27 @@ def test_malformed_frame_is_counted_and_loses_nothing(spark, simulator, tmp_path
     assert metrics["totals"]["malformedFrames"] >= 1
 
 
+def test_fragmented_and_big_frames_on_every_channel_land_exactly_through_one_receiving_loop(spark, simulator, tmp_path):
+    """Three channels, all read by the reader's one receiving loop: a message cut into 5 frames and a
+    3 MB message on each land exactly; the totals show the loop's work."""
+    sim = simulator(tags=6, rate=5, seed=5)
+    q, table, ck = run(spark, sim, tmp_path, seconds_of_values=1, tagsPerChannel=2)
+    wait_until(lambda: sim.channel_count() == 3, 30, what="3 channels")
+    assert sim.inject_fragmented(pieces=5) == 3
+    base = sim.stats["values_sent"]
+    wait_until(lambda: sim.stats["values_sent"] > base + 30, 30, what="values after the fragmented messages")
+    assert sim.inject_big(size=3 * 1024 * 1024) == 3
+    base = sim.stats["values_sent"]
+    wait_until(lambda: sim.stats["values_sent"] > base + 30, 30, what="values after the big messages")
+    finish(q, sim, spark, table)
+    got, dupes, _ = landed(spark, table)
+    assert not dupes and got == expected(sim, checkpoint_start(ck))
+    totals = json.loads(q.lastProgress["sources"][0]["latestOffset"])["totals"]
+    assert totals["receiver"] == "loop" and totals["channels"] == 3
+    assert totals["receiveBytes"] >= 3 * 3 * 1024 * 1024 and totals["receiveMessages"] >= 6
+    assert totals["malformedFrames"] == 0 and totals["reconnects"] == 0
+
+
 def test_tls_with_private_ca_and_basic_auth(spark, simulator, tmp_path):
     sim = simulator(tags=3, rate=5, tls=True, auth="basic")
     assert sim.url.startswith("https://")
