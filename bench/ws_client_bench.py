@@ -21,9 +21,13 @@ Variants:
   (f) <best one-loop> + parse  the one-loop variant with the lowest CPU per MB, plus
                           ``pi_stream_source.parse.fast_batch`` on every message, as channel.py calls it
 Plus TLS (a CA generated here, the client trusting the CA file) at C=100 for (a), (b) and the best
-library. Before the matrix the decoder of (b) is checked against fragmented messages (7- and
-16-bit fragment lengths, a ping between fragments), whole 16- and 64-bit frames, and every
-variant is checked byte for byte on fragmented messages.
+library. Before the matrix the decoder of (b) is checked in-process (every frame shape fed whole,
+a byte at a time and in uneven chunks; each protocol violation refused) and against the server
+(fragments with 7- and 16-bit lengths and a ping between them, whole 16- and 64-bit frames), every
+variant byte for byte on fragmented messages, plain and TLS; and each library is probed on what
+the source must keep: an Authorization header on the upgrade, a 401 with two WWW-Authenticate
+challenges (Negotiate, Basic), a CONNECT proxy with Basic credentials to wss:// with the private
+CA, and a 407 for a wrong proxy password.
 
     python bench/ws_client_bench.py [--mb 60] [--budget 280] [--out bench/results]
 
@@ -66,6 +70,8 @@ CLIENT_TIMEOUT = 120.0          # one client process, connect + read (s)
 VARIANTS = ("ws-client-threads", "ws-client-selector", "websockets", "aiohttp", "picows")
 ONE_LOOP = VARIANTS[1:]
 LETTER = dict(zip(VARIANTS, "abcde"))
+PROXY_USER, PROXY_PASSWORD = "bench", "pr0xy-secret"
+PROXY_ONLY_HOST = "pi-bench.invalid"    # resolvable only by the bench proxy: a client that went around it fails
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +128,7 @@ def make_tls(workdir: Path) -> Tuple[Path, Path, Path]:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName(PROXY_ONLY_HOST),
                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -198,6 +204,14 @@ class _Server(asyncio.Protocol):
             streams = int(query.get("set", ["100"])[0])
             frag = int(query.get("frag", ["0"])[0])
             ping = query.get("ping", ["0"])[0] == "1"
+            if query.get("status") == ["401"]:     # a refused upgrade, as PI answers wrong credentials
+                seen = headers.get("authorization", "(none)").encode("latin-1")
+                self.transport.write(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\n"
+                                     b"WWW-Authenticate: Basic realm=\"bench\"\r\nX-Seen-Authorization: " + seen +
+                                     b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                self.transport.close()
+                self.state = "refused"
+                return
             self.k = int(query["k"][0])
             key = (streams, frag, ping)
             if key not in self.cache:
@@ -230,9 +244,43 @@ class _Server(asyncio.Protocol):
         self.frames = []
 
 
+
+
+async def _connect_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTP CONNECT proxy that wants Basic credentials (407 otherwise), then pipes bytes."""
+    try:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target = head[0].split(" ")[:2]
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head[1:] if ln)}
+        want = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+        if method != "CONNECT" or headers.get("proxy-authorization") != want:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"bench\"\r\n"
+                         b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        host, _, port = target.rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(
+            "127.0.0.1" if host == PROXY_ONLY_HOST else host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(1 << 16):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        writer.close()
+
+
 def serve(workdir: Path, lifetime: float) -> None:
-    """The server process: a plain and a TLS listener on 127.0.0.1; prints their ports as one
-    JSON line, then serves until stdin closes (the parent went) or ``lifetime`` passes."""
+    """The server process: a plain and a TLS listener and a CONNECT proxy on 127.0.0.1; prints
+    their ports as one JSON line, then serves until stdin closes (the parent went) or
+    ``lifetime`` passes."""
     payloads = {s: load_payloads(workdir, s) for s in SETS}
     cache: Dict[Tuple[int, int, bool], List[bytes]] = {}
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -242,8 +290,9 @@ def serve(workdir: Path, lifetime: float) -> None:
         loop = asyncio.get_running_loop()
         plain = await loop.create_server(lambda: _Server(payloads, cache), "127.0.0.1", 0, backlog=4096)
         tls = await loop.create_server(lambda: _Server(payloads, cache), "127.0.0.1", 0, backlog=4096, ssl=ctx)
-        print(json.dumps({"plain": plain.sockets[0].getsockname()[1], "tls": tls.sockets[0].getsockname()[1]}),
-              flush=True)
+        proxy = await asyncio.start_server(_connect_proxy, "127.0.0.1", 0)
+        print(json.dumps({"plain": plain.sockets[0].getsockname()[1], "tls": tls.sockets[0].getsockname()[1],
+                          "proxy": proxy.sockets[0].getsockname()[1]}), flush=True)
         gone = loop.create_future()
         loop.add_reader(sys.stdin.fileno(), lambda: gone.done() or (sys.stdin.buffer.read1(1) or gone.set_result(None)))
         try:
@@ -660,6 +709,114 @@ def run_picows(url: str, conns: int, tally: Tally, cafile: Optional[str], clock:
     asyncio.run(main())
 
 
+PROBE_LIBRARIES = ("websocket-client", "websockets", "aiohttp", "picows")
+PROBE_TOKEN = "Bearer probe-token"
+
+
+def _refusal(status: Optional[int], www_authenticate: Any, seen: Optional[str]) -> Dict[str, Any]:
+    values = www_authenticate if isinstance(www_authenticate, list) else [www_authenticate] if www_authenticate else []
+    return {"status": status, "www_authenticate": values, "seen_authorization": seen}
+
+
+def _proxy_failure(exc: BaseException, password: str) -> Dict[str, Any]:
+    text = f"{type(exc).__name__}: {exc}"
+    status = getattr(getattr(exc, "response", None), "status_code", None) or getattr(exc, "status", None)
+    return {"status": status or (407 if "407" in text else None), "error": text[:200], "password_in_error": password in text}
+
+
+def probe(library: str, kind: str, url: str, cafile: Optional[str], proxy_port: int) -> Dict[str, Any]:
+    """What a library does on the paths the source must keep, against the bench server:
+    ``auth401`` — an upgrade with an Authorization header that the server refuses with 401 and two
+    WWW-Authenticate challenges (Negotiate, Basic), as IIS does for Kerberos; ``proxy`` — wss:// to
+    a host only the bench CONNECT proxy can resolve, with Basic proxy credentials and the private
+    CA, then one message; ``proxy407`` — the same with a wrong proxy password."""
+    password = PROXY_PASSWORD if kind == "proxy" else "wrong-" + PROXY_PASSWORD
+    proxy_url = f"http://{PROXY_USER}:{password}@127.0.0.1:{proxy_port}"
+    ctx = client_ssl(cafile)
+    if library == "websocket-client":
+        import websocket
+
+        kw: Dict[str, Any] = {"timeout": 10, "skip_utf8_validation": True,
+                              "sslopt": {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": cafile} if cafile else {}}
+        if kind == "auth401":
+            try:
+                websocket.create_connection(url, header=[f"Authorization: {PROBE_TOKEN}"], **kw)
+            except websocket.WebSocketBadStatusException as exc:
+                h = exc.resp_headers or {}
+                return _refusal(exc.status_code, h.get("www-authenticate"), h.get("x-seen-authorization"))
+            return {"error": "the upgrade was not refused"}
+        try:        # as transport.websocket_kwargs() sets it up (no bypass list: 127.0.0.1 would skip the proxy)
+            ws = websocket.create_connection(url, http_proxy_host="127.0.0.1", http_proxy_port=proxy_port,
+                                             proxy_type="http", http_proxy_auth=(PROXY_USER, password),
+                                             http_no_proxy=["no-proxy-bypass.invalid"], **kw)
+        except Exception as exc:
+            return _proxy_failure(exc, password)
+        ws.send("go")
+        return {"ok": True, "bytes": len(ws.recv_data()[1])}
+
+    async def run() -> Dict[str, Any]:
+        if library == "websockets":
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import InvalidStatus
+
+            if kind == "auth401":
+                try:
+                    await connect(url, additional_headers={"Authorization": PROBE_TOKEN}, proxy=None, open_timeout=10)
+                except InvalidStatus as exc:
+                    r = exc.response
+                    return _refusal(r.status_code, r.headers.get_all("WWW-Authenticate"), r.headers.get("X-Seen-Authorization"))
+                return {"error": "the upgrade was not refused"}
+            try:
+                ws = await connect(url, proxy=proxy_url, ssl=ctx, open_timeout=10, max_size=None, compression=None)
+            except Exception as exc:
+                return _proxy_failure(exc, password)
+            await ws.send("go")
+            return {"ok": True, "bytes": len(await ws.recv(decode=False))}
+        if library == "aiohttp":
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                if kind == "auth401":
+                    try:
+                        await session.ws_connect(url, headers={"Authorization": PROBE_TOKEN})
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return _refusal(exc.status, exc.headers.getall("WWW-Authenticate", []),
+                                        exc.headers.get("X-Seen-Authorization"))
+                    return {"error": "the upgrade was not refused"}
+                try:
+                    ws = await session.ws_connect(url, proxy=f"http://127.0.0.1:{proxy_port}", ssl=ctx,
+                                                  proxy_auth=aiohttp.BasicAuth(PROXY_USER, password),
+                                                  max_msg_size=0, decode_text=False)
+                except Exception as exc:
+                    return _proxy_failure(exc, password)
+                await ws.send_str("go")
+                return {"ok": True, "bytes": len((await ws.receive()).data)}
+        from picows import WSHandshakeError, WSListener, WSMsgType, ws_connect
+
+        if kind == "auth401":
+            try:
+                await ws_connect(WSListener, url, extra_headers={"Authorization": PROBE_TOKEN})
+            except WSHandshakeError as exc:
+                r = exc.response
+                return _refusal(int(r.status), r.headers.getall("WWW-Authenticate", []), r.headers.get("X-Seen-Authorization"))
+            return {"error": "the upgrade was not refused"}
+        got = asyncio.get_running_loop().create_future()
+
+        class First(WSListener):
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                if frame.msg_type == WSMsgType.TEXT and not got.done():
+                    got.set_result(len(frame.get_payload_as_bytes()))
+
+        try:
+            transport, _ = await ws_connect(First, url, ssl_context=ctx, proxy=proxy_url, max_frame_size=MAX_MESSAGE)
+        except Exception as exc:
+            return _proxy_failure(exc, password)
+        transport.send(WSMsgType.TEXT, b"go")
+        return {"ok": True, "bytes": await asyncio.wait_for(got, 10)}
+
+    return asyncio.run(asyncio.wait_for(run(), 30))
+
+
 RUNNERS = {"ws-client-threads": run_ws_client_threads, "ws-client-selector": run_ws_client_selector,
            "websockets": run_websockets, "aiohttp": run_aiohttp, "picows": run_picows}
 
@@ -757,6 +914,49 @@ def describe(row: Dict[str, Any]) -> str:
             f"{row['cpu_ms_per_mb']:>6.2f} ms/MB  server {row['server_cpu_s']:.2f} s  connect {row['connect_s']:.2f} s")
 
 
+def run_probes(plain: str, tls_port: int, proxy_port: int, ca_file: Path) -> List[Dict[str, Any]]:
+    """Every library through the auth and proxy probes (see ``probe``), each in its own process."""
+    out = []
+    for library in PROBE_LIBRARIES:
+        for kind in ("auth401", "proxy", "proxy407"):
+            url = (f"{plain}/ws?status=401&k=1" if kind == "auth401"
+                   else f"wss://{PROXY_ONLY_HOST}:{tls_port}/ws?set=100&k=1")
+            cmd = [sys.executable, __file__, "--probe", kind, "--library", library, "--url", url,
+                   "--cafile", str(ca_file), "--proxy-port", str(proxy_port)]
+            row: Dict[str, Any] = {"library": library, "kind": kind}
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=client_env())
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                row.update(json.loads(lines[-1]) if lines else
+                           {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:200]})
+            except subprocess.TimeoutExpired:
+                row["error"] = "no answer in 60 s"
+            print(f"probe  {library:16s} {kind:9s} {json.dumps({k: v for k, v in row.items() if k not in ('library', 'kind')})}",
+                  flush=True)
+            out.append(row)
+    return out
+
+
+def probe_table(probes: List[Dict[str, Any]]) -> List[str]:
+    """The probes as a table: one row per library."""
+    by = {(p["library"], p["kind"]): p for p in probes}
+    lines = ["| library | Authorization header arrived | 401: WWW-Authenticate values the caller gets | CONNECT proxy "
+             "(Basic credentials, wss://, private CA), one message | wrong proxy password |",
+             "|---|---|---|---|---|"]
+    for lib in PROBE_LIBRARIES:
+        a, p, w = by.get((lib, "auth401"), {}), by.get((lib, "proxy"), {}), by.get((lib, "proxy407"), {})
+        seen = ("yes" if a.get("seen_authorization") == PROBE_TOKEN else f"no ({a.get('seen_authorization')})"
+                ) if "status" in a else f"? {a.get('error', '')}"
+        chal = (f"{a['status']}: " + " / ".join(f"`{v}`" for v in a["www_authenticate"]) +
+                (" (only the last of the two)" if len(a["www_authenticate"]) < 2 else "")) if "status" in a else "?"
+        prox = f"ok ({p['bytes']:,} bytes)" if p.get("ok") else f"FAILED: {p.get('error', '?')}"
+        wrong = ("connected (no check?)" if w.get("ok") else
+                 f"{w.get('status') or 'no status'}: {w.get('error', '?')}"
+                 + ("; **the password is in the error text**" if w.get("password_in_error") else ""))
+        lines.append(f"| {lib} | {seen} | {chal} | {prox} | {wrong} |")
+    return lines
+
+
 def print_check(c: Dict[str, Any]) -> None:
     print(("ok     " if "error" not in c else "FAILED ") + c["what"] + (f": {c['error']}" if "error" in c else ""),
           flush=True)
@@ -782,7 +982,9 @@ def versions() -> Dict[str, str]:
 # checked in each one's documentation and in the installed source (file:line at the versions above).
 FEATURES = [
     ("websocket-client", "yes: `header=` list/dict on create_connection",
-     "yes: `WebSocketBadStatusException.status_code`, `.resp_headers`, `.resp_body` (channel.py uses them today)",
+     "partly: `WebSocketBadStatusException.status_code`, `.resp_headers`, `.resp_body` (channel.py uses them "
+     "today), but `resp_headers` is a dict that keeps only the LAST `WWW-Authenticate` header (_http.py "
+     "`read_headers`; probe below)",
      "yes: `sslopt={'ca_certs': ...}` or `sslopt={'context': SSLContext}` (_http.py `_ssl_socket`)",
      "yes: `http_proxy_host/port`, `proxy_type='http'` sends CONNECT; `http_proxy_auth=(user, pw)` → Basic "
      "Proxy-Authorization (_http.py `_tunnel`); 407 → WebSocketProxyException"),
@@ -804,14 +1006,19 @@ FEATURES = [
      "HTTPProxyConnectProtocol); socks4/5 and https:// proxies through python-socks"),
 ]
 FEATURE_SOURCES = [
-    "websocket-client: https://websocket-client.readthedocs.io/en/latest/examples.html (headers, proxies, sslopt)",
+    "websocket-client: https://pypi.org/project/websocket-client/0.47.0 (“HTTP Proxy … using CONNECT method”), "
+    "https://tessl.io/registry/tessl/pypi-websocket-client/files/docs/websocket-core.md (connect: header, sslopt); "
+    "installed _http.py (_tunnel, _ssl_socket), _handshake.py, _exceptions.py",
     "websockets: https://websockets.readthedocs.io/en/stable/reference/asyncio/client.html (connect: "
-    "additional_headers, proxy, ssl), https://websockets.readthedocs.io/en/14.1/faq/client.html "
-    "(“How do I set HTTP headers?”), https://websockets.readthedocs.io/en/stable/reference/exceptions.html",
-    "aiohttp: https://docs.aiohttp.org/en/stable/client_reference.html (ClientSession.ws_connect: headers, "
-    "proxy, proxy_auth, proxy_headers, ssl; WSServerHandshakeError)",
-    "picows: https://picows.readthedocs.io/en/stable/reference.html (ws_connect: extra_headers, ssl_context, "
-    "proxy; WSHandshakeError)",
+    "additional_headers, proxy, ssl), https://websockets.readthedocs.io/en/14.1/faq/client.html (“How do I set HTTP "
+    "headers?”), https://websockets.readthedocs.io/en/stable/topics/proxies.html (“authenticates automatically when the "
+    "address of the proxy includes credentials”); installed exceptions.py (InvalidStatus.response), proxy.py",
+    "aiohttp: its client reference page is not in the searchable docs; https://docs.aiohttp.org/en/v3.14.1/_modules/"
+    "aiohttp/client_ws.html (decode_text); installed client.py (ws_connect: headers, proxy, proxy_auth, proxy_headers, "
+    "ssl; WSServerHandshakeError with status and headers), connector.py (CONNECT for TLS through a proxy)",
+    "picows: https://pypi.org/project/picows (its own benchmark runs every client on uvloop); its reference page is "
+    "not in the searchable docs, so the installed docstrings: api.py ws_connect (extra_headers, ssl_context, proxy), "
+    "common.py (WSHandshakeError.response), proxy.py (HTTPProxyConnectProtocol)",
 ]
 
 
@@ -854,7 +1061,7 @@ def cpu_per_mb_scores(rows: List[Dict[str, Any]], tls: bool = False) -> Dict[str
     return {v: math.exp(sum(map(math.log, xs)) / len(xs)) for v, xs in vals.items()}
 
 
-def recommend(rows: List[Dict[str, Any]]) -> List[str]:
+def recommend(rows: List[Dict[str, Any]], probes: Optional[List[Dict[str, Any]]] = None) -> List[str]:
     """The choice by numbers: rank the one-loop variants by CPU per MB, plain and over TLS, and
     compare with today's path. All four libraries support the auth, TLS and proxy paths
     (FEATURES), so features do not decide; keeping websocket-client's tested handshake does, when
@@ -898,7 +1105,7 @@ def recommend(rows: List[Dict[str, Any]]) -> List[str]:
         ratio_tls = own_tls / tls_loops[best_tls] if own_tls and best_tls else 1.0
         if max(ratio, ratio_tls) <= 1.15:
             lines.append("Recommendation: (b) — keep websocket-client for the upgrade (Basic/Bearer/Kerberos headers, the "
-                         "401's WWW-Authenticate, the private CA, the CONNECT proxy: all already tested on that path) and "
+                         "401 handling, the private CA, the CONNECT proxy: all already tested on that path) and "
                          "read frames from its socket in one selectors loop with a small decoder: "
                          + ("the cheapest" if ratio <= 1 else f"{ratio - 1:.0%} above the cheapest ({best})") + " plain, "
                          + ("the cheapest" if ratio_tls <= 1 else f"{ratio_tls - 1:.0%} above the cheapest ({best_tls})")
@@ -909,6 +1116,13 @@ def recommend(rows: List[Dict[str, Any]]) -> List[str]:
                          f"{ratio_tls:.2f}× over TLS; {other} supports the auth headers, the 401's headers, a private CA "
                          "and a CONNECT proxy (table below), but the upgrade path and its error mapping would have to be "
                          "redone and retested on it.")
+    refused = next((p for p in probes or [] if p["library"] == "websocket-client" and p["kind"] == "auth401"), None)
+    if refused and "status" in refused and len(refused["www_authenticate"]) < 2:
+        lines.append("Caveat for (a) and (b) alike: websocket-client hands over only the last `WWW-Authenticate` header "
+                     f"of a refused upgrade (the probe got {refused['www_authenticate']} of `Negotiate` and "
+                     "`Basic realm=\"bench\"`), so a Kerberos challenge that comes first is not seen; the 401 "
+                     "handling must not depend on it (or read the raw response itself). websockets, aiohttp and "
+                     "picows give every value.")
     return lines
 
 
@@ -964,7 +1178,12 @@ def write_report(out: Path, doc: Dict[str, Any]) -> Tuple[Path, Path]:
               "| custom SSL context (private CA) | HTTP CONNECT proxy + Proxy-Authorization |",
               "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(f)} |" for f in FEATURES]
-    lines += ["", "Checked against: " + "; ".join(FEATURE_SOURCES) + "; and the installed sources.",
+    if doc.get("probes"):
+        lines += ["", "Probed here, each library in its own process against the bench server (a 401 with "
+                  "`WWW-Authenticate: Negotiate` and `WWW-Authenticate: Basic realm=\"bench\"`, as IIS answers when "
+                  "Kerberos and Basic are enabled; a CONNECT proxy that wants Basic credentials and alone can resolve "
+                  f"`{PROXY_ONLY_HOST}`):", ""] + probe_table(doc["probes"])
+    lines += ["", "Checked against: " + "; ".join(FEATURE_SOURCES) + ".",
               "", "## Recommendation", ""] + doc["recommendation"]
     mpath.write_text("\n".join(lines) + "\n")
     return jpath, mpath
@@ -992,6 +1211,7 @@ def parent_main(args: argparse.Namespace) -> int:
         server = subprocess.Popen([sys.executable, __file__, "--serve", str(workdir), "--lifetime", str(args.budget + 300)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=client_env())
         rows: List[Dict[str, Any]] = []
+        probes: List[Dict[str, Any]] = []
         skipped: List[str] = []
         try:
             ports = json.loads(server.stdout.readline())
@@ -1012,6 +1232,8 @@ def parent_main(args: argparse.Namespace) -> int:
                     r["what"] = f"({LETTER[v]}) {v}: {what}"
                     checks.append(r)
                     print_check(r)
+
+            probes = run_probes(plain, ports["tls"], ports["proxy"], ca_file)
 
             def run(variant: str, streams: int, conns: int, *, tls_on: bool = False, parse: bool = False) -> None:
                 k = k_for(sizes[streams], conns, args.parse_mb if parse else args.mb)
@@ -1060,10 +1282,10 @@ def parent_main(args: argparse.Namespace) -> int:
            "machine": {"cpus": os.cpu_count(), "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
                        "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()]},
            "versions": versions(), "args": vars(args), "sizes": {str(k): v for k, v in sizes.items()},
-           "checks": checks, "cases": aggregate(rows), "rows": rows, "skipped": skipped,
+           "checks": checks, "probes": probes, "cases": aggregate(rows), "rows": rows, "skipped": skipped,
            "best_one_loop": best, "best_library": best_lib,
            "runtime_s": round(time.monotonic() - started, 1)}
-    doc["recommendation"] = recommend(rows)
+    doc["recommendation"] = recommend(rows, probes)
     jpath, mpath = write_report(out, doc)
     print("\n".join(doc["recommendation"]))
     print(f"{mpath}\n{jpath}\n{doc['runtime_s']} s")
@@ -1079,6 +1301,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=8, help="distinct messages captured per set")
     ap.add_argument("--budget", type=float, default=270.0, help="seconds after which no new run starts")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results")))
+    ap.add_argument("--report", metavar="JSON", help="rewrite the .md of an earlier run from its .json (no run)")
     # internal: the server and client processes
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--lifetime", type=float, default=900.0, help=argparse.SUPPRESS)
@@ -1090,9 +1313,20 @@ def main() -> int:
     ap.add_argument("--cafile", help=argparse.SUPPRESS)
     ap.add_argument("--parse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--probe", choices=("auth401", "proxy", "proxy407"), help=argparse.SUPPRESS)
+    ap.add_argument("--library", choices=PROBE_LIBRARIES, help=argparse.SUPPRESS)
+    ap.add_argument("--proxy-port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(Path(args.serve), args.lifetime)
+        return 0
+    if args.report:
+        doc = json.loads(Path(args.report).read_text())
+        doc["cases"], doc["recommendation"] = aggregate(doc["rows"]), recommend(doc["rows"], doc.get("probes"))
+        print(write_report(Path(args.report).parent, doc)[1])
+        return 0
+    if args.probe:
+        print(json.dumps(probe(args.library, args.probe, args.url, args.cafile, args.proxy_port)), flush=True)
         return 0
     if args.client:
         args.conns = args.conns[0]
