@@ -1,6 +1,7 @@
 """The ``pi_websocket`` Spark data source: PI Web API channels as a Structured Streaming source."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -50,9 +51,15 @@ def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
+#: live rows travel from the driver's reader through the JVM to a Python worker inside each task:
+#: zstd makes them ~6× smaller (158 → 27 bytes a row of PI's shape: WebIDs, names and paths repeat)
+#: and costs less CPU than the copy it saves
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
+
+
 def _ipc(batches: List[pa.RecordBatch]) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, BUFFER_SCHEMA) as writer:
+    with pa.ipc.new_stream(sink, BUFFER_SCHEMA, options=_IPC_OPTIONS) as writer:
         for b in batches:
             writer.write_batch(b)
     return sink.getvalue().to_pybytes()
@@ -233,6 +240,10 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 rec.start()
             self._started = True
 
+    def _paused(self) -> Any:
+        """Planning holds the receiving loop (``ReceiveLoop.paused``), when there is one."""
+        return self._loop.paused() if self._loop is not None else contextlib.nullcontext()
+
     def _raise_failures(self) -> None:
         for rec in self._receivers:
             if rec.failure is not None:
@@ -285,7 +296,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             O.check_version(start)
         except ValueError as exc:
             raise PIDataLossError(f"pi_websocket: {exc}") from None
-        end, plan = self._plan(start, limit)
+        with self._paused():
+            end, plan = self._plan(start, limit)
         if end is start:
             return start
         self._plans[_key(end)] = plan
@@ -408,7 +420,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             plan = self._plans.pop(_key(end), None)
             if plan is None:                              # not planned by latestOffset here: plan it again
                 self._ensure_started()
-                _, plan = self._plan(start, targets={int(k): (v[0], v[1]) for k, v in end["seq"].items()})
+                with self._paused():
+                    _, plan = self._plan(start, targets={int(k): (v[0], v[1]) for k, v in end["seq"].items()})
             source = "backfill"
         else:
             plan = self._rebuild(start, end)
@@ -423,7 +436,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         parts: List[InputPartition] = [PIArchivePartition(0, calls, source) for calls in
                                        group_ranges(plan.ranges, self.opts.archive_tasks, chunk, rate,
                                                     self.opts.max_archive_records_per_trigger)]
-        packed = _pack(plan.live, self.opts.rows_per_partition)
+        with self._paused():
+            packed = _pack(plan.live, self.opts.rows_per_partition)
         log.debug("planned %d live rows in %d partitions and %d archive partitions",
                   sum(p.rows for p in packed), len(packed), len(parts))
         return parts + packed
