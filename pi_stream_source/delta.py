@@ -124,7 +124,9 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
 
     ``mode`` skips the look at the rows when the caller knows better: ``"append"`` appends in one
     job without Delta's transaction-id lookup (only for a batch that cannot be in the table yet),
-    ``"merge"`` merges whatever the rows are (a batch that may be a re-run).
+    ``"merge"`` merges whatever the rows are (a batch that
+    may be a re-run). Every commit carries ``commit_marker(app_id, batch_id)`` as its
+    ``userMetadata``: ``batch_landed`` reads them back.
 
     A MERGE carries ``txnAppId``/``txnVersion`` too (Delta's idempotent DML), so a re-run of a
     merged batch is skipped as a whole: its rows without a timestamp, which no key can match, land
@@ -133,7 +135,7 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
     concurrent one (OPTIMIZE, another writer) is retried ``CONFLICT_RETRIES`` times."""
     spark = batch.sparkSession
     if mode == "append":
-        writer = batch.write.format("delta").mode("append").option("userMetadata", f"{app_id} batch {batch_id}")
+        writer = batch.write.format("delta").mode("append").option("userMetadata", commit_marker(app_id, batch_id))
         _, retries = _retry_conflicts(f"append of batch {batch_id}",
                                       lambda: writer.save(table) if is_path(table) else writer.saveAsTable(table))
         return {"appended": -1, "merged": 0, "keyless": -1, "retries": retries}
@@ -162,12 +164,38 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
                     "by_source": by_source}
         retries = 0
         if plain:
-            writer = batch.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+            writer = (batch.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id)
+                      .option("userMetadata", commit_marker(app_id, batch_id)))
             _, retries = _retry_conflicts(f"append of batch {batch_id}",
                                           lambda: writer.save(table) if is_path(table) else writer.saveAsTable(table))
         return {"appended": plain, "merged": 0, "keyless": keyless, "retries": retries, "by_source": by_source}
     finally:
         batch.unpersist()
+
+
+def commit_marker(app_id: str, batch_id: int) -> str:
+    """The ``userMetadata`` of every commit ``write_batch`` makes."""
+    return f"{app_id} batch {batch_id}"
+
+
+def batch_landed(spark: SparkSession, table: str, app_id: str, batch_id: int, depth: int = 50) -> Optional[bool]:
+    """Is ``batch_id`` of this stream in the table already? The first batch after a restart is the
+    last one Spark planned: it may have landed before the process died (its commit not recorded in
+    the checkpoint) or not. The table's newest commits are read back for ``write_batch``'s markers,
+    newest first: this batch's marker → True; an earlier batch's marker first → False (batches land
+    in order, so nothing of this one is there); neither among the last ``depth`` commits (other
+    writers, OPTIMIZE) → None (unknown: the caller merges)."""
+    prefix = commit_marker(app_id, 0)[:-1]
+    for commit in _delta_table(spark, table).history(depth).select("operation", "userMetadata").collect():
+        meta = commit.userMetadata or ""
+        if not meta.startswith(prefix) or commit.operation not in ("WRITE", "MERGE", "CREATE TABLE AS SELECT"):
+            continue
+        try:
+            landed = int(meta[len(prefix):])
+        except ValueError:
+            continue
+        return True if landed == batch_id else (False if landed < batch_id else None)
+    return None
 
 
 def planned_plain(spark: SparkSession, checkpoint: str, batch_id: int) -> Optional[bool]:
@@ -239,6 +267,7 @@ def _merge(spark: SparkSession, rows: DataFrame, table: str, size: int = 0,
         # is skipped, so a merged batch run again cannot insert its keyless rows twice
         settings["spark.databricks.delta.write.txnAppId"] = txn[0]
         settings["spark.databricks.delta.write.txnVersion"] = str(txn[1])
+        settings["spark.databricks.delta.commitInfo.userMetadata"] = commit_marker(*txn)
     if size > 500_000:
         # a big batch (a restart's replay): Spark may under-estimate the staged Parquet and try to
         # broadcast millions of rows from the driver (seen in the soak run: out of memory)
@@ -281,10 +310,10 @@ def create_health_table(spark: SparkSession, table: str) -> None:
 def appended_rows(spark: SparkSession, table: str, app_id: str, batch_id: int) -> Optional[int]:
     """The rows ``write_batch``'s plain append of ``batch_id`` wrote (its commit's ``numOutputRows``,
     found by its ``userMetadata`` among the table's last commits), or None."""
-    marker = f"{app_id} batch {batch_id}"
+    marker = commit_marker(app_id, batch_id)
     for commit in _delta_table(spark, table).history(10).select("userMetadata", "operationMetrics").collect():
-        if commit.userMetadata == marker and commit.operationMetrics:
-            return int(commit.operationMetrics.get("numOutputRows", 0))
+        if commit.userMetadata == marker and commit.operationMetrics and "numOutputRows" in commit.operationMetrics:
+            return int(commit.operationMetrics["numOutputRows"])
     return None
 
 
@@ -352,8 +381,19 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
     first = [True]
 
     def land(batch: DataFrame, batch_id: int) -> None:
+        restart = first[0] and batch_id > 0
         mode = batch_mode(batch.sparkSession, checkpoint, batch_id, first[0])
         first[0] = False
+        if restart:
+            # the batch Spark runs again after a restart: in the table already (skipped: no MERGE
+            # over the table), or never landed, or unknown (merged: a rebuilt batch re-reads
+            # lateDataOverlap below its start, rows the table holds)
+            if batch_landed(batch.sparkSession, table, app_id, batch_id):
+                log.info("batch %d → %s: landed before the restart (its commit is in the table); skipped", batch_id, table)
+                if recorder is not None:
+                    recorder.batch_done(batch_id, None,
+                                        rows_total=lambda: appended_rows(batch.sparkSession, table, app_id, batch_id))
+                return
         counts = write_batch(batch, batch_id, table, app_id, staging, mode=mode)
         log.info("batch %d → %s: %s appended, %d merged, %s without a timestamp, %d commit conflicts retried",
                  batch_id, table, "all" if counts["appended"] < 0 else counts["appended"], counts["merged"],

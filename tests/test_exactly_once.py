@@ -190,3 +190,60 @@ def test_batch_in_delta_but_not_in_the_checkpoint_is_not_doubled(spark, simulato
     assert sum(len(r) for r in landed_by_tag(spark, table).values()) > rows_before
     assert_prefix_exact(spark, table, sim, checkpoint_start(ck))      # no key twice, nothing lost
 
+
+
+def _history(spark, table):
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, table).history().select("version", "operation", "userMetadata").orderBy("version").collect()
+
+
+def test_restart_appends_a_batch_that_never_landed_and_skips_one_that_did(spark, simulator, tmp_path):
+    """The batch Spark runs again after a restart: when the table's commits show it never landed
+    (an earlier batch's commit is the newest of this stream), write_stream appends it instead of a
+    MERGE over the table; when its commit is there (the process died between Delta's commit and
+    Spark's), it is skipped, no second commit. Both ways the table stays exact."""
+    sim = simulator(tags=4, rate=5, seed=173)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    app = f"pi_stream_source:{ck}"
+    q = start_stream(spark, sim, table, ck, merge=True)
+    log = Path(table, "_delta_log")
+    try:
+        wait_until(lambda: len(list(log.glob("*.json"))) >= 4 or q.exception() is not None, 120, what="4 commits")
+        newest = max(int(f.name[:20]) for f in log.glob("*.json"))
+        garbage = log / f"{newest + 1:020d}.json"
+        garbage.write_text("not a Delta commit\n")           # the next batch's commit fails: the query dies
+        wait_until(lambda: not q.isActive, 120, what="the query to fail")
+    finally:
+        q.stop()
+    garbage.unlink()
+    done = {int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit()}
+    planned = {int(p.name) for p in Path(ck, "offsets").iterdir() if p.name.isdigit()}
+    (k,) = planned - done                                    # planned, never landed
+    q = start_stream(spark, sim, table, ck, merge=True)
+    wait_until(lambda: Path(ck, "commits", str(k)).exists() or q.exception() is not None, 120, what=f"batch {k} again")
+    values_flowed(sim, 40)
+    finish(q, sim)
+    assert q.exception() is None
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+    ops = {r.userMetadata: r.operation for r in _history(spark, table) if r.userMetadata}
+    assert ops.get(f"{app} batch {k}") == "WRITE", ops      # an append, not a MERGE over the table
+
+    # the other window: its commit is in the table, Spark's record of it is not
+    last = max(int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit())
+    Path(ck, "commits", str(last)).unlink()
+    for crc in Path(ck, "commits").glob(f".{last}.crc"):
+        crc.unlink()
+    q = start_stream(spark, sim, table, ck, merge=True)
+    wait_until(lambda: Path(ck, "commits", str(last)).exists() or q.exception() is not None, 120,
+               what=f"batch {last} run again")
+    values_flowed(sim, 40)
+    finish(q, sim)
+    assert q.exception() is None
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+    history = _history(spark, table)
+    marked = [r for r in history if r.userMetadata == f"{app} batch {last}"]
+    assert len(marked) == 1, marked                          # landed once, not again after the restart
+    after = [r for r in history if r.version == marked[0].version + 1]
+    assert after and (after[0].userMetadata or "").startswith(f"{app} batch "), after   # the next batch's commit
+    assert int(after[0].userMetadata.rsplit(" ", 1)[1]) > last
