@@ -170,7 +170,9 @@ class ShardBuffer:
 
 
 class ChannelReceiver(threading.Thread):
-    """Keeps one channel open and parses each message into the shard's buffer. Each time the channel
+    """Keeps one channel open; each message is parsed into the shard's buffer (``_on_message``), by
+    the reader's receiving loop (``wsloop.ReceiveLoop``, option ``receiver=loop``) or by this thread
+    (``receiver=threads``). Each time the channel
     opens it asks PI for every stream's newest value (the connection's cutoff) and records it in the
     buffer (``ShardBuffer.new_epoch``): the planner reads what PI archived up to the cutoff from the
     archive, on executors, and decides which live values the archive read covers."""

@@ -60,7 +60,7 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
     "tagsPerChannel": ("500", "most streams in one channel (one channel and one partition per shard)"),
     "maxUrlLength": ("4096", "a channel URL is kept under this many characters (shards split further)"),
     "receiver": ("loop", "loop: one thread reads every channel's frames (selectors); threads: a thread per channel "
-                         "reads its own (the path before 0.9; for comparison)"),
+                         "reads its own (the earlier path, ~4x the CPU; kept for comparison)"),
     "heartbeatRate": ("2", "server sends an empty message after this many idle polling intervals"),
     "stallTimeout": ("30s", "no message nor heartbeat for this long: the channel is reconnected"),
     "reconnectBackoff": ("0.5s", "first wait before reconnecting; doubles up to reconnectBackoffMax"),
