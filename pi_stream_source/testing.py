@@ -41,6 +41,32 @@ def checkpoint_start(checkpoint: str) -> int:
     return start
 
 
+def checkpoint_reach(checkpoint: str) -> Dict[str, int]:
+    """Per stream (``webid.stream_key``), the oldest PI time (epoch µs) a batch of the query took
+    below the query's start: a value older than the start that reached a channel only after it
+    opened is kept, and its batch's offset records how far back it reached (``"from"``) so a
+    rebuilt batch reads the same. An exactness oracle starts each stream there."""
+    import json
+    import os
+
+    from .offsets import decode_marks
+    from .pitime import TICKS_PER_MICRO
+
+    folder = os.path.join(checkpoint, "offsets")
+    out: Dict[str, int] = {}
+    for name in (n for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else ():
+        with open(os.path.join(folder, name), encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        for line in lines[2:]:
+            doc = json.loads(line)
+            doc = json.loads(doc) if isinstance(doc, str) else doc
+            if isinstance(doc, dict) and doc.get("from"):
+                for key, ticks in decode_marks(doc["from"]).items():
+                    micros = (int(ticks) + 1) // TICKS_PER_MICRO      # the mark is the taken value's time − 1 tick
+                    out[key] = min(out.get(key, micros), micros)
+    return out
+
+
 def archive_window(sim: Any, start: int, ends: Dict[str, int]) -> Dict[str, List[Tuple[int, Any]]]:
     """What PI archived per WebID from ``start`` to that WebID's end (both inclusive)."""
     return {w: sim.archive(w, start, end) for w, end in ends.items()}

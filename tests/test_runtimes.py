@@ -18,7 +18,8 @@ from pi_stream_source.compat import (DataSourceStreamReader, InputPartition, Rea
                                      admission_control, default_limit)
 from pi_stream_source.local_spark import has_delta
 from pi_stream_source.pitime import to_datetime
-from pi_stream_source.testing import checkpoint_start, wait_until
+from pi_stream_source.testing import checkpoint_reach, checkpoint_start, wait_until
+from pi_stream_source.webid import stream_key
 
 SINK = "delta" if has_delta() else "parquet"
 
@@ -179,13 +180,15 @@ def _finish(query, sim, spark, table, timeout=120):
         sim.set_stalled(False)
 
 
-def _assert_archive_exact(rows, sim, start, duplicates_from=()):
-    """Each tag's rows are PI's archive from ``start`` to its newest row: none lost, none doubled
-    (an extra copy is allowed only with a source in ``duplicates_from``)."""
+def _assert_archive_exact(rows, sim, start, duplicates_from=(), reach=None):
+    """Each tag's rows are PI's archive from ``start`` (or from where the query's offsets say it
+    reached below it, ``reach``) to its newest row: none lost, none doubled (an extra copy is
+    allowed only with a source in ``duplicates_from``)."""
     assert set(rows) == {t.webid for t in sim.tags}
     for tag in sim.tags:
         got = rows[tag.webid]
-        want = [(ts, float(v)) for ts, v in sim.archive(tag.webid, start, got[-1][0])]
+        lower = min(start, (reach or {}).get(stream_key(tag.webid), start))
+        want = [(ts, float(v)) for ts, v in sim.archive(tag.webid, lower, got[-1][0])]
         copies = collections.defaultdict(list)
         for ts, v, s in got:
             copies[(ts, v)].append(s)
@@ -201,7 +204,7 @@ def test_stream_lands_every_value_on_this_runtime(zoned, simulator, tmp_path):
     q = _start(spark, sim, table, ck, tagsPerChannel=3)
     wait_until(lambda: sim.stats["values_sent"] >= 6 * 5 * 3 or q.exception() is not None, 120, what="3 s of values")
     _finish(q, sim, spark, table)
-    _assert_archive_exact(_rows(spark, table), sim, checkpoint_start(ck))
+    _assert_archive_exact(_rows(spark, table), sim, checkpoint_start(ck), reach=checkpoint_reach(ck))
     # from the progress' JSON: pyspark 4.0's progress dict holds str() of the parsed offset
     shown = json.loads(q.lastProgress.json)["sources"][0]["latestOffset"]
     shown = json.loads(shown) if isinstance(shown, str) else shown
@@ -223,7 +226,7 @@ def test_max_records_per_trigger_caps_batches_on_this_runtime(zoned, simulator, 
     sizes = [p["numInputRows"] for p in q.recentProgress if p["numInputRows"]]
     live = sizes[1:]                               # the first batch also carries the start-up bridge
     assert live and max(live) <= 40 and 40 in live, sizes
-    _assert_archive_exact(_rows(spark, table), sim, checkpoint_start(ck))
+    _assert_archive_exact(_rows(spark, table), sim, checkpoint_start(ck), reach=checkpoint_reach(ck))
 
 
 def test_available_now_lands_the_archive_and_stops_on_this_runtime(zoned, simulator, tmp_path):
