@@ -296,6 +296,12 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             O.check_version(start)
         except ValueError as exc:
             raise PIDataLossError(f"pi_websocket: {exc}") from None
+        # Spark asks for the next offset only once the batch ending at ``start`` is done, but tells
+        # the source to commit it only after it planned a new batch: the rows of that batch, still
+        # held against maxBufferRecords, stopped the channels when it took the whole budget, so
+        # no new batch came and the stream stalled (seen at 100,000 tags in channels of 1,000). Its
+        # partitions carry their rows: the buffers can let them go now.
+        self.commit(start)
         with self._paused():
             end, plan = self._plan(start, limit)
         if end is start:

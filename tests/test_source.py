@@ -215,6 +215,25 @@ def test_fragmented_and_big_frames_on_every_channel_land_exactly_through_one_rec
     assert totals["malformedFrames"] == 0 and totals["reconnects"] == 0
 
 
+def test_a_batch_that_takes_the_whole_buffer_budget_does_not_stall_the_stream(spark, simulator, tmp_path):
+    """maxBufferRecords at its minimum (1,000) and 1,000 values/s with a 3 s trigger: a batch takes
+    the whole budget, the channels stop reading. Spark tells the source to commit a batch only after
+    it planned the next one; the reader must let the done batch's rows go when it is asked for the
+    next offset, or no next batch ever comes."""
+    sim = simulator(tags=50, rate=20, seed=23)
+    q, table, ck = run(spark, sim, tmp_path, seconds_of_values=1, maxBufferRecords=1000, trigger="3 seconds")
+    wait_until(lambda: len([p for p in q.recentProgress if p["numInputRows"] >= 1000]) >= 1
+               or q.exception() is not None, 120, what="a batch of the whole budget")
+    base = sim.stats["values_sent"]
+    wait_until(lambda: sim.stats["values_sent"] > base + 5000 or q.exception() is not None, 60,
+               what="the channels reading again (5 s of values sent after the full batch)")
+    wait_until(lambda: len([p for p in q.recentProgress if p["numInputRows"]]) >= 4 or q.exception() is not None,
+               120, what="batches after the full one")
+    finish(q, sim, spark, table)
+    got, dupes, _ = landed(spark, table)
+    assert not dupes and got == expected(sim, checkpoint_start(ck))
+
+
 def test_tls_with_private_ca_and_basic_auth(spark, simulator, tmp_path):
     sim = simulator(tags=3, rate=5, tls=True, auth="basic")
     assert sim.url.startswith("https://")
