@@ -124,9 +124,8 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
 
     ``mode`` skips the look at the rows when the caller knows better: ``"append"`` appends in one
     job without Delta's transaction-id lookup (only for a batch that cannot be in the table yet),
-    ``"merge"`` merges whatever the rows are (a batch that
-    may be a re-run). Every commit carries ``commit_marker(app_id, batch_id)`` as its
-    ``userMetadata``: ``batch_landed`` reads them back.
+    ``"merge"`` merges whatever the rows are (a batch that may be a re-run). Every commit carries
+    ``commit_marker(app_id, batch_id)`` as its ``userMetadata``: ``batch_landed`` reads them back.
 
     A MERGE carries ``txnAppId``/``txnVersion`` too (Delta's idempotent DML), so a re-run of a
     merged batch is skipped as a whole: its rows without a timestamp, which no key can match, land
@@ -175,7 +174,11 @@ def write_batch(batch: DataFrame, batch_id: int, table: str, app_id: str,
 
 def commit_marker(app_id: str, batch_id: int) -> str:
     """The ``userMetadata`` of every commit ``write_batch`` makes."""
-    return f"{app_id} batch {batch_id}"
+    return f"{_marker_prefix(app_id)}{batch_id}"
+
+
+def _marker_prefix(app_id: str) -> str:
+    return f"{app_id} batch "
 
 
 def batch_landed(spark: SparkSession, table: str, app_id: str, batch_id: int, depth: int = 50) -> Optional[bool]:
@@ -185,7 +188,7 @@ def batch_landed(spark: SparkSession, table: str, app_id: str, batch_id: int, de
     newest first: this batch's marker → True; an earlier batch's marker first → False (batches land
     in order, so nothing of this one is there); neither among the last ``depth`` commits (other
     writers, OPTIMIZE) → None (unknown: the caller merges)."""
-    prefix = commit_marker(app_id, 0)[:-1]
+    prefix = _marker_prefix(app_id)
     for commit in _delta_table(spark, table).history(depth).select("operation", "userMetadata").collect():
         meta = commit.userMetadata or ""
         if not meta.startswith(prefix) or commit.operation not in ("WRITE", "MERGE", "CREATE TABLE AS SELECT"):
@@ -381,10 +384,8 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
     first = [True]
 
     def land(batch: DataFrame, batch_id: int) -> None:
-        restart = first[0] and batch_id > 0
-        mode = batch_mode(batch.sparkSession, checkpoint, batch_id, first[0])
-        first[0] = False
-        if restart:
+        is_first, first[0] = first[0], False
+        if is_first and batch_id > 0:
             # the batch Spark runs again after a restart: in the table already (skipped: no MERGE
             # over the table), or never landed, or unknown (merged: a rebuilt batch re-reads
             # lateDataOverlap below its start, rows the table holds)
@@ -394,6 +395,7 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
                     recorder.batch_done(batch_id, None,
                                         rows_total=lambda: appended_rows(batch.sparkSession, table, app_id, batch_id))
                 return
+        mode = batch_mode(batch.sparkSession, checkpoint, batch_id, is_first)
         counts = write_batch(batch, batch_id, table, app_id, staging, mode=mode)
         log.info("batch %d → %s: %s appended, %d merged, %s without a timestamp, %d commit conflicts retried",
                  batch_id, table, "all" if counts["appended"] < 0 else counts["appended"], counts["merged"],

@@ -46,9 +46,9 @@ def checkpoint_reach(checkpoint: str) -> Dict[str, int]:
     below the query's start: a value older than the start that reached a channel only after it
     opened is kept, and its batch's offset records how far back it reached (``"from"``) so a
     rebuilt batch reads the same. An exactness oracle starts each stream there."""
-    import json
     import os
 
+    from .health import source_offset
     from .offsets import decode_marks
     from .pitime import TICKS_PER_MICRO
 
@@ -56,14 +56,10 @@ def checkpoint_reach(checkpoint: str) -> Dict[str, int]:
     out: Dict[str, int] = {}
     for name in (n for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else ():
         with open(os.path.join(folder, name), encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-        for line in lines[2:]:
-            doc = json.loads(line)
-            doc = json.loads(doc) if isinstance(doc, str) else doc
-            if isinstance(doc, dict) and doc.get("from"):
-                for key, ticks in decode_marks(doc["from"]).items():
-                    micros = (int(ticks) + 1) // TICKS_PER_MICRO      # the mark is the taken value's time − 1 tick
-                    out[key] = min(out.get(key, micros), micros)
+            doc = source_offset(fh.read())
+        for key, ticks in decode_marks((doc or {}).get("from")).items():
+            micros = (int(ticks) + 1) // TICKS_PER_MICRO          # the mark is the taken value's time − 1 tick
+            out[key] = min(out.get(key, micros), micros)
     return out
 
 
