@@ -76,11 +76,20 @@ def child(spec: Dict[str, Any]) -> None:
         threading.Thread(target=trim, daemon=True).start()
         time.sleep(spec["warmup"])
         me, simp = psutil.Process(), psutil.Process(sim.proc.pid)
+        # this process and its receiving processes (option receiverProcesses), not the simulator
+        procs = [me] + [c for c in me.children(recursive=True) if c.pid != sim.proc.pid and
+                        sim.proc.pid not in {p.pid for p in c.parents()}]
+
+        def cpu_times() -> Any:
+            times = [p.cpu_times() for p in procs]
+            return argparse.Namespace(user=sum(t.user for t in times), system=sum(t.system for t in times),
+                                      reader=times[0].user + times[0].system)
 
         def sample():
             totals = reader._totals()[0]
-            return (time.monotonic(), totals["received"], sum(r.stats.messages for r in reader._receivers),
-                    me.cpu_times(), simp.cpu_times(), totals.get("receiveCpuSeconds"))
+            return (time.monotonic(), totals["received"], totals.get("receiveMessages") or
+                    sum(r.stats.messages for r in reader._receivers), cpu_times(), simp.cpu_times(),
+                    totals.get("receiveCpuSeconds"))
         a = sample()
         time.sleep(spec["seconds"])
         b = sample()
@@ -95,10 +104,12 @@ def child(spec: Dict[str, Any]) -> None:
             "messages_per_s": round((b[2] - a[2]) / dt_),
             "cpu_user_pct": round(100 * (b[3].user - a[3].user) / dt_, 1),
             "cpu_sys_pct": round(100 * (b[3].system - a[3].system) / dt_, 1),
+            "reader_process_cpu_pct": round(100 * (b[3].reader - a[3].reader) / dt_, 1),
             "receive_loop_cpu_pct": loop_cpu,
             "cpu_us_per_value": round(1e6 * ((b[3].user + b[3].system) - (a[3].user + a[3].system)) / max(1.0, b[1] - a[1]), 2),
             "simulator_cpu_pct": round(100 * ((b[4].user + b[4].system) - (a[4].user + a[4].system)) / dt_, 1),
-            "threads": me.num_threads(), "rss_mb": round(me.memory_info().rss / 2**20)}), flush=True)
+            "processes": len(procs), "threads": me.num_threads(),
+            "rss_mb": round(sum(p.memory_info().rss for p in procs) / 2**20)}), flush=True)
     finally:
         stop.set()
         if reader is not None:
@@ -112,6 +123,7 @@ def main() -> int:
     ap.add_argument("--tags", type=int, nargs="+", default=[10000, 100000])
     ap.add_argument("--rates", type=float, nargs="+", default=[1.0], help="values/s per tag at each level")
     ap.add_argument("--receiver", nargs="+", default=["loop", "threads"], choices=["loop", "threads"])
+    ap.add_argument("--processes", nargs="+", default=["0"], help="values of option receiverProcesses")
     ap.add_argument("--cpus", type=int, nargs="*", default=None, help="pin the reader to these CPUs")
     ap.add_argument("--option", action="append", default=[], help="KEY=VALUE, another source option")
     ap.add_argument("--seconds", type=float, default=15)
@@ -124,10 +136,10 @@ def main() -> int:
     extra = dict(kv.split("=", 1) for kv in args.option)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
     rows = []
-    for receiver in args.receiver:
+    for receiver, processes in [(r, p) for r in args.receiver for p in args.processes]:
         for tags in args.tags:
             for rate in args.rates:
-                r = measure(tags, rate, {**extra, "receiver": receiver}, args.seconds, args.warmup, args.cpus)
+                r = measure(tags, rate, {**extra, "receiver": receiver, "receiverProcesses": processes}, args.seconds, args.warmup, args.cpus)
                 print(json.dumps(r), flush=True)
                 rows.append(r)
                 if not r.get("sustains"):
@@ -135,16 +147,18 @@ def main() -> int:
     load = [round(x, 2) for x in os.getloadavg()]
     lines = [f"Receiving path alone, {stamp}; machine: {os.cpu_count()} cpus, load {load}; reader CPUs: "
              f"{args.cpus or 'all'}", "",
-             "| receiver | tags × rate | channels | offered/s | values/s | sustains | CPU % user+sys | loop thread % | µs CPU per value | simulator % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| receiver | receiving processes | tags × rate | channels | offered/s | values/s | sustains | CPU % user+sys "
+             "(reader + its receiving processes) | loops' CPU % | µs CPU per value | RSS MB | simulator % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['options'].get('receiver')} | {r['tags']} × {r['rate']:g} | error: {r['error'][-200:]!r} |")
             continue
-        lines.append(f"| {r['options']['receiver']} | {r['tags']:,} × {r['rate']:g} | {r['channels']} | {r['offered_per_s']:,.0f} | "
+        lines.append(f"| {r['options']['receiver']} | {r['options'].get('receiverProcesses', '0')} | {r['tags']:,} × {r['rate']:g} | "
+                     f"{r['channels']} | {r['offered_per_s']:,.0f} | "
                      f"{r['values_per_s']:,} | {'yes' if r['sustains'] else 'no'} | {r['cpu_user_pct']}+{r['cpu_sys_pct']} | "
                      f"{r['receive_loop_cpu_pct'] if r['receive_loop_cpu_pct'] is not None else ''} | {r['cpu_us_per_value']} | "
-                     f"{r['simulator_cpu_pct']} |")
+                     f"{r.get('rss_mb', '')} | {r['simulator_cpu_pct']} |")
     md = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
 from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
 from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
+from .receivers import ReceiverProcess, auto_processes
 from .wsloop import ReceiveLoop
 
 log = logging.getLogger(__name__)
@@ -151,8 +153,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._started = False
         self._budget = BufferBudget(options.max_buffer_records)
         self._buffers: List[ShardBuffer] = []
-        self._receivers: List[ChannelReceiver] = []
+        self._receivers: List[Any] = []                   # ChannelReceiver, or RemoteReceiver in a receiving process
         self._loop: Optional[ReceiveLoop] = None           # reads every channel's frames (option receiver=loop)
+        self._procs: List[ReceiverProcess] = []              # receiving processes (option receiverProcesses)
         self._rest: Optional[PIRestClient] = None
         self._initial: Optional[Dict[str, Any]] = None
         self._target: Optional[Dict[int, int]] = None
@@ -226,18 +229,31 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if self._started:
                 return
             initial = self.opts.starting_position == "snapshot"
-            if self.opts.receiver == "loop":
-                self._loop = ReceiveLoop(self._budget, name=f"pi-receive-{self.run_id[:6]}")
-                self._loop.start()
-            for index, shard in enumerate(self.shards()):
-                buf = ShardBuffer(self._budget)
-                rec = ChannelReceiver(index, [s.webid for s in shard], self.opts, buf, self.rest, initial_values=initial,
-                                      element=self._element, known={s.webid: (s.name, s.path) for s in shard},
-                                      loop=self._loop)
-                self._buffers.append(buf)
-                self._receivers.append(rec)
-            for rec in self._receivers:
-                rec.start()
+            shards = self.shards()
+            self._buffers = [ShardBuffer(self._budget) for _ in shards]
+            known = [{s.webid: (s.name, s.path) for s in shard} for shard in shards]
+            nproc = self.opts.receiver_processes
+            nproc = min(len(shards), auto_processes(os.cpu_count(), len(shards)) if nproc is None else nproc)
+            if nproc > 0:
+                # the channels run in child processes (receivers.py); shards are dealt out in turn
+                self._procs = [ReceiverProcess(i, self.opts, [(k, [s.webid for s in shards[k]], known[k])
+                                                              for k in range(i, len(shards), nproc)],
+                                               self._buffers, self._budget, initial, self._element, self.run_id)
+                               for i in range(nproc)]
+                by_shard = {k: rec for p in self._procs for k, rec in p.receivers.items()}
+                self._receivers = [by_shard[k] for k in range(len(shards))]
+                for proc in self._procs:
+                    proc.start()
+            else:
+                if self.opts.receiver == "loop":
+                    self._loop = ReceiveLoop(self._budget, name=f"pi-receive-{self.run_id[:6]}")
+                    self._loop.start()
+                self._receivers = [ChannelReceiver(k, [s.webid for s in shard], self.opts, self._buffers[k], self.rest,
+                                                   initial_values=initial, element=self._element, known=known[k],
+                                                   loop=self._loop)
+                                   for k, shard in enumerate(shards)]
+                for rec in self._receivers:
+                    rec.start()
             self._started = True
 
     def _paused(self) -> Any:
@@ -493,8 +509,13 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         errors = [m["lastError"] for m in shards.values() if m.get("lastError")]
         totals["lastError"] = errors[-1] if errors else None
         totals["receiver"] = self.opts.receiver
+        totals["receiverProcesses"] = len(self._procs)
         if self._loop is not None:       # the receiving loop's work (its CPU time: near 1 s per s = one core, its limit)
             totals.update(self._loop.metrics())
+        elif self._procs:                # summed over the processes' loops (each one's limit: one core)
+            loops = [p.metrics() for p in self._procs]
+            totals.update({k: sum(m.get(k) or 0 for m in loops) for k in ("receiveMessages", "receiveBytes", "receiveCpuSeconds")})
+            totals["receiverRestarts"] = sum(p.restarts for p in self._procs)
         return totals, shards
 
     def reportLatestOffset(self) -> Optional[Dict[str, Any]]:
@@ -509,13 +530,17 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return report
 
     def stop(self) -> None:
-        for rec in self._receivers:
+        # the loop stops with the channels, not after them: a loop waiting for room in a full buffer
+        # (nothing commits any more) would keep every connection open, and each join waited 5 s
+        for rec in self._procs or self._receivers:
             rec.stop()
-        for rec in self._receivers:
-            rec.join(5)
         if self._loop is not None:
             self._loop.stop()
-            self._loop.join(5)
+        deadline = time.monotonic() + 10
+        for rec in self._procs or self._receivers:
+            rec.join(max(0.1, deadline - time.monotonic()))
+        if self._loop is not None:
+            self._loop.join(max(0.1, deadline - time.monotonic()))
         if self._rest is not None:
             self._rest.close()
 
