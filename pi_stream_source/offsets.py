@@ -38,11 +38,21 @@ HwmJson = Union[int, List[Any]]
 Marks = Dict[str, int]
 
 
+_POINT_KEYS: Dict[str, Optional[Tuple[str, int]]] = {}
+
+
 def _point_key(key: str) -> Optional[Tuple[str, int]]:
+    # every batch encodes every stream's mark: at 100,000 streams, splitting the keys each time was
+    # half of encode_marks (0.15 s a batch); the same keys come back batch after batch
+    got = _POINT_KEYS.get(key, False)
+    if got is not False:
+        return got  # type: ignore[return-value]
     guid, sep, pid = key.rpartition(":")
-    if sep and len(guid) == 36 and pid.lstrip("-").isdigit():
-        return guid, int(pid)
-    return None
+    got = (guid, int(pid)) if sep and len(guid) == 36 and pid.lstrip("-").isdigit() else None
+    if len(_POINT_KEYS) >= 1_000_000:
+        _POINT_KEYS.clear()
+    _POINT_KEYS[key] = got
+    return got
 
 
 def encode_hwm(hwm: np.ndarray) -> HwmJson:

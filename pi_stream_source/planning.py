@@ -197,8 +197,16 @@ def _one_chunk(chunks: Sequence[Tuple[int, pa.RecordBatch]]) -> Sequence[Tuple[i
     pieces = [b for _, b in chunks if b.num_rows]
     if len(pieces) < 2:
         return chunks
-    merged = pa.Table.from_batches(pieces).combine_chunks().to_batches()
-    return [(chunks[0][0], merged[0])] if len(merged) == 1 else chunks
+    return [(chunks[0][0], concat_batches(pieces))]
+
+
+def concat_batches(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
+    """One record batch of ``batches`` (same schema): ``pa.concat_batches`` where pyarrow has it (19+)."""
+    if len(batches) == 1:
+        return batches[0]
+    if hasattr(pa, "concat_batches"):
+        return pa.concat_batches(batches)
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
 def _horizon(lo: np.ndarray, hi: np.ndarray, rate: float, budget: float) -> int:

@@ -25,7 +25,7 @@ from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptio
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, fast_batch, parse_streams
 from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
-from .planning import ArchiveRange, ArchiveSlice, Stream, group_ranges, keep_in_ranges, plan_shard
+from .planning import ArchiveRange, ArchiveSlice, Stream, concat_batches, group_ranges, keep_in_ranges, plan_shard
 from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 from .receivers import ReceiverProcess, auto_processes
@@ -89,7 +89,9 @@ def _pack(slices: List[Tuple[int, List[pa.RecordBatch]]], per_partition: int) ->
     def flush() -> None:
         nonlocal cur, shards, rows
         if rows:
-            parts.append(PIInputPartition(shards, rows, _ipc(cur)))
+            # one record batch a partition: written piece by piece (a piece a shard), 1,000 channels'
+            # pieces cost 0.4 s a batch of 800,000 rows in IPC messages and per-buffer compression
+            parts.append(PIInputPartition(shards, rows, _ipc([concat_batches(cur)])))
         cur, shards, rows = [], [], 0
 
     for shard, batches in slices:
