@@ -7,10 +7,13 @@ trims the buffers as Spark's commits would. After a warm-up it samples, over a w
 channels parsed per second, messages per second, this process's CPU (user, system; % of one
 core) and the simulator's. ``--cpus`` pins this process to those CPUs (``os.sched_setaffinity``,
 like ``taskset``) and the simulator to the others, to see what the receiving path does with 1, 2…
-cores; ``--receiver`` compares the receiving loop with a thread per channel.
+cores; ``--receiver`` compares the receiving loop with a thread per channel; ``--processes`` runs
+the channels in that many receiving processes (option ``receiverProcesses``; CPU and RSS are then
+summed over the reader and its children, ``reader_process_cpu_pct`` is the reader's own share).
 
     .venv/bin/python bench/receive_bench.py --tags 100000 --rates 1 2 3 --receiver loop threads
     .venv/bin/python bench/receive_bench.py --tags 100000 --rates 1 2 4 --cpus 0
+    .venv/bin/python bench/receive_bench.py --tags 100000 --rates 2 4 6 --receiver loop --processes 0 2
 """
 from __future__ import annotations
 

@@ -244,9 +244,20 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                for i in range(nproc)]
                 by_shard = {k: rec for p in self._procs for k, rec in p.receivers.items()}
                 self._receivers = [by_shard[k] for k in range(len(shards))]
-                for proc in self._procs:
-                    proc.start()
-            else:
+                try:
+                    for proc in self._procs:
+                        proc.start()
+                except OSError as exc:
+                    if self.opts.receiver_processes is not None:
+                        raise PIConnectionError(f"option receiverProcesses={nproc}: cannot start a receiving process "
+                                                f"({exc}); set receiverProcesses=0 to read in this process") from None
+                    # auto, where this process may not start others (a sandbox): the reader's own loop
+                    log.warning("pi_websocket: cannot start receiving processes (%s); reading in this process", exc)
+                    for proc in self._procs:
+                        proc.stop()
+                        proc.join(5)
+                    self._procs, nproc = [], 0
+            if nproc == 0:
                 if self.opts.receiver == "loop":
                     self._loop = ReceiveLoop(self._budget, name=f"pi-receive-{self.run_id[:6]}")
                     self._loop.start()
