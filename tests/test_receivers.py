@@ -123,3 +123,15 @@ def test_stop_ends_every_channel_promptly_when_the_buffer_is_full(simulator, pro
     assert took < 30, f"stop() took {took:.0f}s"
     wait_until(lambda: sim.channel_count() == 0, 30, what="every channel closed")
     assert not receiving_processes()
+
+
+@pytest.mark.parametrize("bad", ["-1", "many", "257", "1.5"])
+def test_a_bad_receiver_processes_value_names_the_option(bad):
+    from pi_stream_source.errors import PIOptionError
+    from pi_stream_source.options import parse_options
+
+    with pytest.raises(PIOptionError) as info:
+        parse_options({"url": "http://127.0.0.1:1/piwebapi", "webIds": "F1DPabc", "receiverProcesses": bad})
+    assert "receiverProcesses" in str(info.value) and repr(bad).strip("'") in str(info.value)
+    assert parse_options({"url": "http://127.0.0.1:1/piwebapi", "webIds": "F1DPabc",
+                          "receiverProcesses": " AUTO "}).receiver_processes is None
