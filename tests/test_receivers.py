@@ -11,6 +11,7 @@ import psutil
 import pytest
 from pyspark.errors import StreamingQueryException
 
+from pi_stream_source import webid as W
 from pi_stream_source.receivers import auto_processes
 from pi_stream_source.testing import checkpoint_start, finish, start_stream, wait_until
 
@@ -38,12 +39,16 @@ def test_channels_in_receiving_processes_land_exactly_when_one_is_killed_and_acr
     """12 tags in 4 channels over 2 receiving processes, Basic auth: the table equals the archive after
     a channel drop and after one receiving process is killed (it is started again; its channels'
     gaps come from the archive); then the query restarts on the same checkpoint with the channels
-    in the reader's own process, and again with 3 receiving processes (through ``write_stream``: a
+    in the reader's own process, and again with 3 receiving processes, its WebIDs given in another
+    form than before (through ``write_stream``: a
     restart re-reads ``lateDataOverlap`` below the marks and merges it)."""
     sim = simulator(tags=12, rate=5, seed=31, auth="basic")
     auth = {"authType": "basic", "username": sim.config.username, "password": sim.config.password}
+    # WebIDs as a user may paste them: IDOnly, PathOnly and Full mixed (the restarts below use Full only)
+    forms = ["IDOnly", "PathOnly", "Full"]
+    mixed = [W.point_in_form(t.webid, forms[i % 3]) for i, t in enumerate(sim.tags)]
     q, table, ck = run(spark, sim, tmp_path, seconds_of_values=1, tagsPerChannel=3, receiverProcesses=2, merge=True,
-                       **auth)
+                       webids=mixed, **auth)
     wait_until(lambda: sim.channel_count() == 4, 60, what="4 channels")
     procs = receiving_processes()
     assert len(procs) == 2, [p.cmdline() for p in procs]
