@@ -45,6 +45,9 @@ ROWS, EPOCH, STATUS = 1, 2, 3
 HEADER = struct.Struct("!BiI")          # kind, shard, payload length
 STATUS_EVERY = 0.5                       # seconds between a child's status messages
 UNSENT_LIMIT = 32 << 20                  # bytes a child holds unsent before it stops reading sockets
+#: a channel's running counters (``ChannelReceiver.metrics``) that the reader keeps across its children
+COUNTERS = ("received", "reconnects", "failedAttempts", "malformedFrames", "valueErrors", "repeatsDropped",
+            "unknownWebIds")
 
 
 def auto_processes(cpus: Optional[int], shards: int) -> int:
@@ -70,8 +73,6 @@ class RemoteReceiver:
     def __init__(self, shard: int, webids: List[str], buffer: Any, proc: "ReceiverProcess") -> None:
         self.shard, self.webids, self.buffer, self.proc = shard, webids, buffer, proc
         self.since = 0
-        self.connected_at: Optional[int] = None
-        self.since_by_tag: Dict[str, int] = {}
         self.failure: Optional[BaseException] = None
         self.last_failure: Optional[str] = None
         self.state = "idle"
@@ -85,11 +86,9 @@ class RemoteReceiver:
         return f"RemoteReceiver(shard={self.shard}, tags={len(self.webids)}, state={self.state!r})"
 
     def metrics(self) -> Dict[str, Any]:
-        m = {"state": self.state, "tags": len(self.webids), "received": 0, "reconnects": 0, "attempts": 0,
-             "failedAttempts": 0, "malformedFrames": 0, "valueErrors": 0, "repeatsDropped": 0,
-             "unknownWebIds": 0, "lagSeconds": None, "lastError": None, **self._metrics}
-        for k, v in self._base.items():
-            m[k] = m.get(k, 0) + v
+        m = {"tags": len(self.webids), "attempts": 0, "lagSeconds": None, "lastError": None, **self._metrics}
+        for k in COUNTERS:
+            m[k] = (m.get(k) or 0) + self._base.get(k, 0)
         m["state"] = self.state
         m["buffered"] = self.buffer.rows
         m["connections"] = self.buffer.epoch_count
@@ -109,8 +108,7 @@ class RemoteReceiver:
 
     def _child_ended(self) -> None:
         """The child running this channel ended: keep its counters, so the totals never go back."""
-        for k in ("received", "reconnects", "failedAttempts", "malformedFrames", "valueErrors",
-                  "repeatsDropped", "unknownWebIds"):
+        for k in COUNTERS:
             self._base[k] = self._base.get(k, 0) + int(self._metrics.get(k) or 0)
         self._metrics = {}
 
@@ -249,10 +247,10 @@ class ReceiverProcess:
             if kind == ROWS:
                 self.buffers[shard].append(pa.ipc.read_record_batch(pa.py_buffer(payload), BUFFER_SCHEMA))
             elif kind == EPOCH:
-                cutoff, since, connected_at, since_by_tag = pickle.loads(payload)
+                cutoff, since = pickle.loads(payload)
                 rec = self.receivers[shard]
                 if not rec.since:                   # the first connection of this run (not of a restarted child)
-                    rec.since, rec.connected_at, rec.since_by_tag = since, connected_at, since_by_tag
+                    rec.since = since
                 rec.state = "open"
                 self.buffers[shard].new_epoch(np.frombuffer(cutoff, dtype=np.int64).copy())
             elif kind == STATUS:
@@ -301,7 +299,7 @@ class _Sender:
         self.unsent = 0
         self.broken = threading.Event()
 
-    def send(self, kind: int, shard: int, payload: bytes) -> None:
+    def send(self, kind: int, shard: int, payload: Any) -> None:     # bytes, or a pa.Buffer
         with self.cond:
             self.queue.append(HEADER.pack(kind, shard, len(payload)))
             self.queue.append(payload)
@@ -346,13 +344,12 @@ class _ForwardBuffer:
 
     def append(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
-            self.sender.send(ROWS, self.shard, batch.serialize().to_pybytes())
+            self.sender.send(ROWS, self.shard, batch.serialize())     # a pa.Buffer: joined once when sent
 
     def new_epoch(self, cutoff: np.ndarray) -> None:
         rec = self.receiver
         self.epoch_count += 1
-        self.sender.send(EPOCH, self.shard, pickle.dumps((np.asarray(cutoff, dtype=np.int64).tobytes(), rec.since,
-                                                          rec.connected_at, rec.since_by_tag)))
+        self.sender.send(EPOCH, self.shard, pickle.dumps((np.asarray(cutoff, dtype=np.int64).tobytes(), rec.since)))
 
 
 def _status(receivers: List[Any], loop: Any) -> bytes:
