@@ -281,3 +281,40 @@ def test_a_batch_error_is_short_and_still_says_whether_the_query_was_stopped(fir
         assert bool(re.search(SPARK_PROXY_ERROR, text)) is stopped
     else:                                          # Spark's other check: a cancelled job group
         assert "org.apache.spark.SparkException" in text and "cancelled job group 1f2e" in text
+
+
+def _last_merge(spark, table):
+    last = spark.sql(f"DESCRIBE HISTORY delta.`{table}` LIMIT 1").first()
+    assert last.operation == "MERGE"
+    return {k: int(v) for k, v in last.operationMetrics.items() if k.startswith("numTarget")}
+
+
+def test_rows_the_table_holds_as_they_are_rewrite_no_file_and_an_edit_still_replaces(spark, tmp_path):
+    """A replay or an overlap re-reads values the table holds: the MERGE appends only the new rows
+    and rewrites no file (a MERGE that may update rewrites every file holding a matched key: seconds
+    a batch after a restart); the rows landed first stay as they are. A PI edit among re-read rows
+    (other value or flags) replaces the table's row."""
+    table = str(tmp_path / "t")
+    create_table(spark, table)
+    first = _rows_at(spark, [("A", FALL_BACK + n * 1_000_000, float(n), "live") for n in range(3)]
+                     + [("B", FALL_BACK, 10.0, "live")])
+    write_batch(first, 0, table, "insert-only")
+    files = set(spark.read.format("delta").load(table).inputFiles())
+    again = _rows_at(spark, [("A", FALL_BACK + n * 1_000_000, float(n), "replay") for n in range(4)]
+                     + [("B", FALL_BACK, 10.0, "replay"), ("B", None, 11.0, "replay")])
+    assert write_batch(again, 1, table, "insert-only", mode="merge")["merged"] == 6
+    metrics = _last_merge(spark, table)
+    assert metrics["numTargetFilesRemoved"] == 0 and metrics["numTargetRowsUpdated"] == 0, metrics
+    assert metrics["numTargetRowsInserted"] == 2, metrics                      # A at +3 s, B without a timestamp
+    assert files <= set(spark.read.format("delta").load(table).inputFiles())   # the first files are still there
+    assert _keys(spark, table) == [("A", FALL_BACK + n * 1_000_000, float(n)) for n in range(4)] \
+        + [("B", None, 11.0), ("B", FALL_BACK, 10.0)]
+    sources = {r.source for r in spark.read.format("delta").load(table).where("tag_webid = 'A' AND value < 3").collect()}
+    assert sources == {"live"}                                                 # landed first as live: kept
+    edit = _rows_at(spark, [("A", FALL_BACK + 1_000_000, 99.0, "backfill"), ("A", FALL_BACK, 0.0, "backfill")])
+    assert write_batch(edit, 2, table, "insert-only", mode="merge")["merged"] == 2
+    metrics = _last_merge(spark, table)
+    assert metrics["numTargetRowsUpdated"] >= 1 and metrics["numTargetRowsInserted"] == 0, metrics
+    assert [k for k in _keys(spark, table) if k[0] == "A"] == [("A", FALL_BACK, 0.0), ("A", FALL_BACK + 1_000_000, 99.0),
+                                                               ("A", FALL_BACK + 2_000_000, 2.0),
+                                                               ("A", FALL_BACK + 3_000_000, 3.0)]
