@@ -84,7 +84,8 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                planned: Tuple[int, int], marks: np.ndarray, known: np.ndarray, *, bridge_overlap: int = 0,
                floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True,
                archive_budget: Optional[float] = None, rate: float = 1.0,
-               progress: Optional[Dict[int, Tuple[np.ndarray, np.ndarray, float]]] = None) -> ShardPlan:
+               progress: Optional[Dict[int, Tuple[np.ndarray, np.ndarray, float]]] = None,
+               reread: Optional[np.ndarray] = None) -> ShardPlan:
     """Plan one shard's share of a batch.
 
     ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
@@ -94,7 +95,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     ``marks``: each stream's mark at the start (ticks); ``known``: whether it had one (a stream
     without one starts at ``marks``, its lower bound).
     ``bridge_overlap``: for the first connection of a run, read this much before known marks
-    (late data; never below ``floor``). Gaps longer than ``max_backfill`` are data loss.
+    (late data; never below ``floor``), except for streams where ``reread`` is True (this run's
+    replay read that much and more after the connection opened: a late value that came before the
+    read is in it, one that came after is on the channel). Gaps longer than ``max_backfill`` are
+    data loss.
     ``archive_budget``: the most archive values this batch may read, estimated at ``rate``
     values/s per stream; a connection whose ranges need more is planned in time slices over
     several batches, and its rows (and later ones) wait in the buffer until its last slice
@@ -125,7 +129,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             moved = lower - bridge_overlap
             if floor is not None:
                 moved = np.maximum(moved, np.minimum(floor, lower))
-            lower = np.where(known, moved, lower)
+            lower = np.where(known if reread is None else known & ~reread, moved, lower)
         for i in range(n):
             hi, lo = int(epoch.cutoff[i]), int(lower[i])
             if hi - lo > max_backfill:

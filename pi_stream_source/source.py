@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +56,8 @@ def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
 #: live rows travel from the driver's reader through the JVM to a Python worker inside each task:
 #: zstd makes them ~6× smaller (158 → 27 bytes a row of PI's shape: WebIDs, names and paths repeat)
 #: and costs less CPU than the copy it saves
+#: how long a replay waits for the channels to open before its archive read (``_open_before_replay``)
+REPLAY_OPEN_WAIT = 2.0
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
 
 
@@ -169,6 +171,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
         self._health_base: Dict[str, Any] = {}        # running totals when the last batch was planned
         self._fresh_run = False                      # this run planned the query's first batch, at "latest"
+        # a batch of an earlier run this run read again: (its end, shards whose channel was open
+        # before the read, streams whose lateDataOverlap below their end mark it read)
+        self._replayed: Tuple[Optional[str], Set[int], Set[str]] = (None, set(), set())
 
     def __getstate__(self) -> Dict[str, Any]:
         # Executors get a pickled copy: no sockets, threads or buffers travel with it.
@@ -393,12 +398,15 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             marks = np.array([m0.get(s.key, default) for s in shard], dtype=np.int64)
             known = np.array([s.key in m0 for s in shard], dtype=bool)
             first_look = not (same_run and str(k) in start["seq"])
+            reread = None
+            if first_look and self._replayed[0] == start_key and k in self._replayed[1]:
+                reread = np.array([s.key in self._replayed[2] for s in shard], dtype=bool)
             sp = plan_shard(shard, self._buffers[k].slice_seq(begin, stop), epochs, (ep0, ep1), marks, known,
                             bridge_overlap=0 if initial or not first_look else int(self.opts.late_data_overlap * TICKS),
                             floor=int(start["start"]), max_backfill=int(self.opts.max_backfill * TICKS),
                             fail_on_data_loss=self.opts.fail_on_data_loss,
                             archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate(),
-                            progress=self._progress.get((k, start_key)))
+                            progress=self._progress.get((k, start_key)), reread=reread)
             for i, s in enumerate(shard):
                 if known[i] or ep1 > 0:
                     m1[s.key] = int(sp.marks[i])
@@ -465,6 +473,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # channels open now, so live values buffer while it runs (what each batch holds does not
             # change: the next one plans from this batch's marks to each connection's cutoff)
             self._ensure_started()
+            self._replayed = (_key(end), self._open_before_replay(), self._rereads(end, plan.ranges))
         chunk = max(1, int(self.opts.replay_chunk * TICKS))
         rates = [r.value_rate() for r in self._receivers]
         rate = max(1.0, sum(rates) / len(rates)) if rates else 1.0   # as planned: at least 1 value/s per stream
@@ -476,6 +485,24 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         log.debug("planned %d live rows in %d partitions and %d archive partitions",
                   sum(p.rows for p in packed), len(packed), len(parts))
         return parts + packed
+
+    def _open_before_replay(self) -> Set[int]:
+        """Shards whose channel is open (its cutoff known) before the replay's archive read starts,
+        waiting up to ``REPLAY_OPEN_WAIT`` s (at most connectTimeout) for them: for those, the batch
+        after the replay need not re-read lateDataOverlap below the marks (``_plan``), a batch of
+        its own (~2 s at 1,000 tags here) before the first live values."""
+        deadline = time.monotonic() + min(REPLAY_OPEN_WAIT, self.opts.connect_timeout)
+        while time.monotonic() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
+            time.sleep(0.02)
+        return {k for k, r in enumerate(self._receivers) if r.since}
+
+    def _rereads(self, end: Dict[str, Any], ranges: List[ArchiveRange]) -> Set[str]:
+        """Streams whose replay ranges reach from ``end``'s mark down to where the next batch's
+        re-read would start: lateDataOverlap below it, not before the query's start."""
+        marks = self._marks(end)
+        overlap, first = int(self.opts.late_data_overlap * TICKS), int(end["start"])
+        return {r.stream.key for r in ranges
+                if r.hi == marks.get(r.stream.key) and r.lo <= max(r.hi - overlap, min(first, r.hi))}
 
     def _rebuild(self, start: Dict[str, Any], end: Dict[str, Any]) -> _Plan:
         """A batch planned by an earlier run (its buffer is gone): per stream, what PI archived in
