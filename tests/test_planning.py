@@ -90,6 +90,23 @@ def test_bridge_overlap_rereads_known_streams_but_not_before_the_query_start():
     assert [(r.lo, r.hi) for r in rest.ranges] == [(500, 1_000), (205, 1_000)] and rest.epochs_done == 1
 
 
+def test_streams_a_replay_reread_skip_the_overlap_and_their_gap_is_planned_at_once():
+    """After this run's replay re-read the overlap below the marks (channel open before the read):
+    those streams' gaps start at their marks, in one slice (nothing of it may be in the table); a
+    stream the replay did not cover keeps the re-read, alone in its first slice."""
+    ep = Epoch(0, 0, np.array([1_000, 1_000]))
+    both = plan_shard([A, B], [], [ep], (0, 1), np.array([500, 405]), np.array([True, True]), bridge_overlap=100,
+                      floor=200, max_backfill=10_000, reread=np.array([True, True]))
+    assert [(r.lo, r.hi) for r in both.ranges] == [(500, 1_000), (405, 1_000)] and both.epochs_done == 1
+    one = plan_shard([A, B], [], [ep], (0, 1), np.array([500, 405]), np.array([True, True]), bridge_overlap=100,
+                     floor=200, max_backfill=10_000, reread=np.array([True, False]))
+    # A's whole gap, and B's overlap alone (merged) before the rest of B's gap
+    assert [(r.lo, r.hi) for r in one.ranges] == [(500, 1_000), (305, 405)] and one.epochs_done == 0
+    rest = plan_shard([A, B], [], [ep], (0, 1), one.marks, np.array([True, True]), bridge_overlap=100,
+                      floor=200, max_backfill=10_000, progress=one.progress, reread=np.array([True, False]))
+    assert [(r.lo, r.hi) for r in rest.ranges] == [(405, 1_000)] and rest.epochs_done == 1
+
+
 def test_slices_hold_each_stream_once_and_keep_rows_in_their_own_range():
     ranges = [ArchiveRange(A, 0, 10), ArchiveRange(B, 2, 8), ArchiveRange(A, 20, 30)]
     slices = [call for task in group_ranges(ranges, tasks=4, chunk=100) for call in task]
