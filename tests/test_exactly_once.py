@@ -294,16 +294,20 @@ def test_after_a_replay_the_next_batch_holds_the_gap_and_live_values_and_late_va
     planned = {int(p.name) for p in Path(ck, "offsets").iterdir() if p.name.isdigit()}
     (k,) = planned - done
     newest_landed = max(rows[-1][0] for rows in landed_by_tag(spark, table).values())
-    late = sim.add_late_value(sim.tags[1].webid, newest_landed - 1_250_000, 4242.0)   # archived while down
+    start = checkpoint_start(ck)
+    # two stamps below the marks, after the query's start (the oracle's), off the 5 Hz grid
+    below = [newest_landed - min(span, (newest_landed - start) * part // 4) // 1000 * 1000 - 123
+             for span, part in ((1_250_000, 1), (2_500_000, 2))]
+    late = sim.add_late_value(sim.tags[1].webid, below[0], 4242.0)   # archived while down
     sim.jump_time(120)                                     # two minutes of downtime
     q = start_stream(spark, sim, table, ck, merge=True)
     wait_until(lambda: Path(ck, "commits", str(k + 1)).exists() or q.exception() is not None, 120,
                what=f"batch {k + 1}")
-    on_channel = sim.add_late_value(sim.tags[2].webid, newest_landed - 2_500_000, 4343.0)   # below the marks, live
+    on_channel = sim.add_late_value(sim.tags[2].webid, below[1], 4343.0)   # below the marks, on the channel
     values_flowed(sim, 40)
     finish(q, sim)
     assert q.exception() is None
-    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+    assert_prefix_exact(spark, table, sim, start)
     landed = landed_by_tag(spark, table)
     assert (late, 4242.0) in [(t, v) for t, v, _ in landed[sim.tags[1].webid]]
     assert (on_channel, 4343.0) in [(t, v) for t, v, _ in landed[sim.tags[2].webid]]
