@@ -208,6 +208,7 @@ def test_batch_0_run_again_after_more_than_100_commits_lands_once(spark, tmp_pat
         spark.sql(f"ALTER TABLE delta.`{table}` SET TBLPROPERTIES ('pi.test.commit' = '{n}')")
     write_batch(batch, 0, table, app_id, mode=batch_mode(spark, str(ck), 0, first=True))   # after the restart
     assert _keys(spark, table) == [("A", FALL_BACK, 1.0), ("B", FALL_BACK, 2.0)]
+    assert batch_mode(spark, str(ck), 0, first=True) == "plain"        # appended whole, with the transaction id
     assert batch_mode(spark, str(ck), 0, first=False) == "append"      # later batches: one job, no lookup
     assert batch_mode(spark, str(ck), 7, first=True) == "merge"
 
@@ -318,3 +319,24 @@ def test_rows_the_table_holds_as_they_are_rewrite_no_file_and_an_edit_still_repl
     assert [k for k in _keys(spark, table) if k[0] == "A"] == [("A", FALL_BACK, 0.0), ("A", FALL_BACK + 1_000_000, 99.0),
                                                                ("A", FALL_BACK + 2_000_000, 2.0),
                                                                ("A", FALL_BACK + 3_000_000, 3.0)]
+
+
+def test_batch_0_of_a_fresh_query_appends_its_archive_rows_and_a_re_run_is_skipped(spark, tmp_path):
+    """A query at "latest": its first batch holds each channel's gap since the query's start, read
+    from the archive; the source says nothing of it can be in the table (``"merge": false``): it is
+    appended in one commit with Delta's transaction id, not merged (a cold first MERGE took 9.5 s at
+    10,000 tags), and run again after a restart it is skipped."""
+    table, ck = str(tmp_path / "t"), tmp_path / "ck"
+    create_table(spark, table)
+    (ck / "offsets").mkdir(parents=True)
+    (ck / "offsets" / "0").write_text('v1\n{"batchWatermarkMs":0,"batchTimestampMs":0,"conf":{}}\n'
+                                      '{"shards":{},"merge":false}\n')
+    batch = _rows_at(spark, [("A", FALL_BACK, 1.0, "backfill"), ("A", FALL_BACK + 1_000_000, 2.0, "live"),
+                             ("B", None, 3.0, "backfill")])
+    app_id = f"pi_stream_source:{ck}"
+    for _ in range(2):                                       # the second time: the batch run again
+        counts = write_batch(batch, 0, table, app_id, mode=batch_mode(spark, str(ck), 0, first=True))
+        assert counts["appended"] == 3 and counts["merged"] == 0, counts
+    operations = [r.operation for r in spark.sql(f"DESCRIBE HISTORY delta.`{table}`").collect()]
+    assert sorted(operations) == ["CREATE TABLE", "WRITE"], operations
+    assert _keys(spark, table) == [("A", FALL_BACK, 1.0), ("A", FALL_BACK + 1_000_000, 2.0), ("B", None, 3.0)]
