@@ -129,11 +129,14 @@ def test_backfill_into_the_date_a_running_stream_appends_to_fails_clearly_then_l
         # the backfill's dates end on the stream's (they start a day earlier when it runs just after
         # midnight UTC: "partition_date <yesterday> to <today>")
         # a MERGE can slip in between two of the stream's commits (then it lands what it read, once:
-        # the final comparison checks it); it is run again until it meets the stream, a few times at most
+        # the final comparison checks it); it is run again until it meets the stream, a few times at
+        # most, each time from a minute earlier: a MERGE with no row to insert commits nothing, so
+        # it could not meet anything
         raised = None
-        for _ in range(5):
+        for n in range(5):
             try:
-                backfill(spark, table, opts, format_ts(start), "*", chunk="1d", stream_checkpoint=ck, attempts=1)
+                backfill(spark, table, opts, format_ts(start + (4 - n) * 60 * MICROS), "*", chunk="1d",
+                         stream_checkpoint=ck, attempts=1)
             except BackfillConflictError as exc:
                 raised = str(exc)
                 break

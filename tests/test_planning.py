@@ -79,6 +79,31 @@ def test_a_gap_longer_than_max_backfill_fails_or_is_cut_and_reported():
     assert plan.lost == [(0, 100, 9_000)] and plan.ranges[0].lo == 9_000
 
 
+def test_a_cutoff_value_that_comes_after_its_ranges_were_planned_and_the_rows_before_it_are_the_reads():
+    """The channel opened with cutoffs 150 (A) and 120 (B); its ranges were planned before any of
+    its rows came. Later, on the channel: A's rows before A's cutoff value, and that value, were in
+    PI when the cutoff was asked (the read returns them): dropped. A row after it at or below the
+    cutoff is a late write: kept (merged). A stream whose cutoff value has not come keeps its rows
+    at or below the cutoff (it may never come: a late write then)."""
+    ep = Epoch(0, 0, np.array([150, 120]))
+    first = plan_shard([A, B], [], [ep], (0, 1), np.array([100, 100]), np.array([True, True]), max_backfill=10_000)
+    assert [(r.lo, r.hi) for r in first.ranges] == [(100, 150), (100, 120)] and first.epochs_done == 1
+    later = rows(("F1DPa", 140, "live", False), ("F1DPb", 110, "live", False), ("F1DPa", 150, "live", False),
+                 ("F1DPa", 145, "live", False), ("F1DPa", 151, "live", False))
+    plan = plan_shard([A, B], [(0, later)], [ep], (1, 1), first.marks, np.array([True, True]), max_backfill=10_000,
+                      progress=first.progress)
+    assert keys(plan) == [("F1DPb", 110, "live"), ("F1DPa", 145, "live"), ("F1DPa", 151, "live")]
+    assert plan.covered == 2 and plan.late == 2 and plan.merge
+    last = rows(("F1DPa", 149, "live", False), ("F1DPb", 120, "live", False), ("F1DPb", 121, "live", False))
+    plan = plan_shard([A, B], [(5, last)], [ep], (1, 1), plan.marks, np.array([True, True]), max_backfill=10_000,
+                      progress=plan.progress)
+    assert keys(plan) == [("F1DPa", 149, "live"), ("F1DPb", 121, "live")]    # B's cutoff value: the read's
+    assert plan.covered == 1 and plan.late == 1
+    again = plan_shard([A, B], [(0, later)], [ep], (1, 1), first.marks, np.array([True, True]), max_backfill=10_000,
+                       progress=first.progress)
+    assert keys(again) == [("F1DPb", 110, "live"), ("F1DPa", 145, "live"), ("F1DPa", 151, "live")]   # no side effects
+
+
 def test_bridge_overlap_rereads_known_streams_but_not_before_the_query_start():
     ep = Epoch(0, 0, np.array([1_000, 1_000]))
     plan = plan_shard([A, B], [], [ep], (0, 1), np.array([500, 205]), np.array([True, True]), bridge_overlap=100,
