@@ -198,15 +198,9 @@ def _history(spark, table):
     return DeltaTable.forPath(spark, table).history().select("version", "operation", "userMetadata").orderBy("version").collect()
 
 
-def test_restart_merges_a_batch_that_never_landed_and_skips_one_that_did(spark, simulator, tmp_path):
-    """The batch Spark runs again after a restart: when the table's commits show it never landed
-    (an earlier batch's commit is the newest of this stream), write_stream merges it (marked, like
-    every commit of the stream); when its commit is there (the process died between Delta's commit
-    and Spark's), it is skipped: no second commit, no MERGE over the table. Both ways the table
-    stays exact."""
-    sim = simulator(tags=4, rate=5, seed=173)
-    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    app = f"pi_stream_source:{ck}"
+def _die_with_a_batch_planned(spark, sim, table, ck):
+    """Run the stream until 4 commits, then break the table's next commit: the query dies with a
+    batch planned, never landed. Returns that batch's id."""
     q = start_stream(spark, sim, table, ck, merge=True)
     log = Path(table, "_delta_log")
     try:
@@ -220,7 +214,20 @@ def test_restart_merges_a_batch_that_never_landed_and_skips_one_that_did(spark, 
     garbage.unlink()
     done = {int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit()}
     planned = {int(p.name) for p in Path(ck, "offsets").iterdir() if p.name.isdigit()}
-    (k,) = planned - done                                    # planned, never landed
+    (k,) = planned - done
+    return k
+
+
+def test_restart_merges_a_batch_that_never_landed_and_skips_one_that_did(spark, simulator, tmp_path):
+    """The batch Spark runs again after a restart: when the table's commits show it never landed
+    (an earlier batch's commit is the newest of this stream), write_stream merges it (marked, like
+    every commit of the stream); when its commit is there (the process died between Delta's commit
+    and Spark's), it is skipped: no second commit, no MERGE over the table. Both ways the table
+    stays exact."""
+    sim = simulator(tags=4, rate=5, seed=173)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    app = f"pi_stream_source:{ck}"
+    k = _die_with_a_batch_planned(spark, sim, table, ck)
     q = start_stream(spark, sim, table, ck, merge=True)
     wait_until(lambda: Path(ck, "commits", str(k)).exists() or q.exception() is not None, 120, what=f"batch {k} again")
     values_flowed(sim, 40)
@@ -279,20 +286,7 @@ def test_after_a_replay_the_next_batch_holds_the_gap_and_live_values_and_late_va
     sim = simulator(tags=4, rate=5, seed=191)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
     app = f"pi_stream_source:{ck}"
-    q = start_stream(spark, sim, table, ck, merge=True)
-    log = Path(table, "_delta_log")
-    try:
-        wait_until(lambda: len(list(log.glob("*.json"))) >= 4 or q.exception() is not None, 120, what="4 commits")
-        newest = max(int(f.name[:20]) for f in log.glob("*.json"))
-        garbage = log / f"{newest + 1:020d}.json"
-        garbage.write_text("not a Delta commit\n")           # the next batch's commit fails: the query dies
-        wait_until(lambda: not q.isActive, 120, what="the query to fail")
-    finally:
-        q.stop()
-    garbage.unlink()
-    done = {int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit()}
-    planned = {int(p.name) for p in Path(ck, "offsets").iterdir() if p.name.isdigit()}
-    (k,) = planned - done
+    k = _die_with_a_batch_planned(spark, sim, table, ck)
     newest_landed = max(rows[-1][0] for rows in landed_by_tag(spark, table).values())
     start = checkpoint_start(ck)
     # two stamps below the marks, after the query's start (the oracle's), off the 5 Hz grid
