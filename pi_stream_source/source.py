@@ -56,9 +56,9 @@ def to_contract(batch: pa.RecordBatch, ingested: int) -> pa.RecordBatch:
 #: live rows travel from the driver's reader through the JVM to a Python worker inside each task:
 #: zstd makes them ~6× smaller (158 → 27 bytes a row of PI's shape: WebIDs, names and paths repeat)
 #: and costs less CPU than the copy it saves
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
 #: how long a replay waits for the channels to open before its archive read (``_open_before_replay``)
 REPLAY_OPEN_WAIT = 2.0
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd" if pa.Codec.is_available("zstd") else None)
 
 
 def _ipc(batches: List[pa.RecordBatch]) -> bytes:
