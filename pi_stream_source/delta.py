@@ -9,7 +9,9 @@ condition so Delta only opens the files it must. Those bounds are UTC literals b
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import operator
 import random
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
@@ -318,14 +320,10 @@ CONTENT = ("value", "value_string", "digital_state_code", "is_system_state", "go
 def _edited(spark: SparkSession, rows: DataFrame, table: str, within: str) -> bool:
     """Does any of ``rows`` have a key the table holds (in ``within``) with other content? (A stale
     duplicate of an edited key in ``rows`` says yes: the MERGE then updates, which is right too.)"""
-    target = (spark.read.format("delta").load(table) if is_path(table) else spark.read.table(table)) \
-        .where(within).select(*KEY, *CONTENT)
-    same = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in CONTENT]
-    differs = ~same[0]
-    for cond in same[1:]:
-        differs = differs | ~cond
+    target = _delta_table(spark, table).toDF().where(within).select(*KEY, *CONTENT)
+    same = functools.reduce(operator.and_, (F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in CONTENT))
     return bool(rows.alias("s").join(target.alias("t"), [F.col(f"s.{c}") == F.col(f"t.{c}") for c in KEY])
-                .where(differs).limit(1).count())
+                .where(~same).limit(1).count())
 
 
 def _aware(micros: Optional[int]) -> Optional[dt.datetime]:

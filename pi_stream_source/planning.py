@@ -68,7 +68,7 @@ class ShardPlan:
     late: int = 0                           # rows kept at or below a cutoff or mark (merged)
     lost: List[Tuple[int, int, int]] = field(default_factory=list)   # (position, from, to) not read (maxBackfill)
     stop: Optional[int] = None              # rows from this sequence on wait: a connection's ranges go on
-    progress: Dict[int, "Progress"] = field(default_factory=dict)
+    progress: Dict[int, Progress] = field(default_factory=dict)
     epochs_done: int = 0                    # connections whose ranges are all planned
 
 
@@ -90,7 +90,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                planned: Tuple[int, int], marks: np.ndarray, known: np.ndarray, *, bridge_overlap: int = 0,
                floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True,
                archive_budget: Optional[float] = None, rate: float = 1.0,
-               progress: Optional[Dict[int, "Progress"]] = None,
+               progress: Optional[Dict[int, Progress]] = None,
                reread: Optional[np.ndarray] = None) -> ShardPlan:
     """Plan one shard's share of a batch.
 

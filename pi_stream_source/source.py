@@ -298,10 +298,14 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def awaitStart(self) -> None:
         """Start the channels and wait (up to connectTimeout) until every one is open."""
         self._ensure_started()
-        deadline = time.monotonic() + max(self.opts.connect_timeout, 1.0)
-        while time.monotonic() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
-            time.sleep(0.05)
+        self._wait_open(max(self.opts.connect_timeout, 1.0))
         self._raise_failures()
+
+    def _wait_open(self, seconds: float) -> None:
+        """Wait up to ``seconds`` until every channel is open (its cutoff known) or has failed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
+            time.sleep(0.02)
 
     def prepareForTriggerAvailableNow(self) -> None:
         """"Available now" is what the archive holds up to the moment every channel is open, plus
@@ -491,9 +495,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         waiting up to ``REPLAY_OPEN_WAIT`` s (at most connectTimeout) for them: for those, the batch
         after the replay need not re-read lateDataOverlap below the marks (``_plan``), a batch of
         its own (~2 s at 1,000 tags here) before the first live values."""
-        deadline = time.monotonic() + min(REPLAY_OPEN_WAIT, self.opts.connect_timeout)
-        while time.monotonic() < deadline and any(r.since == 0 and r.failure is None for r in self._receivers):
-            time.sleep(0.02)
+        self._wait_open(min(REPLAY_OPEN_WAIT, self.opts.connect_timeout))
         return {k for k, r in enumerate(self._receivers) if r.since}
 
     def _rereads(self, end: Dict[str, Any], ranges: List[ArchiveRange]) -> Set[str]:
