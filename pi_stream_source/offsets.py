@@ -100,6 +100,56 @@ def encode_marks(marks: Marks) -> Dict[str, Any]:
     return out
 
 
+def _ids_blob(pids: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.diff(pids, prepend=0).astype("<i8").tobytes(), 6)).decode("ascii")
+
+
+class MarkArrays:
+    """The marks of a fixed list of streams as arrays (ticks, has-a-mark) in that order, and
+    ``encode_marks`` from them. A reader plans every batch from the marks of the one before: at
+    100,000 streams in 1,000 channels, the marks as a dict (decoded, looked up per stream and
+    shard, rebuilt and encoded again) were 0.25 s of a 0.4 s plan, measured with cProfile."""
+
+    def __init__(self, keys: List[str]) -> None:
+        self.keys = keys
+        self.index = {k: i for i, k in enumerate(keys)}
+        groups: Dict[str, List[Tuple[int, int]]] = {}
+        self.other: List[Tuple[int, str]] = []
+        for i, key in enumerate(keys):
+            pk = _point_key(key)
+            if pk is None:
+                self.other.append((i, key))
+            else:
+                groups.setdefault(pk[0], []).append((pk[1], i))
+        self.groups = []
+        for guid in sorted(groups):
+            pairs = sorted(groups[guid])
+            pids = np.array([p for p, _ in pairs], dtype=np.int64)
+            self.groups.append((guid, pids, np.array([i for _, i in pairs], dtype=np.int64), _ids_blob(pids)))
+
+    def from_marks(self, marks: Marks) -> Tuple[np.ndarray, np.ndarray]:
+        has = np.array([k in marks for k in self.keys], dtype=bool)
+        return np.array([marks.get(k, 0) for k in self.keys], dtype=np.int64), has
+
+    def encode(self, ticks: np.ndarray, has: np.ndarray) -> Dict[str, Any]:
+        """``encode_marks({key: ticks for each key that has a mark})``, the same document."""
+        out: Dict[str, Any] = {}
+        groups = []
+        for guid, pids, idx, blob in self.groups:
+            h = has[idx]
+            if not h.all():
+                if not h.any():
+                    continue
+                idx, blob = idx[h], _ids_blob(pids[h])
+            groups.append([guid, blob, encode_hwm(ticks[idx])])
+        if groups:
+            out["p"] = groups
+        other = {key: int(ticks[i]) for i, key in self.other if has[i]}
+        if other:
+            out["s"] = other
+        return out
+
+
 def decode_marks(doc: Optional[Dict[str, Any]]) -> Marks:
     if not doc:
         return {}

@@ -166,6 +166,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._plans: Dict[str, _Plan] = {}
         self._progress: Dict[Tuple[int, str], Dict[int, Any]] = {}
         self._marks_cache: Tuple[Optional[str], O.Marks] = (None, {})
+        self._mark_layout: Optional[Tuple[O.MarkArrays, List[Tuple[int, int]]]] = None
+        self._arrays: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}   # offset → its marks in the layout
         self._lost: List[Dict[str, Any]] = []
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
@@ -327,6 +329,26 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._marks_cache = (key, O.decode_marks(doc))
         return self._marks_cache[1]
 
+    def _layout(self) -> Tuple[O.MarkArrays, List[Tuple[int, int]]]:
+        """Every chosen stream in shard order (``MarkArrays``) and each shard's span in it."""
+        if self._mark_layout is None:
+            shards = self.shards()
+            ends = np.cumsum([0] + [len(shard) for shard in shards]).tolist()
+            self._mark_layout = (O.MarkArrays([s.key for shard in shards for s in shard]),
+                                 list(zip(ends[:-1], ends[1:])))
+        return self._mark_layout
+
+    def _start_marks(self, start: Dict[str, Any], start_key: str,
+                     layout: O.MarkArrays) -> Tuple[np.ndarray, np.ndarray, bool]:
+        """``start``'s marks as arrays in ``layout`` (kept from planning the batch that ended at
+        it, else decoded), and whether it holds marks of streams no longer chosen."""
+        kept = self._arrays.get(start_key)
+        if kept is not None:
+            return kept[0], kept[1], False
+        m0 = self._marks(start)
+        ticks, has = layout.from_marks(m0)
+        return ticks, has, len(m0) > int(has.sum())
+
     def latestOffset(self, start: Dict[str, Any], limit: ReadLimit) -> Dict[str, Any]:
         self._ensure_started()
         self._raise_failures()
@@ -354,7 +376,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """The next offset after ``start`` and what its batch holds. ``targets`` (shard → (seq,
         connections)) re-plans a batch whose end is known."""
         shards = self.shards()
-        m0 = self._marks(start)
+        layout, spans = self._layout()
+        start_key = _key(start)
+        t0, h0, extra = self._start_marks(start, start_key, layout)
         same_run = start.get("run") == self.run_id
         initial = start.get("run") == O.INITIAL_RUN
         default = int(start["start"]) if initial else (
@@ -377,8 +401,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if isinstance(limit, ReadMaxRows):
             pending = _fair_share(pending, limit.max_rows)
             budget = min(budget, float(limit.max_rows))
-        selected = {s.key for shard in shards for s in shard}
-        m1 = {k: v for k, v in m0.items() if k in selected}
+        t1, h1 = t0.copy(), h0.copy()
         reach: Dict[str, int] = {}
         seq = dict(start["seq"]) if same_run else {}
         plan = _Plan([], [])
@@ -387,7 +410,6 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if initial and self.opts.start_time is None:
             self._fresh_run = True                        # this run began the query at "latest"
         fresh = self.opts.start_time is None and (initial or (same_run and self._fresh_run))
-        start_key = _key(start)
         lost_before = len(self._lost)
         progress: Dict[int, Any] = {}
         for k, (begin, ep0, _, epochs) in states.items():
@@ -399,8 +421,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if stop == begin and ep1 == ep0:
                 continue
             shard = shards[k]
-            marks = np.array([m0.get(s.key, default) for s in shard], dtype=np.int64)
-            known = np.array([s.key in m0 for s in shard], dtype=bool)
+            a, b = spans[k]
+            known = h0[a:b]
+            marks = np.where(known, t0[a:b], default)
             first_look = not (same_run and str(k) in start["seq"])
             reread = None
             if first_look and self._replayed[0] == start_key and k in self._replayed[1]:
@@ -411,9 +434,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             fail_on_data_loss=self.opts.fail_on_data_loss,
                             archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate(),
                             progress=self._progress.get((k, start_key)), reread=reread)
-            for i, s in enumerate(shard):
-                if known[i] or ep1 > 0:
-                    m1[s.key] = int(sp.marks[i])
+            moved = np.ones(b - a, dtype=bool) if ep1 > 0 else known
+            t1[a:b] = np.where(moved, sp.marks, t1[a:b])
+            h1[a:b] |= moved
             for i, r in sp.reach.items():
                 reach[shard[i].key] = r
             for i, lo, cut in sp.lost:
@@ -425,21 +448,23 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._counts["lateKept"] += sp.late
             self._counts["archiveRanges"] += len(sp.ranges)
             self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
-            merge = merge or sp.merge or any(_may_be_landed(r, m0, fresh) for r in sp.ranges)
+            merge = merge or sp.merge or any(_may_be_landed(r, _mark_of(layout, t0, h0, r.stream.key), fresh)
+                                             for r in sp.ranges)
             seq[str(k)] = [stop if sp.stop is None else sp.stop, sp.epochs_done]
             progress[k] = {i: v for i, v in sp.progress.items() if i >= sp.epochs_done - 1}
             if sp.rows:
                 plan.live.append((k, sp.rows))
             plan.ranges += sp.ranges
             changed = True
-        if not changed or (not plan.live and not plan.ranges and not reach and m1 == m0):
+        if not changed or (not plan.live and not plan.ranges and not reach and not extra
+                           and (h1 == h0).all() and (t1[h1] == t0[h1]).all()):
             # nothing to read (e.g. a reconnect while PI sends nothing): no empty batch; the
             # connection is planned with the next rows
             return start, plan
         since = [r.since for r in self._receivers if r.since]
         end: Dict[str, Any] = {"v": O.VERSION, "start": int(start["start"]), "run": self.run_id, "seq": seq,
                                "since": min(since) if since else int(start.get("since", start["start"])),
-                               "marks": O.encode_marks(m1), "merge": merge}
+                               "marks": layout.encode(t1, h1), "merge": merge}
         if reach:
             end["from"] = O.encode_marks(reach)
         if targets is None:                               # a batch planned anew: what the reader saw
@@ -450,6 +475,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # where each connection's archive ranges stand after this batch, for the batch after it
         # (kept per offset: planning the same start again, Spark's right, gives the same batch)
         end_key = _key(end)
+        self._arrays[end_key] = (t1, h1)
+        while len(self._arrays) > 4:
+            self._arrays.pop(next(iter(self._arrays)))
         for k in range(len(shards)):
             if k in progress:
                 self._progress[(k, end_key)] = progress[k]
@@ -634,13 +662,17 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         part.source, stats.malformed_frames, stats.value_errors, stats.unknown_webids, stats.last_error)
 
 
-def _may_be_landed(r: ArchiveRange, marks: O.Marks, fresh: bool) -> bool:
+def _mark_of(layout: O.MarkArrays, ticks: np.ndarray, has: np.ndarray, key: str) -> Optional[int]:
+    i = layout.index.get(key)
+    return int(ticks[i]) if i is not None and has[i] else None
+
+
+def _may_be_landed(r: ArchiveRange, mark: Optional[int], fresh: bool) -> bool:
     """Whether an archive range may hold rows the table has (its batch is then merged): below its
     stream's mark at the batch's start (a restart's re-read before the marks), or, for a stream
     without a mark, unless the query began at "latest" in this run (nothing of the stream can be
     in the table then; a start time may reach rows an earlier query landed). A range starting at
     its stream's mark (a channel opened late, a reconnect's gap) holds only new rows."""
-    mark = marks.get(r.stream.key)
     return not fresh if mark is None else r.lo < mark
 
 

@@ -168,3 +168,27 @@ def test_a_long_range_is_read_in_slices_and_its_rows_wait_for_the_last_one():
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))              # contiguous, no overlap
     # the last slice admits the rows: the one inside the whole range is the archive's, the newer lands
     assert keys(plan) == [("F1DPa", 100 * sec + 5, "live")] and plan.epochs_done == 1
+
+
+@pytest.mark.parametrize("which", ["all", "some", "none"])
+def test_marks_kept_as_arrays_encode_to_the_same_offset_as_the_dict(which):
+    """A reader keeps a batch's marks as arrays in shard order and encodes the next offset from
+    them (``MarkArrays``): the document must be the one ``encode_marks`` gives for the same marks,
+    whatever the keys (points of several data servers in any order, attribute WebIDs) and
+    whichever streams have a mark yet."""
+    from pi_stream_source import offsets as O
+
+    rng = np.random.default_rng(7)
+    guids = ["0b8d3e1c-0000-4000-8000-00000000000%d" % i for i in range(3)]
+    keys = [f"{guids[int(g)]}:{int(p)}" for g, p in zip(rng.integers(0, 3, 300), rng.permutation(100_000)[:300])]
+    keys += [f"F1AbEattr{i}" for i in range(5)]
+    keys = [keys[i] for i in rng.permutation(len(keys))]
+    layout = O.MarkArrays(keys)
+    ticks = rng.integers(6 * 10**17, 6 * 10**17 + 10**10, len(keys)).astype(np.int64)
+    has = {"all": np.ones(len(keys), bool), "some": rng.random(len(keys)) < 0.5, "none": np.zeros(len(keys), bool)}[which]
+    marks = {k: int(t) for k, t, h in zip(keys, ticks, has) if h}
+    doc = layout.encode(ticks, has)
+    assert doc == O.encode_marks(marks)
+    assert O.decode_marks(doc) == marks
+    back_ticks, back_has = layout.from_marks(marks)
+    assert (back_has == has).all() and (back_ticks[has] == ticks[has]).all()
