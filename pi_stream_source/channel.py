@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
+import requests
 import websocket
 
 from .errors import PIAuthError, PIConnectionError, PINotFoundError, PIStreamError, PITLSError
@@ -285,6 +286,8 @@ class ChannelReceiver(threading.Thread):
             ws = websocket.create_connection(url, header=headers, enable_multithread=True, skip_utf8_validation=True, **kw)
         except websocket.WebSocketBadStatusException as exc:
             challenge = (exc.resp_headers or {}).get("www-authenticate")
+            if exc.status_code == 401 and self.opts.credentials.auth_type == "kerberos":
+                challenge = self._challenges() or challenge
             raise error_from_status("upgrade", exc.status_code, exc.resp_body or b"",
                                     self.opts.credentials.auth_type, challenge, self.opts.credentials) from None
         except websocket.WebSocketProxyException as exc:
@@ -300,6 +303,17 @@ class ChannelReceiver(threading.Thread):
             raise PIConnectionError(f"cannot connect to {host} ({type(exc).__name__}: {reason})") from None
         ws.settimeout(self.opts.stall_timeout)
         return ws
+
+    def _challenges(self) -> Optional[str]:
+        """Every scheme the server offers, asked again over HTTP without credentials: websocket-client
+        keeps only the last ``WWW-Authenticate`` header of a response, and IIS with Windows and Basic
+        authentication sends Negotiate, then Basic (the refused ticket read as "no Kerberos")."""
+        try:
+            resp = requests.get(self.opts.url, allow_redirects=False,
+                                **{**self.opts.transport.request_kwargs(), "timeout": 10})
+        except requests.RequestException:
+            return None
+        return resp.headers.get("WWW-Authenticate") if resp.status_code == 401 else None
 
     def run(self) -> None:
         first = True

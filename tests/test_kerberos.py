@@ -297,6 +297,18 @@ def test_server_with_a_stale_keytab_refuses_the_ticket(simulator, realm):
     assert isinstance(failure, PIAuthError) and failure.status == 401 and "refused the Kerberos ticket" in str(failure)
 
 
+def test_a_refused_ticket_where_the_server_offers_negotiate_then_basic(simulator, realm):
+    """IIS with Windows and Basic authentication answers a 401 with two WWW-Authenticate headers,
+    Negotiate then Basic. The channel's upgrade (websocket-client keeps the last header only) said
+    "the server does not offer Kerberos (it asks for Basic)"; it must say what the REST call says."""
+    sim = simulator(tags=2, auth="kerberos", keytab=realm.stale_keytab, also_offer=("basic",))
+    exc = rest_error(sim, realm, keytab=realm.alice_keytab)
+    assert isinstance(exc, PIAuthError) and "refused the Kerberos ticket" in str(exc)
+    failure = channel_failure(sim, realm, keytab=realm.alice_keytab)
+    assert isinstance(failure, PIAuthError) and failure.status == 401
+    assert "refused the Kerberos ticket" in str(failure) and "does not offer" not in str(failure)
+
+
 def test_server_that_does_not_offer_negotiate(simulator, realm):
     sim = simulator(tags=2, auth="basic")
     exc = rest_error(sim, realm, keytab=realm.alice_keytab)

@@ -45,6 +45,8 @@ class SimConfig:
     port: int = 0
     auth: str = "anonymous"              # anonymous | basic | bearer | kerberos
     keytab: Optional[str] = None         # kerberos: the service keytab (HTTP/host); default KRB5_KTNAME
+    also_offer: Tuple[str, ...] = ()     # a 401 also names these schemes, one WWW-Authenticate header each
+                                         # (IIS with Windows and Basic authentication: Negotiate, then Basic)
     username: str = "piuser"
     password: str = "pi-secret"
     token: Optional[str] = None          # bearer: the token clients must send (issued when None)
@@ -351,9 +353,13 @@ class PISimulator(FaultsMixin):
                                  headers={"Cache-Control": "no-store"})
 
     def _unauthorized(self, challenge: Optional[str] = None) -> web.Response:
-        challenge = challenge or {"basic": 'Basic realm="PI Web API"', "kerberos": "Negotiate"}.get(self.config.auth, "Bearer")
-        return self._web(error_resp(401, "Authorization has been denied for this request."),
-                         {"WWW-Authenticate": challenge})
+        offered = {"basic": 'Basic realm="PI Web API"', "kerberos": "Negotiate"}
+        challenge = challenge or offered.get(self.config.auth, "Bearer")
+        response = self._web(error_resp(401, "Authorization has been denied for this request."),
+                             {"WWW-Authenticate": challenge})
+        for scheme in self.config.also_offer:
+            response.headers.add("WWW-Authenticate", offered.get(scheme, scheme))
+        return response
 
     @staticmethod
     def _web(resp: Resp, headers: Optional[Dict[str, str]] = None) -> web.Response:
