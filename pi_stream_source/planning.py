@@ -53,8 +53,9 @@ class ArchiveRange:
 
 #: Where a connection's archive ranges stand: (where they start, per stream; how far they are
 #: planned; the values/s they were sized at; per stream, whether the value that set the cutoff came
-#: on the channel yet).
-Progress = Tuple[np.ndarray, np.ndarray, float, np.ndarray]
+#: on the channel yet; each slice planned so far: (per stream, where it ends; the buffer's sequence
+#: when it was planned: a row from there on may have come after that slice's read)).
+Progress = Tuple[np.ndarray, np.ndarray, float, np.ndarray, Tuple[Tuple[np.ndarray, int], ...]]
 
 
 @dataclass
@@ -105,7 +106,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True,
                archive_budget: Optional[float] = None, rate: float = 1.0,
                progress: Optional[Dict[int, Progress]] = None,
-               reread: Optional[np.ndarray] = None) -> ShardPlan:
+               reread: Optional[np.ndarray] = None, upto: Optional[int] = None) -> ShardPlan:
     """Plan one shard's share of a batch.
 
     ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
@@ -125,9 +126,12 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     (``ShardPlan.stop``/``epochs_done``). ``progress``: per connection begun before, (where its
     ranges start, how far they are planned, its rate) as of ``marks``' offset; the plan returns
     the same after the batch in ``ShardPlan.progress`` (planning has no side effects: the same
-    start planned twice gives the same batch)."""
+    start planned twice gives the same batch). ``upto``: the sequence the rows taken end at
+    (default: after the last chunk): rows from there on came after this batch's slices were planned."""
     n = len(streams)
     chunks = _one_chunk(chunks)
+    if upto is None:
+        upto = max((q + b.num_rows for q, b in chunks), default=0)
     start = marks.astype(np.int64).copy()
     marks = start.copy()
     plan = ShardPlan([], [], marks)
@@ -158,13 +162,13 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                     raise PIDataLossError(_loss_message(streams, i, lo, cut, max_backfill))
                 plan.lost.append((i, lo, cut))
                 lower[i] = cut
-        state[epoch.index] = (lower, lower.copy(), rate, np.zeros(n, dtype=bool))
+        state[epoch.index] = (lower, lower.copy(), rate, np.zeros(n, dtype=bool), ())
 
     def gap(epoch: Epoch) -> bool:
         """Plan the connection's next archive slice; True when its ranges are all planned."""
         if epoch.index not in state:
             begin_gap(epoch)
-        lower, lo, r, seen = state[epoch.index]
+        lower, lo, r, seen, slices = state[epoch.index]
         hi = epoch.cutoff.astype(np.int64)
         if epoch.index == 0 and bridge_overlap and (lo == lower).all() and (known & (lower < start)).any():
             # a restart's first slice re-reads only the overlap below known marks (values the table
@@ -178,7 +182,8 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
         for i in np.nonzero(hi > lo)[0]:
             plan.ranges.append(ArchiveRange(streams[i], int(lo[i]), int(hi[i])))
         np.maximum(marks, hi, out=marks)
-        state[epoch.index] = (lower, np.maximum(lo, hi), r, seen)
+        reached = np.maximum(lo, hi)
+        state[epoch.index] = (lower, reached, r, seen, slices + ((reached, upto),))
         return bool((hi >= epoch.cutoff).all())
 
     done_gaps = set()
@@ -202,10 +207,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             sel = np.nonzero(which == e_pos)[0]
             part = batch.take(pa.array(sel)) if len(sel) != batch.num_rows else batch
             if epoch is not None and epoch.index in state:
-                lower, lo, r, seen = state[epoch.index]
+                lower, lo, r, seen, slices = state[epoch.index]
                 rows_in, seen = _admit(plan, part, streams, epoch, lower, start, known, marks, seen,
-                                       planned_now=epoch.index in done_gaps)
-                state[epoch.index] = (lower, lo, r, seen)
+                                       slices=slices, seqs=rseq[sel])
+                state[epoch.index] = (lower, lo, r, seen, slices)
             else:
                 rows_in, _ = _admit(plan, part, streams, epoch, None, start, known, marks)
             plan.rows.append(rows_in)
@@ -256,14 +261,17 @@ def _horizon(lo: np.ndarray, hi: np.ndarray, rate: float, budget: float) -> int:
 
 def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], epoch: Optional[Epoch],
            lower: Optional[np.ndarray], start: np.ndarray, known: np.ndarray, marks: np.ndarray,
-           seen: Optional[np.ndarray] = None, planned_now: bool = True) -> Tuple[pa.RecordBatch, Optional[np.ndarray]]:
+           seen: Optional[np.ndarray] = None, slices: Sequence[Tuple[np.ndarray, int]] = (),
+           seqs: Optional[np.ndarray] = None) -> Tuple[pa.RecordBatch, Optional[np.ndarray]]:
     """Rows of one connection: drop those its archive read returns, keep the rest, and move marks,
     ``reach`` and the merge flag for the kept ones. Returns the rows kept and ``seen`` after them.
 
     ``lower``: where the connection's ranges start (None: nothing is dropped). A row inside
-    (``lower``, cutoff] that is not an edit is the read's when it arrived before the ranges were
-    planned (``planned_now``: in this batch; PI sends a value on a channel once it has it). After
-    that, when the stream's cutoff value itself (the newest PI had when it was asked: ``seen``, per
+    (``lower``, cutoff] that is not an edit is the read's when it arrived before the slice of the
+    ranges that holds it was planned (``slices``: per stream where each ends, and the buffer's
+    sequence then; ``seqs``: the rows' sequences; PI sends a value on a channel once it has it). A
+    long gap is read in slices over several batches while its rows wait: a value that came after
+    its slice was planned (maybe read) is a late write, kept. After that, when the stream's cutoff value itself (the newest PI had when it was asked: ``seen``, per
     stream, says whether it came yet) comes, it and the stream's rows before it on this connection
     were in PI before it, so in the read: dropped too. Rows after it at or below the cutoff are
     late writes: kept (and merged). At start, with channels opening under load, the cutoff values
@@ -282,13 +290,17 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
     if lower is not None:
         inside = ok & (ts <= cut) & (ts > lower[p]) & ~substituted
         is_cut = inside & (ts == cut)
-        if planned_now:
-            drop = inside
-        elif seen is not None and is_cut.any():
+        if slices and seqs is not None and inside.any():
+            planned_at = np.full(len(p), -1, dtype=np.int64)             # the sequence its slice was planned at
+            for reached, upto in reversed(slices):
+                planned_at[ts <= reached[p]] = upto
+            drop = inside & (seqs < planned_at)
+        after = inside & ~drop
+        if seen is not None and (is_cut & after).any():
             first = np.full(len(streams), len(p), dtype=np.int64)      # per stream: its cutoff value's row
-            at = np.nonzero(is_cut & ~seen[p])[0]
+            at = np.nonzero(is_cut & after & ~seen[p])[0]
             np.minimum.at(first, p[at], at)
-            drop = inside & ~seen[p] & (np.arange(len(p)) <= first[p]) & (first[p] < len(p))
+            drop |= after & ~seen[p] & (np.arange(len(p)) <= first[p]) & (first[p] < len(p))
         if seen is not None and is_cut.any():
             seen = seen.copy()
             seen[p[is_cut]] = True

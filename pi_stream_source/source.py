@@ -433,7 +433,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             floor=int(start["start"]), max_backfill=int(self.opts.max_backfill * TICKS),
                             fail_on_data_loss=self.opts.fail_on_data_loss,
                             archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate(),
-                            progress=self._progress.get((k, start_key)), reread=reread)
+                            progress=self._progress.get((k, start_key)), reread=reread, upto=stop)
             moved = np.ones(b - a, dtype=bool) if ep1 > 0 else known
             t1[a:b] = np.where(moved, sp.marks, t1[a:b])
             h1[a:b] |= moved

@@ -66,6 +66,33 @@ def test_restart_an_hour_later_fills_the_gap_exactly(spark, simulator, tmp_path)
     assert {"live", "backfill"} <= sources
 
 
+def test_a_late_value_for_a_gap_slice_already_read_lands_while_the_rest_of_the_gap_is_read(spark, simulator, tmp_path):
+    """An hour's gap read in slices (maxArchiveRecordsPerTrigger), the channel's values waiting for
+    the last one. Meanwhile PI gets a value late (an interface's buffer flushing after the outage)
+    for a time in a slice already read: it comes on the channel, is in no read after it, and must
+    land (it was dropped as "the archive's" when the last slice admitted the rows)."""
+    sim = simulator(tags=4, rate=1, seed=43, history_seconds=7200)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 12)
+    finish(q, sim)
+    first_end = max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    sim.jump_time(3600)
+    q = start_stream(spark, sim, table, ck, merge=True, maxArchiveRecordsPerTrigger=1000)   # ~250 s a slice
+    newest = lambda: max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    wait_until(lambda: newest() > first_end + 400_000_000 or q.exception() is not None, 120,
+               what="the gap's first slices landed")
+    late = sim.add_late_value(sim.tags[2].webid, first_end + 60_000_123, 4444.0)
+    assert newest() < first_end + 3_000_000_000, "the gap was read before the late value came: nothing tested"
+    wait_until(lambda: min(rows[-1][0] for rows in landed_by_tag(spark, table).values()) > first_end + 3600e6
+               or q.exception() is not None, 180, what="the hour caught up")
+    values_flowed(sim, 8)
+    finish(q, sim)
+    assert q.exception() is None
+    assert (late, 4444.0) in [(t, v) for t, v, _ in landed_by_tag(spark, table)[sim.tags[2].webid]]
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+
+
 def test_plain_delta_sink_duplicates_only_in_the_replayed_overlap(spark, simulator, tmp_path):
     sim = simulator(tags=3, rate=5, seed=43)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")

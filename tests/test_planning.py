@@ -192,3 +192,28 @@ def test_marks_kept_as_arrays_encode_to_the_same_offset_as_the_dict(which):
     assert O.decode_marks(doc) == marks
     back_ticks, back_has = layout.from_marks(marks)
     assert (back_has == has).all() and (back_ticks[has] == ticks[has]).all()
+
+
+def test_a_value_that_came_after_its_slice_was_planned_is_kept_when_the_last_slice_admits_the_rows():
+    """A long gap is read in slices over several batches, its connection's rows waiting for the
+    last one. A value PI gets late (an interface's buffer flushing after an outage) for a time in a
+    slice already planned, and so maybe already read, must land: when the last slice admits the
+    rows, only those buffered before their own slice was planned are the archive's."""
+    sec = 10_000_000
+    ep = Epoch(0, 0, np.array([100 * sec, 100 * sec]))
+    before = ("F1DPa", 10 * sec, "live", False)       # buffered before the first slice: that read has it
+    after_cut = ("F1DPa", 100 * sec + 5, "live", False)
+    late = ("F1DPb", 12 * sec, "live", False)          # comes after the first slice (0, 25 s] was planned
+    marks, known, progress = np.array([0, 0]), np.array([True, True]), None
+    taken = rows(before, after_cut)
+    for n in range(20):
+        plan = plan_shard([A, B], [(0, taken)], [ep], (0, 1), marks, known, max_backfill=1000 * sec,
+                          archive_budget=50, rate=1.0, progress=progress)
+        if n == 0:
+            assert plan.stop == 0 and [(r.lo, r.hi) for r in plan.ranges if r.stream is B] == [(0, 25 * sec)]
+            taken = rows(before, after_cut, late)
+        marks, progress = plan.marks, plan.progress
+        if plan.stop is None:
+            break
+    assert keys(plan) == [("F1DPa", 100 * sec + 5, "live"), ("F1DPb", 12 * sec, "live")]
+    assert plan.merge and plan.late == 1 and plan.covered == 1
