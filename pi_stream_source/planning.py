@@ -269,9 +269,10 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
     ``lower``: where the connection's ranges start (None: nothing is dropped). A row inside
     (``lower``, cutoff] that is not an edit is the read's when it arrived before the slice of the
     ranges that holds it was planned (``slices``: per stream where each ends, and the buffer's
-    sequence then; ``seqs``: the rows' sequences; PI sends a value on a channel once it has it). A
-    long gap is read in slices over several batches while its rows wait: a value that came after
-    its slice was planned (maybe read) is a late write, kept. After that, when the stream's cutoff value itself (the newest PI had when it was asked: ``seen``, per
+    sequence then; ``seqs``: the rows' sequences; PI sends a value on a channel once it has it).
+    A long gap is read in slices over several batches while its rows wait: a value that came after
+    its slice was planned (maybe read already) is a late write, kept. Of the rows that came after,
+    when the stream's cutoff value itself (the newest PI had when it was asked: ``seen``, per
     stream, says whether it came yet) comes, it and the stream's rows before it on this connection
     were in PI before it, so in the read: dropped too. Rows after it at or below the cutoff are
     late writes: kept (and merged). At start, with channels opening under load, the cutoff values
