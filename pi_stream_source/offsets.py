@@ -6,7 +6,7 @@ An offset is a small JSON document (pure functions here, no I/O)::
      "run": "<reader run id>", "seq": {"<shard>": [<rows taken>, <connections planned>]},
      "since": <ticks: earliest cutoff of the run's first connections>,
      "marks": <per-stream event-time high-water marks>, "from": <per-stream marks, optional>,
-     "merge": <bool>}
+     "gaps": {"lo": <per-stream marks>, "hi": <per-stream marks>} (optional), "merge": <bool>}
 
 High-water marks belong to **streams**, not to shard positions: ``marks`` maps each stream's
 identity (``stream_key``: a PI point's data server GUID and point ID, else the WebID itself) to a
@@ -17,7 +17,8 @@ mean something to the reader run that wrote them (the rows it buffered); any oth
 rebuilds a batch (start, end) from the archive as, per stream, ``(from or start mark − overlap,
 end mark]``. ``from`` records, for a batch that took values older than a stream's start mark
 (late values, old edits, snapshot values, or a stream new in that batch), the exclusive lower
-bound that covers them.
+bound that covers them. ``gaps`` (``liveFirstAbove``): per stream, (lo, hi] below its mark that no
+batch has read yet; every value up to the mark but those is in the batches up to this offset.
 
 Marks of point streams are stored per data server as sorted point IDs (delta-coded) plus the marks
 in the same order (a base and zlib-compressed deltas): a few KB at 10,000 tags.

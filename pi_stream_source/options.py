@@ -75,6 +75,9 @@ OPTIONS: Dict[str, Tuple[Optional[str], str]] = {
                                               "one micro-batch reads, estimated at each channel's live rate (at least "
                                               "1 value/s per stream); longer ranges are read in slices over several "
                                               "batches (maxRecordsPerTrigger bounds them too)"),
+    "liveFirstAbove": ("50000", "a connection's gap (after a restart or reconnect) estimated at more archive values than "
+                                "this is read after its live values land, in the batches that follow (the offset keeps "
+                                "what is left to read); smaller gaps are read in the batch with the live values"),
     "maxBufferRecords": ("1000000", "rows all channels together hold in memory before they stop reading (backpressure); "
                          "a batch's live rows pass through the driver's JVM, so this also bounds its heap use"),
     "recordedPageSize": ("10000", "maxCount of each streamsets/recorded call when filling gaps"),
@@ -224,6 +227,7 @@ class SourceOptions:
     late_data_overlap: float = 10.0
     fail_on_unknown_streams: bool = False
     max_archive_records_per_trigger: int = 1_000_000
+    live_first_above: int = 50_000
     archive_tasks: int = 2 * (os.cpu_count() or 1)
     replay_chunk: float = 3600.0
     rows_per_partition: int = 50_000
@@ -441,6 +445,7 @@ def parse_options(raw: Mapping[str, Any], require_streams: bool = True) -> Sourc
         fail_on_data_loss=fail,
         fail_on_unknown_streams=_bool(opts, "failOnUnknownStreams"),
         max_archive_records_per_trigger=_int(opts, "maxArchiveRecordsPerTrigger", 1),
+        live_first_above=_int(opts, "liveFirstAbove", 0),
         late_data_overlap=_duration(opts, "lateDataOverlap"),
         archive_tasks=_int(opts, "archiveTasks", 1) if opts.get("archiveTasks") is not None else 2 * (os.cpu_count() or 1),
         replay_chunk=_duration(opts, "replayChunk"),

@@ -49,6 +49,7 @@ class ArchiveRange:
     stream: Stream
     lo: int
     hi: int
+    new: bool = False                       # a deferred gap's part: no value of it can be in the table
 
 
 #: Where a connection's archive ranges stand: (where they start, per stream; how far they are
@@ -71,6 +72,8 @@ class ShardPlan:
     stop: Optional[int] = None              # rows from this sequence on wait: a connection's ranges go on
     progress: Dict[int, Progress] = field(default_factory=dict)
     epochs_done: int = 0                    # connections whose ranges are all planned
+    gaps: Optional[Tuple[np.ndarray, np.ndarray]] = None   # per stream, (lo, hi] still to read after the batch
+    deferred: int = 0                       # connections whose gap was left to later batches
 
 
 _WEBIDS: Dict[int, Tuple[Sequence[Stream], pa.Array]] = {}
@@ -106,7 +109,9 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                floor: Optional[int] = None, max_backfill: int, fail_on_data_loss: bool = True,
                archive_budget: Optional[float] = None, rate: float = 1.0,
                progress: Optional[Dict[int, Progress]] = None,
-               reread: Optional[np.ndarray] = None, upto: Optional[int] = None) -> ShardPlan:
+               reread: Optional[np.ndarray] = None, upto: Optional[int] = None,
+               gaps: Optional[Tuple[np.ndarray, np.ndarray]] = None, live_first: Optional[float] = None,
+               gaps_after: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ShardPlan:
     """Plan one shard's share of a batch.
 
     ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
@@ -127,7 +132,15 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     ranges start, how far they are planned, its rate) as of ``marks``' offset; the plan returns
     the same after the batch in ``ShardPlan.progress`` (planning has no side effects: the same
     start planned twice gives the same batch). ``upto``: the sequence the rows taken end at
-    (default: after the last chunk): rows from there on came after this batch's slices were planned."""
+    (default: after the last chunk): rows from there on came after this batch's slices were planned.
+
+    ``gaps``: per stream, (lo, hi] PI archived that earlier batches left to read (lo >= hi: none).
+    This batch reads their oldest part first, within the budget (ranges marked ``new``: nothing of
+    them can be in the table). ``live_first``: a connection's first look whose gap above the marks
+    is estimated at more values than this (and whose streams have no gap left) lands its live rows
+    now and leaves that gap to the batches after (``ShardPlan.gaps``); its rows inside a gap left
+    to read are dropped (the read comes after them). ``gaps_after``: the gaps the batch's end offset
+    leaves, when planning a batch again: its reads and deferrals are then those, whatever the rates."""
     n = len(streams)
     chunks = _one_chunk(chunks)
     if upto is None:
@@ -144,6 +157,23 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     budget = [archive_budget]
     state: Dict[int, Progress] = dict(progress or {})
     plan.progress = state
+    glo, ghi = ((gaps[0].astype(np.int64).copy(), gaps[1].astype(np.int64).copy()) if gaps is not None
+                else (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)))
+    left = ghi > glo
+    # rows at times still to read (in this batch or later) are those reads' (None: no such time)
+    gone = [glo.copy(), ghi.copy()] if left.any() else None
+    if left.any():
+        hi = ghi.copy()
+        if gaps_after is not None:
+            hi = np.where(left & (gaps_after[1] > gaps_after[0]), np.minimum(ghi, gaps_after[0]), ghi)
+        elif budget[0] is not None:
+            need = np.where(left, ghi - glo, 0) * (rate / TICKS)
+            if need.sum() > budget[0]:
+                hi = np.where(left, np.minimum(ghi, _horizon(glo[left], ghi[left], rate, budget[0])), ghi)
+            budget[0] = max(0.0, budget[0] - float((np.where(left, hi - glo, 0) * (rate / TICKS)).sum()))
+        for i in np.nonzero(left & (hi > glo))[0]:
+            plan.ranges.append(ArchiveRange(streams[i], int(glo[i]), int(hi[i]), new=True))
+        glo = np.where(left, np.maximum(glo, hi), glo)
 
     def begin_gap(epoch: Epoch) -> None:
         """First look at a connection: where its ranges start, per stream (data loss checked)."""
@@ -153,6 +183,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             moved = lower - bridge_overlap
             if floor is not None:
                 moved = np.maximum(moved, np.minimum(floor, lower))
+            # never into a gap left to read: its read comes as new rows (appended), so this one
+            # must not land them first
+            if gone is not None:
+                moved = np.where(gone[1] > gone[0], np.maximum(moved, np.minimum(gone[1], lower)), moved)
             lower = np.where(known if reread is None else known & ~reread, moved, lower)
         for i in range(n):
             hi, lo = int(epoch.cutoff[i]), int(lower[i])
@@ -166,10 +200,28 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
 
     def gap(epoch: Epoch) -> bool:
         """Plan the connection's next archive slice; True when its ranges are all planned."""
+        nonlocal gone
         if epoch.index not in state:
             begin_gap(epoch)
         lower, lo, r, seen, slices = state[epoch.index]
         hi = epoch.cutoff.astype(np.int64)
+        if live_first is not None and (lo == lower).all() and gone is None:
+            above = np.maximum(lower, start)
+            defer = (float(np.clip(hi - above, 0, None).sum()) * (r / TICKS) > live_first if gaps_after is None
+                     else bool((gaps_after[1] > gaps_after[0]).any()))
+            if defer:
+                # the gap above the marks is left to later batches (its live rows land now); only
+                # the overlap below known marks is read in this one
+                now = np.where(lower < start, np.minimum(hi, start), lower)
+                for i in np.nonzero(now > lo)[0]:
+                    plan.ranges.append(ArchiveRange(streams[i], int(lo[i]), int(now[i])))
+                later = hi > above
+                glo[later], ghi[later] = above[later], hi[later]
+                gone = [glo.copy(), ghi.copy()]
+                plan.deferred += 1
+                np.maximum(marks, hi, out=marks)
+                state[epoch.index] = (lower, np.maximum(lo, hi), r, seen, slices + ((np.maximum(lo, now), upto),))
+                return True
         if epoch.index == 0 and bridge_overlap and (lo == lower).all() and (known & (lower < start)).any():
             # a restart's first slice re-reads only the overlap below known marks (values the table
             # may hold: its batch is merged); the rest of the gap, above the marks, is new (appended)
@@ -209,10 +261,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             if epoch is not None and epoch.index in state:
                 lower, lo, r, seen, slices = state[epoch.index]
                 rows_in, seen = _admit(plan, part, streams, epoch, lower, start, known, marks, seen,
-                                       slices=slices, seqs=rseq[sel])
+                                       slices=slices, seqs=rseq[sel], gone=gone)
                 state[epoch.index] = (lower, lo, r, seen, slices)
             else:
-                rows_in, _ = _admit(plan, part, streams, epoch, None, start, known, marks)
+                rows_in, _ = _admit(plan, part, streams, epoch, None, start, known, marks, gone=gone)
             plan.rows.append(rows_in)
     for idx in range(first, end):                       # connections without rows yet
         if not held and idx not in done_gaps and idx in by_index:
@@ -221,6 +273,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                 held, plan.stop, plan.epochs_done = True, by_index[idx].first_seq, idx
     plan.rows = [b for b in plan.rows if b.num_rows]
     plan.marks = marks
+    plan.gaps = (glo, ghi)
     return plan
 
 
@@ -262,7 +315,8 @@ def _horizon(lo: np.ndarray, hi: np.ndarray, rate: float, budget: float) -> int:
 def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], epoch: Optional[Epoch],
            lower: Optional[np.ndarray], start: np.ndarray, known: np.ndarray, marks: np.ndarray,
            seen: Optional[np.ndarray] = None, slices: Sequence[Tuple[np.ndarray, int]] = (),
-           seqs: Optional[np.ndarray] = None) -> Tuple[pa.RecordBatch, Optional[np.ndarray]]:
+           seqs: Optional[np.ndarray] = None,
+           gone: Optional[Sequence[np.ndarray]] = None) -> Tuple[pa.RecordBatch, Optional[np.ndarray]]:
     """Rows of one connection: drop those its archive read returns, keep the rest, and move marks,
     ``reach`` and the merge flag for the kept ones. Returns the rows kept and ``seen`` after them.
 
@@ -277,7 +331,8 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
     were in PI before it, so in the read: dropped too. Rows after it at or below the cutoff are
     late writes: kept (and merged). At start, with channels opening under load, the cutoff values
     reached the reader after the batch that planned their ranges and made it a MERGE (1,428 rows
-    at 10,000 tags; a 970,000-row MERGE of 33 s at 100,000)."""
+    at 10,000 tags; a 970,000-row MERGE of 33 s at 100,000). ``gone``: per stream, (lo, hi] of a
+    gap left to read that this batch or a later one reads: every row there is that read's."""
     pos = _positions(batch.column("tag_webid"), streams)
     ts_col = batch.column("timestamp")
     has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(zero_copy_only=False), dtype=bool)
@@ -308,6 +363,8 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
     # a current value sent first (startingPosition snapshot) of a stream that has a mark is in the
     # table already or in the archive range: it was landed when the stream started
     drop |= ok & snapshot & known[p] & (ts <= cut)
+    if gone is not None:
+        drop |= ok & (ts > gone[0][p]) & (ts <= gone[1][p])
     keep = ~drop
     late = ok & keep & ((ts <= cut) | (known[p] & (ts <= start[p])))
     plan.covered += int(drop.sum())

@@ -167,7 +167,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._progress: Dict[Tuple[int, str], Dict[int, Any]] = {}
         self._marks_cache: Tuple[Optional[str], O.Marks] = (None, {})
         self._mark_layout: Optional[Tuple[O.MarkArrays, List[Tuple[int, int]]]] = None
-        self._arrays: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}   # offset → its marks in the layout
+        # offset → its marks in the layout (ticks, has a mark) and the gaps it leaves to read (lo, hi)
+        self._arrays: Dict[str, Tuple[np.ndarray, ...]] = {}
         self._lost: List[Dict[str, Any]] = []
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
@@ -339,15 +340,17 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return self._mark_layout
 
     def _start_marks(self, start: Dict[str, Any], start_key: str,
-                     layout: O.MarkArrays) -> Tuple[np.ndarray, np.ndarray, bool]:
+                     layout: O.MarkArrays) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """``start``'s marks as arrays in ``layout`` (kept from planning the batch that ended at
-        it, else decoded), and whether it holds marks of streams no longer chosen."""
+        it, else decoded), its gaps left to read (lo, hi), and whether it holds marks of streams no
+        longer chosen."""
         kept = self._arrays.get(start_key)
         if kept is not None:
-            return kept[0], kept[1], False
+            return kept[0], kept[1], kept[2], kept[3], False
         m0 = self._marks(start)
         ticks, has = layout.from_marks(m0)
-        return ticks, has, len(m0) > int(has.sum())
+        glo, ghi = _gap_arrays(layout, start)
+        return ticks, has, glo, ghi, len(m0) > int(has.sum())
 
     def latestOffset(self, start: Dict[str, Any], limit: ReadLimit) -> Dict[str, Any]:
         self._ensure_started()
@@ -372,13 +375,14 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return end
 
     def _plan(self, start: Dict[str, Any], limit: Optional[ReadLimit] = None,
-              targets: Optional[Dict[int, Tuple[int, int]]] = None) -> Tuple[Dict[str, Any], _Plan]:
+              targets: Optional[Dict[int, Tuple[int, int]]] = None,
+              after: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], _Plan]:
         """The next offset after ``start`` and what its batch holds. ``targets`` (shard → (seq,
-        connections)) re-plans a batch whose end is known."""
+        connections)) and ``after`` (its end offset) re-plan a batch whose end is known."""
         shards = self.shards()
         layout, spans = self._layout()
         start_key = _key(start)
-        t0, h0, extra = self._start_marks(start, start_key, layout)
+        t0, h0, g0lo, g0hi, extra = self._start_marks(start, start_key, layout)
         same_run = start.get("run") == self.run_id
         initial = start.get("run") == O.INITIAL_RUN
         default = int(start["start"]) if initial else (
@@ -401,7 +405,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if isinstance(limit, ReadMaxRows):
             pending = _fair_share(pending, limit.max_rows)
             budget = min(budget, float(limit.max_rows))
-        t1, h1 = t0.copy(), h0.copy()
+        t1, h1, g1lo, g1hi = t0.copy(), h0.copy(), g0lo.copy(), g0hi.copy()
+        after_gaps = _gap_arrays(layout, after) if after is not None else None
         reach: Dict[str, int] = {}
         seq = dict(start["seq"]) if same_run else {}
         plan = _Plan([], [])
@@ -412,16 +417,20 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         fresh = self.opts.start_time is None and (initial or (same_run and self._fresh_run))
         lost_before = len(self._lost)
         progress: Dict[int, Any] = {}
+        spans_of: Dict[int, Tuple[int, int]] = {}
         for k, (begin, ep0, _, epochs) in states.items():
             stop = begin + pending[str(k)]
             ep1 = 1 + max((e.index for e in epochs if e.first_seq <= stop), default=ep0 - 1)
             if targets is not None:
                 ep1 = min(ep1, targets.get(k, (stop, ep0))[1])
-            ep1 = max(ep1, ep0)
-            if stop == begin and ep1 == ep0:
+            spans_of[k] = (stop, max(ep1, ep0))
+        live_first = self._live_first(states, spans_of, spans, t0, h0, default, start_key, after is not None)
+        for k, (begin, ep0, _, epochs) in states.items():
+            stop, ep1 = spans_of[k]
+            a, b = spans[k]
+            if stop == begin and ep1 == ep0 and not (g0hi[a:b] > g0lo[a:b]).any():
                 continue
             shard = shards[k]
-            a, b = spans[k]
             known = h0[a:b]
             marks = np.where(known, t0[a:b], default)
             first_look = not (same_run and str(k) in start["seq"])
@@ -433,7 +442,10 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             floor=int(start["start"]), max_backfill=int(self.opts.max_backfill * TICKS),
                             fail_on_data_loss=self.opts.fail_on_data_loss,
                             archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate(),
-                            progress=self._progress.get((k, start_key)), reread=reread, upto=stop)
+                            progress=self._progress.get((k, start_key)), reread=reread, upto=stop,
+                            gaps=(g0lo[a:b], g0hi[a:b]) if (g0hi[a:b] > g0lo[a:b]).any() else None, live_first=live_first,
+                            gaps_after=None if after_gaps is None else (after_gaps[0][a:b], after_gaps[1][a:b]))
+            g1lo[a:b], g1hi[a:b] = sp.gaps
             moved = np.ones(b - a, dtype=bool) if ep1 > 0 else known
             t1[a:b] = np.where(moved, sp.marks, t1[a:b])
             h1[a:b] |= moved
@@ -449,7 +461,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._counts["archiveRanges"] += len(sp.ranges)
             self._gap_fills[k] = self._gap_fills.get(k, 0) + len(range(max(ep0, 1), max(ep1, 1)))
             merge = merge or sp.merge or any(_may_be_landed(r, _mark_of(layout, t0, h0, r.stream.key), fresh)
-                                             for r in sp.ranges)
+                                             for r in sp.ranges if not r.new)
             seq[str(k)] = [stop if sp.stop is None else sp.stop, sp.epochs_done]
             progress[k] = {i: v for i, v in sp.progress.items() if i >= sp.epochs_done - 1}
             if sp.rows:
@@ -467,6 +479,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                "marks": layout.encode(t1, h1), "merge": merge}
         if reach:
             end["from"] = O.encode_marks(reach)
+        left = g1hi > g1lo
+        if left.any():
+            end["gaps"] = {"lo": layout.encode(g1lo, left), "hi": layout.encode(g1hi, left)}
         if targets is None:                               # a batch planned anew: what the reader saw
             totals = self._totals()[0]
             end["h"] = plan_health(now_ticks(), (b for _, rows in plan.live for b in rows), plan.ranges, totals,
@@ -475,7 +490,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # where each connection's archive ranges stand after this batch, for the batch after it
         # (kept per offset: planning the same start again, Spark's right, gives the same batch)
         end_key = _key(end)
-        self._arrays[end_key] = (t1, h1)
+        self._arrays[end_key] = (t1, h1, np.where(left, g1lo, 0), np.where(left, g1hi, 0))
         while len(self._arrays) > 4:
             self._arrays.pop(next(iter(self._arrays)))
         for k in range(len(shards)):
@@ -487,6 +502,25 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._progress.pop(next(iter(self._progress)))
         return end, plan
 
+    def _live_first(self, states: Dict[int, Tuple[int, int, int, List[Epoch]]], spans_of: Dict[int, Tuple[int, int]],
+                    spans: List[Tuple[int, int]], t0: np.ndarray, h0: np.ndarray, default: int, start_key: str,
+                    again: bool) -> Optional[float]:
+        """0 when the connections this batch looks at first have more than liveFirstAbove values to
+        read from the archive above the marks, together (estimated at each channel's live rate):
+        their gaps are then left to the batches after; else None. A batch planned again (``again``)
+        follows its end offset instead."""
+        if again:
+            return 0.0
+        values = 0.0
+        for k, (_, ep0, _, epochs) in states.items():
+            begun = self._progress.get((k, start_key)) or {}
+            a, b = spans[k]
+            for e in epochs:
+                if ep0 <= e.index < spans_of[k][1] and e.index not in begun:
+                    marks = np.where(h0[a:b], t0[a:b], default)
+                    values += float(np.clip(e.cutoff - marks, 0, None).sum()) * self._receivers[k].value_rate() / TICKS
+        return 0.0 if values > self.opts.live_first_above else None
+
     # -- planning -------------------------------------------------------------------------------
     def partitions(self, start: Dict[str, Any], end: Dict[str, Any]) -> List[InputPartition]:
         if start == end:                                  # Spark 4.0 names a restart's last offset so
@@ -496,7 +530,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if plan is None:                              # not planned by latestOffset here: plan it again
                 self._ensure_started()
                 with self._paused():
-                    _, plan = self._plan(start, targets={int(k): (v[0], v[1]) for k, v in end["seq"].items()})
+                    _, plan = self._plan(start, targets={int(k): (v[0], v[1]) for k, v in end["seq"].items()}, after=end)
             source = "backfill"
         else:
             plan = self._rebuild(start, end)
@@ -544,16 +578,21 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         overlap = int(self.opts.late_data_overlap * TICKS)
         first = int(start["start"])
         floor = int(end.get("since", first)) - int(self.opts.max_backfill * TICKS)
+        layout, _ = self._layout()
+        g0, g1 = _gap_arrays(layout, start), _gap_arrays(layout, end)
         ranges = []
         for shard in self.shards():
             for s in shard:
+                i = layout.index[s.key]
+                spans = []
                 hi = m1.get(s.key)
-                if hi is None:
-                    continue
-                lo = m0.get(s.key)
-                lo = reach.get(s.key, first) if lo is None else (lo - overlap if lo - overlap >= first else min(lo, first))
-                lo = max(min(lo, reach.get(s.key, lo)), floor)
-                if hi > lo:
+                if hi is not None:
+                    lo = m0.get(s.key)
+                    lo = reach.get(s.key, first) if lo is None else (lo - overlap if lo - overlap >= first else min(lo, first))
+                    spans.append((max(min(lo, reach.get(s.key, lo)), floor), hi))
+                # what the batch read of a gap left to read before it (at its start, not at its end)
+                spans.append((int(g0[0][i]), int(g0[1][i])))
+                for lo, hi in _minus(_union(spans), (int(g1[0][i]), int(g1[1][i]))):
                     ranges.append(ArchiveRange(s, lo, hi))
         return _Plan([], ranges)
 
@@ -660,6 +699,39 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             # executor side: rows with a problem carry it in ``error``; the rest is logged here
             log.warning("%s read: %d malformed answers, %d values with errors, %d unknown WebIDs; last: %s",
                         part.source, stats.malformed_frames, stats.value_errors, stats.unknown_webids, stats.last_error)
+
+
+def _union(spans: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """(lo, hi] spans (empty ones dropped) as disjoint sorted spans."""
+    out: List[Tuple[int, int]] = []
+    for lo, hi in sorted(sp for sp in spans if sp[1] > sp[0]):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _minus(spans: List[Tuple[int, int]], cut: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """``spans`` without (lo, hi] ``cut`` (empty: nothing removed)."""
+    if cut[1] <= cut[0]:
+        return spans
+    out = []
+    for lo, hi in spans:
+        if min(hi, cut[0]) > lo:
+            out.append((lo, min(hi, cut[0])))
+        if hi > max(lo, cut[1]):
+            out.append((max(lo, cut[1]), hi))
+    return out
+
+
+def _gap_arrays(layout: O.MarkArrays, offset: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """The gaps an offset leaves to read, per stream of ``layout``: (lo, hi] (lo = hi = 0: none)."""
+    doc = offset.get("gaps") or {}
+    lo, has_lo = layout.from_marks(O.decode_marks(doc.get("lo")))
+    hi, has_hi = layout.from_marks(O.decode_marks(doc.get("hi")))
+    both = has_lo & has_hi & (hi > lo)
+    return np.where(both, lo, 0), np.where(both, hi, 0)
 
 
 def _mark_of(layout: O.MarkArrays, ticks: np.ndarray, has: np.ndarray, key: str) -> Optional[int]:

@@ -335,3 +335,78 @@ def test_after_a_replay_the_next_batch_holds_the_gap_and_live_values_and_late_va
     operation, by_source = _batch_rows_by_source(spark, table, app, k + 1)
     assert by_source.get("live", 0) > 0 and by_source.get("backfill", 0) >= 4 * 5 * 100, (operation, by_source)
     assert operation == "WRITE", (operation, by_source)      # only new rows: appended, not merged
+
+
+def _committed(ck):
+    return max((int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit()), default=-1)
+
+
+def _gaps(ck, batch):
+    """The gaps left to read in the offset of ``batch`` (None: none)."""
+    doc = json.loads(Path(ck, "offsets", str(batch)).read_text().splitlines()[2])
+    return (json.loads(doc) if isinstance(doc, str) else doc).get("gaps")
+
+
+def test_a_long_gap_after_a_restart_is_read_after_the_first_live_values_land(spark, simulator, tmp_path):
+    """liveFirstAbove: after a restart, a connection whose gap holds more values than that lands
+    its live values in the first batch (with only the overlap re-read below the marks); the
+    offset keeps the gap, read oldest first in the batches after (appended: none of it can be in
+    the table). The table is exact."""
+    sim = simulator(tags=4, rate=5, seed=211)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    app = f"pi_stream_source:{ck}"
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 40)
+    finish(q, sim)
+    first_end = max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    k = _committed(ck)
+    sim.jump_time(600)                                    # 12,000 values to read back
+    q = start_stream(spark, sim, table, ck, merge=True, liveFirstAbove=1000, maxArchiveRecordsPerTrigger=800)
+    wait_until(lambda: min(rows[-1][0] for rows in landed_by_tag(spark, table).values()) > first_end + 600e6
+               or q.exception() is not None, 180, what="the gap and live values")
+    wait_until(lambda: not _gaps(ck, _committed(ck)) or q.exception() is not None, 180, what="the gap read")
+    values_flowed(sim, 40)
+    finish(q, sim)
+    assert q.exception() is None
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))
+    _, first = _batch_rows_by_source(spark, table, app, k + 1)
+    assert first.get("live", 0) > 0 and first.get("backfill", 0) <= 4 * 5 * 11, first   # the overlap at most
+    fills = [_batch_rows_by_source(spark, table, app, b) for b in range(k + 2, _committed(ck) + 1)]
+    filled = [by.get("backfill", 0) for op, by in fills if by.get("backfill", 0)]
+    assert sum(filled) >= 4 * 5 * 590 and len(filled) >= 3, fills             # in slices (rates estimated)
+    assert all(op == "WRITE" for op, by in fills if by.get("backfill", 0)), fills
+
+
+def test_a_batch_that_read_part_of_a_gap_left_to_read_is_rebuilt_exactly(spark, simulator, tmp_path):
+    """The query dies with a batch planned that reads part of a gap an earlier batch left to read
+    (liveFirstAbove): the restart rebuilds it from the archive as that part and its own stretch,
+    without what is still left to read (read later as new rows, appended); the table is exact."""
+    sim = simulator(tags=4, rate=5, seed=223)
+    table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, 40)
+    finish(q, sim)
+    k0 = _committed(ck)
+    sim.jump_time(900)                                    # 18,000 values to read back
+    q = start_stream(spark, sim, table, ck, merge=True, liveFirstAbove=1000, maxArchiveRecordsPerTrigger=2000)
+    log = Path(table, "_delta_log")
+    try:
+        wait_until(lambda: (_committed(ck) > k0 + 1 and _gaps(ck, _committed(ck))) or q.exception() is not None,
+                   120, what="a gap being read")
+        newest = max(int(f.name[:20]) for f in log.glob("*.json"))
+        garbage = log / f"{newest + 1:020d}.json"
+        garbage.write_text("not a Delta commit\n")           # the next batch's commit fails: the query dies
+        wait_until(lambda: not q.isActive, 120, what="the query to fail")
+    finally:
+        q.stop()
+    garbage.unlink()
+    done = {int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit()}
+    planned = {int(p.name) for p in Path(ck, "offsets").iterdir() if p.name.isdigit()}
+    (k,) = planned - done
+    assert _gaps(ck, k - 1), "the batch that died did not read a gap left to read: nothing tested"
+    q = start_stream(spark, sim, table, ck, merge=True, liveFirstAbove=1000, maxArchiveRecordsPerTrigger=2000)
+    wait_until(lambda: not _gaps(ck, _committed(ck)) or q.exception() is not None, 240, what="the gap read")
+    values_flowed(sim, 40)
+    finish(q, sim)
+    assert q.exception() is None
+    assert_prefix_exact(spark, table, sim, checkpoint_start(ck))

@@ -217,3 +217,43 @@ def test_a_value_that_came_after_its_slice_was_planned_is_kept_when_the_last_sli
             break
     assert keys(plan) == [("F1DPa", 100 * sec + 5, "live"), ("F1DPb", 12 * sec, "live")]
     assert plan.merge and plan.late == 1 and plan.covered == 1
+
+
+def test_a_long_gap_is_left_to_later_batches_and_the_live_rows_land_first():
+    """liveFirst: a connection whose gap above the marks is estimated at more values than the
+    threshold lands its live rows in this batch; the gap is kept (``gaps``) and read, oldest first,
+    in the batches after, as new rows. A row at a time still to read is that read's (dropped); one
+    that came after its part was planned is a late write (kept, merged)."""
+    sec = 10_000_000
+    cut = np.array([1000 * sec, 1000 * sec])
+    ep = Epoch(0, 0, cut)
+    marks, known = np.array([100 * sec, 100 * sec]), np.array([True, True])
+    kw = dict(max_backfill=10_000 * sec, rate=1.0, live_first=100.0)
+    first = rows(("F1DPa", 500 * sec, "live", False),       # at a time the gap's read returns: dropped
+                 ("F1DPa", 1000 * sec + 1, "live", False), ("F1DPb", 1000 * sec + 2, "live", False))
+    one = plan_shard([A, B], [(0, first)], [ep], (0, 1), marks, known, archive_budget=1e9, **kw)
+    assert one.stop is None and one.deferred == 1 and not one.ranges and not one.merge
+    assert keys(one) == [("F1DPa", 1000 * sec + 1, "live"), ("F1DPb", 1000 * sec + 2, "live")]
+    assert one.marks.tolist() == [1000 * sec + 1, 1000 * sec + 2]
+    assert [g.tolist() for g in one.gaps] == [[100 * sec, 100 * sec], [1000 * sec, 1000 * sec]]
+    # the batches after read it in slices within the budget; the live rows keep landing
+    gaps, progress, marks, spans, seq = one.gaps, one.progress, one.marks, [], 3
+    late_at = None
+    for n in range(40):
+        extra = [("F1DPb", 150 * sec, "live", False)] if n == 1 else []    # PI got it late: its part was read
+        batch = rows(("F1DPa", (1000 + 10 + n) * sec, "live", False), *extra)
+        plan = plan_shard([A, B], [(seq, batch)], [ep], (1, 1), marks, known, archive_budget=400,
+                          progress=progress, gaps=gaps, **kw)
+        again = plan_shard([A, B], [(seq, batch)], [ep], (1, 1), marks, known, archive_budget=400,
+                           progress=progress, gaps=gaps, **{**kw, "rate": 7.0}, gaps_after=plan.gaps)
+        assert [(r.lo, r.hi) for r in again.ranges] == [(r.lo, r.hi) for r in plan.ranges]   # planned again: the same
+        seq += batch.num_rows
+        assert plan.stop is None and all(r.new for r in plan.ranges) and ("F1DPa", (1000 + 10 + n) * sec, "live") in keys(plan)
+        if extra:
+            assert ("F1DPb", 150 * sec, "live") in keys(plan) and plan.merge and plan.late == 1
+        spans += [(r.lo, r.hi) for r in plan.ranges if r.stream is B]
+        gaps, progress, marks = plan.gaps, plan.progress, plan.marks
+        if not (gaps[1] > gaps[0]).any():
+            break
+    assert spans[0] == (100 * sec, spans[0][1]) and spans[-1][1] == 1000 * sec and len(spans) >= 3
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
