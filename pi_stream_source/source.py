@@ -727,7 +727,9 @@ def _minus(spans: List[Tuple[int, int]], cut: Tuple[int, int]) -> List[Tuple[int
 
 def _gap_arrays(layout: O.MarkArrays, offset: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     """The gaps an offset leaves to read, per stream of ``layout``: (lo, hi] (lo = hi = 0: none)."""
-    doc = offset.get("gaps") or {}
+    doc = offset.get("gaps")
+    if not doc:
+        return np.zeros(len(layout.keys), dtype=np.int64), np.zeros(len(layout.keys), dtype=np.int64)
     lo, has_lo = layout.from_marks(O.decode_marks(doc.get("lo")))
     hi, has_hi = layout.from_marks(O.decode_marks(doc.get("hi")))
     both = has_lo & has_hi & (hi > lo)
