@@ -170,6 +170,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # offset → its marks in the layout (ticks, has a mark) and the gaps it leaves to read (lo, hi)
         self._arrays: Dict[str, Tuple[np.ndarray, ...]] = {}
         self._lost: List[Dict[str, Any]] = []
+        self._gaps_left: Tuple[int, float] = (0, 0.0)     # streams with a gap left to read, the longest (s)
         self._counts = {"coveredDropped": 0, "lateKept": 0, "archiveRanges": 0}
         self._gap_fills: Dict[int, int] = {}         # shard → reconnects whose gap was planned
         self._health_base: Dict[str, Any] = {}        # running totals when the last batch was planned
@@ -482,6 +483,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         left = g1hi > g1lo
         if left.any():
             end["gaps"] = {"lo": layout.encode(g1lo, left), "hi": layout.encode(g1hi, left)}
+        # what liveFirstAbove left to read after this batch: streams, and the longest (s)
+        self._gaps_left = (int(left.sum()), float((g1hi - g1lo)[left].max()) / TICKS if left.any() else 0.0)
         if targets is None:                               # a batch planned anew: what the reader saw
             totals = self._totals()[0]
             end["h"] = plan_health(now_ticks(), (b for _, rows in plan.live for b in rows), plan.ranges, totals,
@@ -611,6 +614,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                                    "valueErrors", "repeatsDropped", "unknownWebIds")}
         totals.update(self._counts)
         totals["unknownStreams"] = len(self.unknown)
+        totals["gapStreamsLeft"], totals["gapSecondsLeft"] = self._gaps_left
         lags = [m["lagSeconds"] for m in shards.values() if m["lagSeconds"] is not None]
         totals["maxLagSeconds"] = max(lags) if lags else None
         totals["channelsOpen"] = sum(1 for m in shards.values() if m["state"] == "open")

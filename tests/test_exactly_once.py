@@ -25,6 +25,14 @@ def values_flowed(sim, n, timeout=60):
     wait_until(lambda: sim.stats["values_sent"] >= base + n, timeout, what=f"{n} more values sent")
 
 
+def _run_then_stop(spark, sim, table, ck, values):
+    """Stream until ``values`` more values were sent, stop cleanly; the newest timestamp landed (µs)."""
+    q = start_stream(spark, sim, table, ck, merge=True)
+    values_flowed(sim, values)
+    finish(q, sim)
+    return max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+
+
 @pytest.mark.parametrize("fault", ["server_restart", "stall", "reject_then_reconnect"])
 def test_faults_within_a_run_lose_nothing(spark, simulator, tmp_path, fault):
     sim = simulator(tags=6, rate=5, seed=31)
@@ -50,10 +58,7 @@ def test_faults_within_a_run_lose_nothing(spark, simulator, tmp_path, fault):
 def test_restart_an_hour_later_fills_the_gap_exactly(spark, simulator, tmp_path):
     sim = simulator(tags=4, rate=1, seed=41, history_seconds=7200)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    q = start_stream(spark, sim, table, ck, merge=True)
-    values_flowed(sim, 12)
-    finish(q, sim)
-    first_end = max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    first_end = _run_then_stop(spark, sim, table, ck, 12)
     sim.jump_time(3600)                       # the query is down for an hour of PI time
     q = start_stream(spark, sim, table, ck, merge=True)
     values_flowed(sim, 12)
@@ -73,10 +78,7 @@ def test_a_late_value_for_a_gap_slice_already_read_lands_while_the_rest_of_the_g
     land (it was dropped as "the archive's" when the last slice admitted the rows)."""
     sim = simulator(tags=4, rate=1, seed=43, history_seconds=7200)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    q = start_stream(spark, sim, table, ck, merge=True)
-    values_flowed(sim, 12)
-    finish(q, sim)
-    first_end = max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    first_end = _run_then_stop(spark, sim, table, ck, 12)
     sim.jump_time(3600)
     q = start_stream(spark, sim, table, ck, merge=True, maxArchiveRecordsPerTrigger=1000)   # ~250 s a slice
     newest = lambda: max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
@@ -225,13 +227,14 @@ def _history(spark, table):
     return DeltaTable.forPath(spark, table).history().select("version", "operation", "userMetadata").orderBy("version").collect()
 
 
-def _die_with_a_batch_planned(spark, sim, table, ck):
-    """Run the stream until 4 commits, then break the table's next commit: the query dies with a
-    batch planned, never landed. Returns that batch's id."""
-    q = start_stream(spark, sim, table, ck, merge=True)
+def _die_with_a_batch_planned(spark, sim, table, ck, ready=None, what="4 commits", **options):
+    """Run the stream (with ``options``) until ``ready()`` (default: 4 commits), then break the
+    table's next commit: the query dies with a batch planned, never landed. Returns that batch's id."""
+    q = start_stream(spark, sim, table, ck, merge=True, **options)
     log = Path(table, "_delta_log")
+    ready = ready or (lambda: len(list(log.glob("*.json"))) >= 4)
     try:
-        wait_until(lambda: len(list(log.glob("*.json"))) >= 4 or q.exception() is not None, 120, what="4 commits")
+        wait_until(lambda: ready() or q.exception() is not None, 120, what=what)
         newest = max(int(f.name[:20]) for f in log.glob("*.json"))
         garbage = log / f"{newest + 1:020d}.json"
         garbage.write_text("not a Delta commit\n")           # the next batch's commit fails: the query dies
@@ -355,13 +358,15 @@ def test_a_long_gap_after_a_restart_is_read_after_the_first_live_values_land(spa
     sim = simulator(tags=4, rate=5, seed=211)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
     app = f"pi_stream_source:{ck}"
-    q = start_stream(spark, sim, table, ck, merge=True)
-    values_flowed(sim, 40)
-    finish(q, sim)
-    first_end = max(ts for rows in landed_by_tag(spark, table).values() for ts, _, _ in rows)
+    first_end = _run_then_stop(spark, sim, table, ck, 40)
     k = _committed(ck)
     sim.jump_time(600)                                    # 12,000 values to read back
     q = start_stream(spark, sim, table, ck, merge=True, liveFirstAbove=1000, maxArchiveRecordsPerTrigger=800)
+
+    def streams_left():                                   # the progress shows what is left to read
+        return max((json.loads(p["sources"][0]["latestOffset"] or "{}").get("totals", {}).get("gapStreamsLeft", 0)
+                    for p in q.recentProgress), default=0)
+    wait_until(lambda: streams_left() == 4 or q.exception() is not None, 120, what="the progress to show the gaps left")
     wait_until(lambda: min(rows[-1][0] for rows in landed_by_tag(spark, table).values()) > first_end + 600e6
                or q.exception() is not None, 180, what="the gap and live values")
     wait_until(lambda: not _gaps(ck, _committed(ck)) or q.exception() is not None, 180, what="the gap read")
@@ -383,26 +388,11 @@ def test_a_batch_that_read_part_of_a_gap_left_to_read_is_rebuilt_exactly(spark, 
     without what is still left to read (read later as new rows, appended); the table is exact."""
     sim = simulator(tags=4, rate=5, seed=223)
     table, ck = str(tmp_path / "t"), str(tmp_path / "ck")
-    q = start_stream(spark, sim, table, ck, merge=True)
-    values_flowed(sim, 40)
-    finish(q, sim)
+    _run_then_stop(spark, sim, table, ck, 40)
     k0 = _committed(ck)
     sim.jump_time(900)                                    # 18,000 values to read back
-    q = start_stream(spark, sim, table, ck, merge=True, liveFirstAbove=1000, maxArchiveRecordsPerTrigger=2000)
-    log = Path(table, "_delta_log")
-    try:
-        wait_until(lambda: (_committed(ck) > k0 + 1 and _gaps(ck, _committed(ck))) or q.exception() is not None,
-                   120, what="a gap being read")
-        newest = max(int(f.name[:20]) for f in log.glob("*.json"))
-        garbage = log / f"{newest + 1:020d}.json"
-        garbage.write_text("not a Delta commit\n")           # the next batch's commit fails: the query dies
-        wait_until(lambda: not q.isActive, 120, what="the query to fail")
-    finally:
-        q.stop()
-    garbage.unlink()
-    done = {int(p.name) for p in Path(ck, "commits").iterdir() if p.name.isdigit()}
-    planned = {int(p.name) for p in Path(ck, "offsets").iterdir() if p.name.isdigit()}
-    (k,) = planned - done
+    k = _die_with_a_batch_planned(spark, sim, table, ck, lambda: _committed(ck) > k0 + 1 and _gaps(ck, _committed(ck)),
+                                  "a gap being read", liveFirstAbove=1000, maxArchiveRecordsPerTrigger=2000)
     assert _gaps(ck, k - 1), "the batch that died did not read a gap left to read: nothing tested"
     q = start_stream(spark, sim, table, ck, merge=True, liveFirstAbove=1000, maxArchiveRecordsPerTrigger=2000)
     wait_until(lambda: not _gaps(ck, _committed(ck)) or q.exception() is not None, 240, what="the gap read")
