@@ -160,17 +160,25 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     glo, ghi = ((gaps[0].astype(np.int64).copy(), gaps[1].astype(np.int64).copy()) if gaps is not None
                 else (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)))
     left = ghi > glo
+
+    def within_budget(lo: np.ndarray, hi: np.ndarray, r: float) -> np.ndarray:
+        """``hi``, cut so that reading (lo, hi] at ``r`` values/s a stream takes at most what is
+        left of this batch's archive budget; that much of the budget is then used."""
+        if budget[0] is None:
+            return hi
+        if (np.clip(hi - lo, 0, None) * (r / TICKS)).sum() > budget[0]:
+            hi = np.minimum(hi, _horizon(lo, hi, r, budget[0]))
+        budget[0] = max(0.0, budget[0] - float((np.clip(hi - lo, 0, None) * (r / TICKS)).sum()))
+        return hi
+
     # rows at times still to read (in this batch or later) are those reads' (None: no such time)
     gone = [glo.copy(), ghi.copy()] if left.any() else None
     if left.any():
         hi = ghi.copy()
         if gaps_after is not None:
             hi = np.where(left & (gaps_after[1] > gaps_after[0]), np.minimum(ghi, gaps_after[0]), ghi)
-        elif budget[0] is not None:
-            need = np.where(left, ghi - glo, 0) * (rate / TICKS)
-            if need.sum() > budget[0]:
-                hi = np.where(left, np.minimum(ghi, _horizon(glo[left], ghi[left], rate, budget[0])), ghi)
-            budget[0] = max(0.0, budget[0] - float((np.where(left, hi - glo, 0) * (rate / TICKS)).sum()))
+        else:
+            hi[left] = within_budget(glo[left], ghi[left], rate)
         for i in np.nonzero(left & (hi > glo))[0]:
             plan.ranges.append(ArchiveRange(streams[i], int(glo[i]), int(hi[i]), new=True))
         glo = np.where(left, np.maximum(glo, hi), glo)
@@ -226,11 +234,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             # a restart's first slice re-reads only the overlap below known marks (values the table
             # may hold: its batch is merged); the rest of the gap, above the marks, is new (appended)
             hi = np.where(known & (lower < start), np.minimum(hi, start), hi)
-        if budget[0] is not None:
-            need = np.clip(hi - lo, 0, None) * (r / TICKS)
-            if need.sum() > budget[0]:
-                hi = np.minimum(hi, _horizon(lo, hi, r, budget[0]))
-            budget[0] = max(0.0, budget[0] - float((np.clip(hi - lo, 0, None) * (r / TICKS)).sum()))
+        hi = within_budget(lo, hi, r)
         for i in np.nonzero(hi > lo)[0]:
             plan.ranges.append(ArchiveRange(streams[i], int(lo[i]), int(hi[i])))
         np.maximum(marks, hi, out=marks)
