@@ -7,7 +7,7 @@ import random
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
@@ -93,10 +93,12 @@ class BufferBudget:
 class Epoch:
     """One connection of a channel: it opened when the buffer's sequence was ``first_seq``, and PI
     said each stream's newest value was at ``cutoff`` (ticks, in the shard's stream order). The
-    channel sends what comes after; the planner reads everything up to the cutoff from the archive."""
+    channel sends what comes after; the planner reads everything up to the cutoff from the archive.
+    ``opened``: when the reader learnt of it (``time.monotonic()``)."""
     index: int
     first_seq: int
     cutoff: np.ndarray
+    opened: float = field(default_factory=time.monotonic, compare=False)
 
 
 class ShardBuffer:

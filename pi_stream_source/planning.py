@@ -111,7 +111,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                progress: Optional[Dict[int, Progress]] = None,
                reread: Optional[np.ndarray] = None, upto: Optional[int] = None,
                gaps: Optional[Tuple[np.ndarray, np.ndarray]] = None, live_first: Optional[float] = None,
-               gaps_after: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> ShardPlan:
+               gaps_after: Optional[Tuple[np.ndarray, np.ndarray]] = None, fill: bool = True) -> ShardPlan:
     """Plan one shard's share of a batch.
 
     ``chunks``: the rows taken, as (sequence of the first row, rows), in sequence order.
@@ -140,7 +140,9 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
     is estimated at more values than this (and whose streams have no gap left) lands its live rows
     now and leaves that gap to the batches after (``ShardPlan.gaps``); its rows inside a gap left
     to read are dropped (the read comes after them). ``gaps_after``: the gaps the batch's end offset
-    leaves, when planning a batch again: its reads and deferrals are then those, whatever the rates."""
+    leaves, when planning a batch again: its reads and deferrals are then those, whatever the rates.
+    ``fill``: False while a connection whose gap was left has not landed its first rows: that
+    batch reads none of the gaps left (its rows land without waiting for an archive read)."""
     n = len(streams)
     chunks = _one_chunk(chunks)
     if upto is None:
@@ -173,7 +175,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
 
     # rows at times still to read (in this batch or later) are those reads' (None: no such time)
     gone = [glo.copy(), ghi.copy()] if left.any() else None
-    if left.any():
+    if left.any() and (fill or gaps_after is not None):
         hi = ghi.copy()
         if gaps_after is not None:
             hi = np.where(left & (gaps_after[1] > gaps_after[0]), np.minimum(ghi, gaps_after[0]), ghi)

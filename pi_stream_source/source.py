@@ -426,6 +426,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 ep1 = min(ep1, targets.get(k, (stop, ep0))[1])
             spans_of[k] = (stop, max(ep1, ep0))
         live_first = self._live_first(states, spans_of, spans, t0, h0, default, start_key, after is not None)
+        now = time.monotonic()
         for k, (begin, ep0, _, epochs) in states.items():
             stop, ep1 = spans_of[k]
             a, b = spans[k]
@@ -445,7 +446,8 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                             archive_budget=budget / max(1, len(states)), rate=self._receivers[k].value_rate(),
                             progress=self._progress.get((k, start_key)), reread=reread, upto=stop,
                             gaps=(g0lo[a:b], g0hi[a:b]) if (g0hi[a:b] > g0lo[a:b]).any() else None, live_first=live_first,
-                            gaps_after=None if after_gaps is None else (after_gaps[0][a:b], after_gaps[1][a:b]))
+                            gaps_after=None if after_gaps is None else (after_gaps[0][a:b], after_gaps[1][a:b]),
+                            fill=not _first_rows_due(epochs, ep0, begin, now))
             g1lo[a:b], g1hi[a:b] = sp.gaps
             moved = np.ones(b - a, dtype=bool) if ep1 > 0 else known
             t1[a:b] = np.where(moved, sp.marks, t1[a:b])
@@ -727,6 +729,19 @@ def _minus(spans: List[Tuple[int, int]], cut: Tuple[int, int]) -> List[Tuple[int
         if hi > max(lo, cut[1]):
             out.append((max(lo, cut[1]), hi))
     return out
+
+
+#: how long a batch waits to read the gaps left to read for a connection that has not landed its
+#: first rows (a quiet channel's gaps are then read without them)
+FIRST_ROWS_WAIT = 30.0
+
+
+def _first_rows_due(epochs: List[Epoch], ep0: int, begin: int, now: float) -> bool:
+    """Whether a connection of the shard that an earlier batch looked at (its gap left to read, or
+    read) has landed none of its rows yet and opened less than ``FIRST_ROWS_WAIT`` ago: the gaps
+    left to read then wait, so its first live values do not come with an archive read (they would
+    have, when the batch that left its gap was planned before they came)."""
+    return any(e.index < ep0 and begin <= e.first_seq and now - e.opened < FIRST_ROWS_WAIT for e in epochs)
 
 
 def _gap_arrays(layout: O.MarkArrays, offset: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:

@@ -257,3 +257,22 @@ def test_a_long_gap_is_left_to_later_batches_and_the_live_rows_land_first():
             break
     assert spans[0] == (100 * sec, spans[0][1]) and spans[-1][1] == 1000 * sec and len(spans) >= 3
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_gaps_left_wait_while_a_connection_lands_its_first_rows():
+    """``fill=False`` (a connection whose gap was left has not landed its first rows): the batch
+    reads none of the gaps left, its live rows land, a row at a time still to read is dropped (the
+    read comes later), and the gaps stay as they were; planned again at its end, the same."""
+    sec = 10_000_000
+    ep = Epoch(0, 0, np.array([1000 * sec, 1000 * sec]))
+    marks, known = np.array([1000 * sec, 1000 * sec]), np.array([True, True])
+    gaps = (np.array([100 * sec, 100 * sec]), np.array([1000 * sec, 1000 * sec]))
+    kw = dict(max_backfill=10_000 * sec, rate=1.0, live_first=100.0, archive_budget=400.0, gaps=gaps)
+    batch = rows(("F1DPa", 1001 * sec, "live", False), ("F1DPb", 500 * sec, "live", False))
+    wait = plan_shard([A, B], [(0, batch)], [ep], (1, 1), marks, known, fill=False, **kw)
+    assert not wait.ranges and keys(wait) == [("F1DPa", 1001 * sec, "live")]
+    assert [g.tolist() for g in wait.gaps] == [g.tolist() for g in gaps]
+    again = plan_shard([A, B], [(0, batch)], [ep], (1, 1), marks, known, gaps_after=wait.gaps, **kw)
+    assert not again.ranges and keys(again) == keys(wait)
+    read = plan_shard([A, B], [(0, batch)], [ep], (1, 1), marks, known, **kw)     # the batch after: it reads
+    assert read.ranges and all(r.new and r.lo == 100 * sec for r in read.ranges)
