@@ -212,17 +212,19 @@ class ChannelReceiver(threading.Thread):
         self.fast_parse = True          # msgspec's typed decoding for plain numeric messages (fast_batch)
 
     # -- metrics -----------------------------------------------------------------------------
-    def metrics(self) -> Dict[str, Any]:
-        lag = None
-        if self.hwm:
-            lag = round((now_ticks() - max(self.hwm.values())) / TICKS, 3)
+    def metrics(self, lag: bool = True) -> Dict[str, Any]:
+        """The channel's state and running counters; ``lag``: also how far its newest value is
+        behind now (a max over its streams: planning, which has no use for it, leaves it out)."""
+        lag_s = None
+        if lag and self.hwm:
+            lag_s = round((now_ticks() - max(self.hwm.values())) / TICKS, 3)
         last = self.last_failure if self.state in ("backoff", "connecting", "failed") else None
         return {"state": self.state, "tags": len(self.webids), "received": self.stats.values,
                 "buffered": self.buffer.rows, "reconnects": self.reconnects, "attempts": self.attempts,
                 "failedAttempts": self.failed_attempts, "connections": self.buffer.epoch_count,
                 "malformedFrames": self.stats.malformed_frames,
                 "valueErrors": self.stats.value_errors, "repeatsDropped": self.stats.repeats_dropped,
-                "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag,
+                "unknownWebIds": self.stats.unknown_webids, "lagSeconds": lag_s,
                 "lastError": (last or self.stats.last_error or "")[:300] or None}
 
     def value_rate(self) -> float:

@@ -389,6 +389,72 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
     return (batch if keep.all() else batch.filter(pa.array(keep))), seen
 
 
+@dataclass
+class SteadyAdmit:
+    """What ``admit_steady`` planned for the shards it was given (positions in the whole layout)."""
+    slow: List[int]                         # shards (their number) to plan one by one with ``plan_shard``
+    rows: Dict[int, List[pa.RecordBatch]]   # shard → its rows, all kept
+    marks: np.ndarray                       # every stream's mark after (the given streams' moved)
+    reach: Dict[int, int]                   # position → exclusive lower bound below its start mark
+    late: int = 0
+    merge: bool = False
+
+
+def admit_steady(shards: Sequence[int], pieces: Sequence[Sequence[pa.RecordBatch]], spans: Sequence[Tuple[int, int]],
+                 webids: pa.Array, cutoffs: Sequence[np.ndarray], marks: np.ndarray) -> SteadyAdmit:
+    """The rows of many shards in steady state, planned in one pass: what ``plan_shard`` does for a
+    shard whose rows all belong to one connection planned in an earlier batch, every stream with a
+    mark, no gap left to read — when every row names one of the shard's streams and is newer than
+    its connection's cutoff (nothing is then the archive read's: every row lands). A shard with a
+    row that is not is returned in ``slow`` (its rows and marks untouched), to plan on its own.
+
+    ``pieces``: each shard's rows; ``spans``: its streams' [a, b) in ``webids`` (every stream in
+    layout order, Full WebIDs) and ``marks``; ``cutoffs``: its connection's cutoff per stream.
+    Planning 1,000 channels one call each (~120 µs of a dozen numpy/Arrow calls) was ~0.13 s of
+    every batch; in one pass it does not grow with the channel count."""
+    marks = marks.copy()
+    out = SteadyAdmit([], {}, marks, {})
+    counts = np.array([sum(b.num_rows for b in p) for p in pieces], dtype=np.int64)
+    flat = [b for p in pieces for b in p if b.num_rows]
+    if not flat:
+        return out
+
+    def column(name: str) -> pa.ChunkedArray:          # the rows' column, without copying the rest
+        return pa.chunked_array([b.column(name) for b in flat], type=flat[0].schema.field(name).type)
+    shard_of = np.repeat(np.arange(len(shards)), counts)
+    a = np.array([sp[0] for sp in spans], dtype=np.int64)[shard_of]
+    b = np.array([sp[1] for sp in spans], dtype=np.int64)[shard_of]
+    cut = np.full(len(marks), np.iinfo(np.int64).max, dtype=np.int64)
+    for (lo, hi), c in zip(spans, cutoffs):
+        cut[lo:hi] = c
+    pos = pc.index_in(column("tag_webid"), value_set=webids).to_numpy()
+    pos = np.where(np.isnan(pos), -1, pos).astype(np.int64) if pos.dtype.kind == "f" else pos.astype(np.int64)
+    ts_col = column("timestamp")
+    has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(), dtype=bool)
+    ts = np.asarray(pc.fill_null(ts_col, 0).to_numpy(), dtype=np.int64)
+    p = np.clip(pos, 0, len(marks) - 1)
+    bad = (pos < a) | (pos >= b) | ~has_ts | (ts <= cut[p])
+    slow = np.zeros(len(shards), dtype=bool)
+    slow[shard_of[bad]] = True
+    out.slow = [shards[j] for j in np.nonzero(slow)[0]]
+    fast = ~slow[shard_of]
+    if not fast.any():
+        return out
+    substituted = np.asarray(pc.fill_null(column("substituted"), False).to_numpy(), dtype=bool)
+    snapshot = np.asarray(pc.equal(column("source"), "snapshot").to_numpy(), dtype=bool)
+    late = fast & (ts <= marks[p])
+    out.late = int(late.sum())
+    out.merge = bool(late.any() or (fast & (substituted | snapshot)).any())
+    for i, t in zip(p[late].tolist(), ts[late].tolist()):
+        if t - 1 < out.reach.get(i, int(marks[i])):
+            out.reach[i] = t - 1
+    np.maximum.at(marks, p[fast], ts[fast])
+    for j in np.nonzero(~slow)[0]:
+        if counts[j]:
+            out.rows[shards[j]] = [b for b in pieces[j] if b.num_rows]
+    return out
+
+
 def _loss_message(streams: Sequence[Stream], i: int, lo: int, cut: int, max_backfill: int) -> str:
     s = streams[i]
     return (f"pi_websocket: values of stream {s.name or s.webid} from {format_ticks(lo)} to {format_ticks(cut)} are older "

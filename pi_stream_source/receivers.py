@@ -85,7 +85,7 @@ class RemoteReceiver:
     def __repr__(self) -> str:
         return f"RemoteReceiver(shard={self.shard}, tags={len(self.webids)}, state={self.state!r})"
 
-    def metrics(self) -> Dict[str, Any]:
+    def metrics(self, lag: bool = True) -> Dict[str, Any]:
         m = {"tags": len(self.webids), "attempts": 0, "lagSeconds": None, "lastError": None, **self._metrics}
         for k in COUNTERS:
             m[k] = (m.get(k) or 0) + self._base.get(k, 0)

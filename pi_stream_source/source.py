@@ -25,7 +25,8 @@ from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptio
 from .options import OPTIONS, SourceOptions, parse_options
 from .parse import Columns, ParseStats, fast_batch, parse_streams
 from .pitime import TICKS, TICKS_PER_MICRO, format_ticks, now_micros, now_ticks
-from .planning import ArchiveRange, ArchiveSlice, Stream, concat_batches, group_ranges, keep_in_ranges, plan_shard
+from .planning import (ArchiveRange, ArchiveSlice, SteadyAdmit, Stream, admit_steady, concat_batches, group_ranges,
+                       keep_in_ranges, plan_shard)
 from .rest import PIRestClient, StreamMeta, page_for_span, shared_client, describe_webids, element_attributes, points_by_filter, resolve_paths
 from .schema import ARROW_SCHEMA, BUFFER_SCHEMA, CONTRACT_SCHEMA
 from .receivers import ReceiverProcess, auto_processes
@@ -167,6 +168,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._progress: Dict[Tuple[int, str], Dict[int, Any]] = {}
         self._marks_cache: Tuple[Optional[str], O.Marks] = (None, {})
         self._mark_layout: Optional[Tuple[O.MarkArrays, List[Tuple[int, int]]]] = None
+        self._webid_array: Optional[pa.Array] = None
         # offset → its marks in the layout (ticks, has a mark) and the gaps it leaves to read (lo, hi)
         self._arrays: Dict[str, Tuple[np.ndarray, ...]] = {}
         self._lost: List[Dict[str, Any]] = []
@@ -427,10 +429,19 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             spans_of[k] = (stop, max(ep1, ep0))
         live_first = self._live_first(states, spans_of, spans, t0, h0, default, start_key, after is not None)
         now = time.monotonic()
+        steady = self._plan_steady(states, spans_of, spans, layout, start, same_run, t0, h0, g0lo, g0hi, after_gaps)
         for k, (begin, ep0, _, epochs) in states.items():
             stop, ep1 = spans_of[k]
             a, b = spans[k]
             if stop == begin and ep1 == ep0 and not (g0hi[a:b] > g0lo[a:b]).any():
+                continue
+            if steady is not None and k in steady.rows:
+                # planned with the other steady shards: every row lands, the marks move
+                t1[a:b], h1[a:b] = steady.marks[a:b], True
+                seq[str(k)] = [stop, ep1]
+                progress[k] = {i: v for i, v in (self._progress.get((k, start_key)) or {}).items() if i >= ep1 - 1}
+                plan.live.append((k, steady.rows[k]))
+                changed = True
                 continue
             shard = shards[k]
             known = h0[a:b]
@@ -471,6 +482,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 plan.live.append((k, sp.rows))
             plan.ranges += sp.ranges
             changed = True
+        if steady is not None:
+            for i, r in steady.reach.items():
+                reach[layout.keys[i]] = r
+            self._counts["lateKept"] += steady.late
+            merge = merge or steady.merge
         if not changed or (not plan.live and not plan.ranges and not reach and not extra
                            and (h1 == h0).all() and (t1[h1] == t0[h1]).all()):
             # nothing to read (e.g. a reconnect while PI sends nothing): no empty batch; the
@@ -488,7 +504,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # what liveFirstAbove left to read after this batch: streams, and the longest (s)
         self._gaps_left = (int(left.sum()), float((g1hi - g1lo)[left].max()) / TICKS if left.any() else 0.0)
         if targets is None:                               # a batch planned anew: what the reader saw
-            totals = self._totals()[0]
+            totals = self._totals(lag=False)[0]
             end["h"] = plan_health(now_ticks(), (b for _, rows in plan.live for b in rows), plan.ranges, totals,
                                    self._health_base, self._lost[lost_before:], len(self.unknown))
             self._health_base = totals
@@ -506,6 +522,41 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         while len(self._progress) > 16 * max(1, len(shards)):
             self._progress.pop(next(iter(self._progress)))
         return end, plan
+
+    def _plan_steady(self, states: Dict[int, Tuple[int, int, int, List[Epoch]]], spans_of: Dict[int, Tuple[int, int]],
+                     spans: List[Tuple[int, int]], layout: O.MarkArrays, start: Dict[str, Any], same_run: bool,
+                     t0: np.ndarray, h0: np.ndarray, g0lo: np.ndarray, g0hi: np.ndarray,
+                     after_gaps: Optional[Tuple[np.ndarray, np.ndarray]]) -> Optional[SteadyAdmit]:
+        """The shards in steady state (rows of one connection planned before, every stream marked, no
+        gap left, none to plan), admitted in one pass (``admit_steady``); None when there are none."""
+        if not same_run:
+            return None
+        picked: List[int] = []
+        pieces: List[List[pa.RecordBatch]] = []
+        cutoffs: List[np.ndarray] = []
+        for k, (begin, ep0, _, epochs) in states.items():
+            stop, ep1 = spans_of[k]
+            a, b = spans[k]
+            if (stop == begin or ep1 != ep0 or str(k) not in start["seq"] or not h0[a:b].all()
+                    or (g0hi[a:b] > g0lo[a:b]).any()
+                    or (after_gaps is not None and (after_gaps[1][a:b] > after_gaps[0][a:b]).any())):
+                continue
+            owner = [e for e in epochs if e.first_seq <= begin]
+            if not owner or any(begin < e.first_seq < stop for e in epochs):
+                continue
+            picked.append(k)
+            pieces.append([rows for _, rows in self._buffers[k].slice_seq(begin, stop)])
+            cutoffs.append(owner[-1].cutoff)
+        if not picked:
+            return None
+        return admit_steady(picked, pieces, [spans[k] for k in picked], self._all_webids(), cutoffs,
+                            np.where(h0, t0, 0))
+
+    def _all_webids(self) -> pa.Array:
+        """Every chosen stream's Full WebID in shard order (``_layout``'s), as Arrow."""
+        if self._webid_array is None:
+            self._webid_array = pa.array([s.webid for shard in self.shards() for s in shard], pa.string())
+        return self._webid_array
 
     def _live_first(self, states: Dict[int, Tuple[int, int, int, List[Epoch]]], spans_of: Dict[int, Tuple[int, int]],
                     spans: List[Tuple[int, int]], t0: np.ndarray, h0: np.ndarray, default: int, start_key: str,
@@ -608,9 +659,9 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if int(key) < len(self._buffers):
                 self._buffers[int(key)].trim(int(upto))
 
-    def _totals(self) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
-        """The reader's running totals (and each shard's metrics)."""
-        shards = {str(i): {**r.metrics(), "gapFills": self._gap_fills.get(i, 0)} for i, r in enumerate(self._receivers)}
+    def _totals(self, lag: bool = True) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
+        """The reader's running totals (and each shard's metrics; ``lag``: with their lag)."""
+        shards = {str(i): {**r.metrics(lag), "gapFills": self._gap_fills.get(i, 0)} for i, r in enumerate(self._receivers)}
         totals: Dict[str, Any] = {k: sum(m[k] for m in shards.values()) for k in
                                   ("received", "buffered", "reconnects", "gapFills", "failedAttempts", "malformedFrames",
                                    "valueErrors", "repeatsDropped", "unknownWebIds")}

@@ -8,7 +8,7 @@ import pytest
 
 from pi_stream_source.channel import Epoch
 from pi_stream_source.errors import PIDataLossError
-from pi_stream_source.planning import ArchiveRange, Stream, group_ranges, keep_in_ranges, plan_shard
+from pi_stream_source.planning import ArchiveRange, Stream, admit_steady, group_ranges, keep_in_ranges, plan_shard
 
 A, B = Stream("F1DPa", "A", None), Stream("F1DPb", "B", None)
 
@@ -276,3 +276,55 @@ def test_gaps_left_wait_while_a_connection_lands_its_first_rows():
     assert not again.ranges and keys(again) == keys(wait)
     read = plan_shard([A, B], [(0, batch)], [ep], (1, 1), marks, known, **kw)     # the batch after: it reads
     assert read.ranges and all(r.new and r.lo == 100 * sec for r in read.ranges)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_steady_shards_admitted_in_one_pass_plan_as_each_shard_on_its_own(seed):
+    """``admit_steady`` (the shards in steady state, in one pass) gives each shard it does not hand
+    back the rows, marks, reach, late count and merge flag ``plan_shard`` gives it alone; it hands
+    back every shard with a row it cannot plan (at or below the cutoff, unknown WebID, no time)."""
+    rng = np.random.default_rng(seed)
+    shards = [[Stream(f"F1DP{k}x{i}", None, None) for i in range(int(rng.integers(1, 6)))] for k in range(40)]
+    ends = np.cumsum([0] + [len(s) for s in shards])
+    spans = list(zip(ends[:-1].tolist(), ends[1:].tolist()))
+    webids = pa.array([s.webid for sh in shards for s in sh])
+    marks = rng.integers(1000, 2000, ends[-1])
+    cutoffs, pieces, kinds = [], [], []                   # kinds: whether the shard must be planned alone
+    for k, sh in enumerate(shards):
+        n = len(sh)
+        cut = marks[spans[k][0]:spans[k][1]] - rng.integers(0, 300, n)
+        kind = rng.choice(["plain", "late", "edit", "snapshot", "at_cut", "unknown", "no_time"],
+                          p=[.5, .1, .1, .05, .1, .1, .05])
+        items = [(sh[int(i)].webid, int(marks[spans[k][0] + int(i)] + rng.integers(1, 500)), "live", False)
+                 for i in rng.integers(0, n, int(rng.integers(1, 8)))]
+        i = int(rng.integers(0, n))
+        w, m, c = sh[i].webid, int(marks[spans[k][0] + i]), int(cut[i])
+        items += {"plain": [], "late": [(w, m - 50, "live", False)], "edit": [(w, m + 7, "live", True)],
+                  "snapshot": [(w, m + 9, "snapshot", False)], "at_cut": [(w, c, "live", False)],
+                  "unknown": [("F1DPnope", m + 1, "live", False)], "no_time": [(w, None, "live", False)]}[kind]
+        rng.shuffle(items)
+        batch = rows(*items)
+        cut_at = int(rng.integers(0, batch.num_rows))
+        pieces.append([batch.slice(0, cut_at), batch.slice(cut_at)])
+        cutoffs.append(cut)
+        kinds.append(kind in ("at_cut", "unknown", "no_time") or (kind == "late" and m - 50 <= c))
+    got = admit_steady(list(range(40)), pieces, spans, webids, cutoffs, marks)
+    assert set(got.slow) == {k for k in range(40) if kinds[k]} and len(got.slow) < 30
+    late, merge = 0, False
+    for k, sh in enumerate(shards):
+        a, b = spans[k]
+        if k in got.slow:
+            assert k not in got.rows and (got.marks[a:b] == marks[a:b]).all()
+            continue
+        chunks, seq = [], 100
+        for piece in pieces[k]:
+            chunks.append((seq, piece))
+            seq += piece.num_rows
+        alone = plan_shard(sh, chunks, [Epoch(0, 0, cutoffs[k])], (1, 1), marks[a:b], np.ones(b - a, dtype=bool),
+                           max_backfill=10 ** 9)
+        assert keys(alone) == keys(type(alone)(got.rows[k], [], None))
+        assert got.marks[a:b].tolist() == alone.marks.tolist()
+        assert {i - a: r for i, r in got.reach.items() if a <= i < b} == alone.reach
+        late += alone.late
+        merge = merge or alone.merge
+    assert got.late == late and got.merge == merge
