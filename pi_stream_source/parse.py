@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import msgspec
-import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -342,7 +341,7 @@ def fast_batch(data: bytes, source: str, received: int, known: Dict[str, Tuple[O
          pa.array(ts, pa.int64()), pa.array(value, pa.float64()), nulls_str, nulls_int, nulls_bool,
          pa.array(good, pa.bool_()), pa.array(questionable, pa.bool_()), pa.array(substituted, pa.bool_()),
          pa.array(annotated, pa.bool_()), pa.array([u if isinstance(u, str) else None for u in uom], pa.string()),
-         nulls_str, pa.array([source] * n, pa.string()), pa.array(np.full(n, received, dtype=np.int64))],
+         nulls_str, pa.repeat(pa.scalar(source, pa.string()), n), pa.repeat(pa.scalar(received, pa.int64()), n)],
         schema=BUFFER_SCHEMA)
     dropped = 0
     if keep is not None:
