@@ -144,6 +144,10 @@ def test_ten_megabyte_frame(simulator):
         before = recv_json(ws)
         sim.inject_big()
         raw = ws.recv(timeout=30)
+        for _ in range(10):                     # a message sent before the big one may come first
+            if len(raw) >= 10 * 1024 * 1024:
+                break
+            raw = ws.recv(timeout=30)
         assert len(raw) >= 10 * 1024 * 1024
         msg = orjson.loads(raw)
         vals = values_of(msg)[w[0]]
