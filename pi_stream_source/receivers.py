@@ -363,7 +363,7 @@ def _status(receivers: List[Any], loop: Any) -> bytes:
 
 
 def child_main() -> int:
-    from .channel import ChannelReceiver
+    from .channel import ChannelReceiver, freeze_gc
     from .rest import PIRestClient
     from .wsloop import ReceiveLoop
 
@@ -399,6 +399,7 @@ def child_main() -> int:
         loop.start()
     for rec in receivers:
         rec.start()
+    freeze_gc()
 
     def report() -> None:
         while not stop.wait(STATUS_EVERY):

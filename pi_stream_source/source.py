@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pyspark.sql.types import StructType
 
 from . import offsets as O
 from .health import plan_health
-from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, shard_webids
+from .channel import BufferBudget, ChannelReceiver, Epoch, ShardBuffer, freeze_gc, shard_webids
 from .compat import (DataSource, DataSourceStreamReader, InputPartition, ReadLimit, ReadMaxRows,
                      SupportsTriggerAvailableNow, admission_control, default_limit)
 from .errors import PIConnectionError, PIDataLossError, PINotFoundError, PIOptionError
@@ -279,6 +280,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 for rec in self._receivers:
                     rec.start()
             self._started = True
+            freeze_gc()
 
     def _paused(self) -> Any:
         """Planning holds the receiving loop (``ReceiveLoop.paused``), when there is one."""
@@ -676,6 +678,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         totals["lastError"] = errors[-1] if errors else None
         totals["receiver"] = self.opts.receiver
         totals["receiverProcesses"] = len(self._procs)
+        totals["gcFrozenObjects"] = gc.get_freeze_count()     # what the start moved out of the collector's reach
         if self._loop is not None:       # the receiving loop's work (its CPU time: near 1 s per s = one core, its limit)
             totals.update(self._loop.metrics())
         elif self._procs:                # summed over the processes' loops (each one's limit: one core)
