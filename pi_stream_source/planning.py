@@ -421,9 +421,10 @@ def admit_steady(shards: Sequence[int], pieces: Sequence[Sequence[pa.RecordBatch
 
     def column(name: str) -> pa.ChunkedArray:          # the rows' column, without copying the rest
         return pa.chunked_array([b.column(name) for b in flat], type=flat[0].schema.field(name).type)
+
     shard_of = np.repeat(np.arange(len(shards)), counts)
-    a = np.array([sp[0] for sp in spans], dtype=np.int64)[shard_of]
-    b = np.array([sp[1] for sp in spans], dtype=np.int64)[shard_of]
+    first = np.array([sp[0] for sp in spans], dtype=np.int64)[shard_of]     # each row's shard's span
+    end = np.array([sp[1] for sp in spans], dtype=np.int64)[shard_of]
     cut = np.full(len(marks), np.iinfo(np.int64).max, dtype=np.int64)
     for (lo, hi), c in zip(spans, cutoffs):
         cut[lo:hi] = c
@@ -433,7 +434,7 @@ def admit_steady(shards: Sequence[int], pieces: Sequence[Sequence[pa.RecordBatch
     has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(), dtype=bool)
     ts = np.asarray(pc.fill_null(ts_col, 0).to_numpy(), dtype=np.int64)
     p = np.clip(pos, 0, len(marks) - 1)
-    bad = (pos < a) | (pos >= b) | ~has_ts | (ts <= cut[p])
+    bad = (pos < first) | (pos >= end) | ~has_ts | (ts <= cut[p])
     slow = np.zeros(len(shards), dtype=bool)
     slow[shard_of[bad]] = True
     out.slow = [shards[j] for j in np.nonzero(slow)[0]]
