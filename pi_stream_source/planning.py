@@ -16,7 +16,7 @@ Per stream, a batch covers a contiguous stretch of PI time ending at its new hig
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -90,12 +90,16 @@ def _webids(streams: Sequence[Stream]) -> pa.Array:
     return got[1]
 
 
+def _index_in(values: Any, value_set: pa.Array) -> np.ndarray:
+    """Each of ``values``' index in ``value_set`` (−1: not in it), as int64."""
+    out = pc.index_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
+    return np.where(np.isnan(out), -1, out).astype(np.int64) if out.dtype.kind == "f" else out.astype(np.int64)
+
+
 def _positions(webids: pa.Array, streams: Sequence[Stream]) -> np.ndarray:
     """Row → position of its stream in ``streams`` (−1: not one of them). Rows name streams by
     Full WebID; another form (a server that ignored ``webIdType``) is matched by its identity."""
-    pos = pc.index_in(webids, value_set=_webids(streams))
-    out = pos.to_numpy(zero_copy_only=False)
-    out = np.where(np.isnan(out), -1, out).astype(np.int64) if out.dtype.kind == "f" else out.astype(np.int64)
+    out = _index_in(webids, _webids(streams))
     if (out < 0).any():
         by_key = {s.key: i for i, s in enumerate(streams)}
         names = webids.to_pylist()
@@ -428,8 +432,7 @@ def admit_steady(shards: Sequence[int], pieces: Sequence[Sequence[pa.RecordBatch
     cut = np.full(len(marks), np.iinfo(np.int64).max, dtype=np.int64)
     for (lo, hi), c in zip(spans, cutoffs):
         cut[lo:hi] = c
-    pos = pc.index_in(column("tag_webid"), value_set=webids).to_numpy()
-    pos = np.where(np.isnan(pos), -1, pos).astype(np.int64) if pos.dtype.kind == "f" else pos.astype(np.int64)
+    pos = _index_in(column("tag_webid"), webids)
     ts_col = column("timestamp")
     has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(), dtype=bool)
     ts = np.asarray(pc.fill_null(ts_col, 0).to_numpy(), dtype=np.int64)

@@ -431,7 +431,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             spans_of[k] = (stop, max(ep1, ep0))
         live_first = self._live_first(states, spans_of, spans, t0, h0, default, start_key, after is not None)
         now = time.monotonic()
-        steady = self._plan_steady(states, spans_of, spans, layout, start, same_run, t0, h0, g0lo, g0hi, after_gaps)
+        steady = self._plan_steady(states, spans_of, spans, start, same_run, t0, h0, g0lo, g0hi, after_gaps)
         for k, (begin, ep0, _, epochs) in states.items():
             stop, ep1 = spans_of[k]
             a, b = spans[k]
@@ -526,7 +526,7 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return end, plan
 
     def _plan_steady(self, states: Dict[int, Tuple[int, int, int, List[Epoch]]], spans_of: Dict[int, Tuple[int, int]],
-                     spans: List[Tuple[int, int]], layout: O.MarkArrays, start: Dict[str, Any], same_run: bool,
+                     spans: List[Tuple[int, int]], start: Dict[str, Any], same_run: bool,
                      t0: np.ndarray, h0: np.ndarray, g0lo: np.ndarray, g0hi: np.ndarray,
                      after_gaps: Optional[Tuple[np.ndarray, np.ndarray]]) -> Optional[SteadyAdmit]:
         """The shards in steady state (rows of one connection planned before, every stream marked, no
