@@ -96,17 +96,28 @@ def test_restart_opens_the_channels_while_the_replayed_batch_is_planned(simulato
                                     b.column("source").to_pylist())]
         batches.append((planned, len(parts), rows))
         second.commit(planned)
-        # live values buffer meanwhile (bounded wait: the machine may be loaded)
-        wait_until(lambda: second.latestOffset(planned, second.getDefaultReadLimit()) != planned, 60,
-                   what="a batch after the replay")
-        end = second.latestOffset(planned, second.getDefaultReadLimit())
-        assert end != planned
-        parts = second.partitions(planned, end)
-        rows = [(w, ts, s) for p in parts for b in second.read(p)
-                for w, ts, s in zip(b.column("tag_webid").to_pylist(), b.column("timestamp").cast("int64").to_pylist(),
-                                    b.column("source").to_pylist())]
-        assert "live" in {s for _, _, s in rows}
-        batches.append((end, 0, rows))
+        # live values buffer meanwhile (bounded waits: the machine may be loaded). On a loaded
+        # machine the connection's first value may come after the next batch is planned: that batch
+        # then holds only the short gap from the replay's end to the channel's cutoff (seen once in
+        # a full run), and the live rows come in the one after it
+        off, sources = planned, []
+        for _ in range(3):
+            wait_until(lambda: second.latestOffset(off, second.getDefaultReadLimit()) != off, 60,
+                       what="a batch after the replay")
+            end = second.latestOffset(off, second.getDefaultReadLimit())
+            assert end != off
+            parts = second.partitions(off, end)
+            rows = [(w, ts, s) for p in parts for b in second.read(p)
+                    for w, ts, s in zip(b.column("tag_webid").to_pylist(), b.column("timestamp").cast("int64").to_pylist(),
+                                        b.column("source").to_pylist())]
+            batches.append((end, 0, rows))
+            second.commit(end)
+            off = end
+            sources.append({s for _, _, s in rows})
+            if "live" in sources[-1]:
+                break
+        assert "live" in sources[-1], f"no live rows in the {len(sources)} batches after the replay: {sources}"
+        assert len(sources) == 1 or sources[0] <= {"backfill"}, sources
     finally:
         second.stop()
     # the replay re-reads lateDataOverlap before the start marks (merged on the key): drop those
@@ -148,3 +159,4 @@ def test_restart_gap_merges_only_the_overlap_below_the_marks(simulator):
     seen = {(w, ts) for b in batches for w, ts, _ in b[2]}
     kept = [(end, n, [r for r in rows if (r[0], r[1]) not in seen]) for end, n, rows in after]   # as the MERGE does
     _assert_exact(sim, int(batches[0][0]["start"]), batches + kept)
+
