@@ -109,6 +109,7 @@ def catch_up(tags: int = 1000, seconds: int = 600) -> dict:
 
     from pi_stream_source import register
     from pi_stream_source.delta import write_stream
+    from pi_stream_source.health import stop_health
     from pi_stream_source.local_spark import get_spark
 
     spark = get_spark("pi-catch-up-bench")
@@ -122,6 +123,9 @@ def catch_up(tags: int = 1000, seconds: int = 600) -> dict:
         while not os.path.exists(os.path.join(ck, "commits", "2")):
             time.sleep(0.5)
         q.stop()
+        # as a process that ends does: its health recorder lands what it holds now and stops (left
+        # running, it landed them 10 s later, inside the restarted query's first batch)
+        stop_health(q)
         proc.stdin.write(f"jump {seconds}\n")
         proc.stdin.flush()
         time.sleep(1)
@@ -135,6 +139,7 @@ def catch_up(tags: int = 1000, seconds: int = 600) -> dict:
                 "%Y-%m-%dT%H:%M:%S", time.gmtime(t0)))
         time.sleep(3)
         q.stop()
+        stop_health(q)
         for p in q.recentProgress:
             print(json.dumps({"batch": p["batchId"], "rows": p["numInputRows"], "ms": p["durationMs"]}), file=sys.stderr)
         rows = (spark.read.format("delta").load(table).where(F.col("source") == "backfill")
