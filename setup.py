@@ -31,7 +31,7 @@ setup(
         "fuzz": ["atheris>=2.3"],
         # the WebSocket client comparison (bench/ws_client_bench.py): the clients it measures beside websocket-client
         "wsbench": ["picows>=2.3", "websockets>=13", "aiohttp>=3.9,<4", "psutil>=5.9", "cryptography>=41"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "chispa>=0.10", "hypothesis>=6.100",
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "chispa>=0.10", "hypothesis>=6.100",
                 "jsonschema>=4.20", "trustme>=1.2", "cryptography>=41", "websockets>=13", "pyyaml>=6", "psutil>=5.9",
                 "databricks-bundles>=1.22,<2", "build>=1.0", "matplotlib>=3.8"],
     },
