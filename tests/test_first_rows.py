@@ -130,18 +130,32 @@ def test_restart_opens_the_channels_while_the_replayed_batch_is_planned(simulato
     _assert_exact(sim, int(batches[0][0]["start"]), batches)
 
 
-def test_restart_gap_merges_only_the_overlap_below_the_marks(simulator):
-    """A restart after a downtime: the first batch re-reads lateDataOverlap below each stream's mark
-    (rows the table may hold: merged) and nothing above; the rest of the gap and the live rows come
-    after it in batches that are appended. Together: exactly PI's archive."""
-    sim = simulator(tags=4, rate=5, seed=163)
-    opts = parse_options({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags)})
+def _first_run(opts) -> Tuple[dict, List[Tuple[dict, int, list]]]:
+    """A first run of 3 s, then stopped: its last offset and its batches."""
     first = PIStreamReader(opts)
     batches: List[Tuple[dict, int, list]] = []
     try:
         off = _drive(first, first.initialOffset(), 3, batches)
     finally:
         first.stop()
+    return off, batches
+
+
+def _assert_exact_after_restart(sim, batches, after) -> None:
+    """The first run's batches and the restarted run's (``after``) are exactly PI's archive, once a
+    re-read row the table held already is dropped, as the MERGE does."""
+    seen = {(w, ts) for b in batches for w, ts, _ in b[2]}
+    kept = [(end, n, [r for r in rows if (r[0], r[1]) not in seen]) for end, n, rows in after]
+    _assert_exact(sim, int(batches[0][0]["start"]), batches + kept)
+
+
+def test_restart_gap_merges_only_the_overlap_below_the_marks(simulator):
+    """A restart after a downtime: the first batch re-reads lateDataOverlap below each stream's mark
+    (rows the table may hold: merged) and nothing above; the rest of the gap and the live rows come
+    after it in batches that are appended. Together: exactly PI's archive."""
+    sim = simulator(tags=4, rate=5, seed=163)
+    opts = parse_options({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags)})
+    off, batches = _first_run(opts)
     marks = O.decode_marks(off["marks"])
     sim.jump_time(60)                                  # the downtime
     second = PIStreamReader(opts)
@@ -156,9 +170,7 @@ def test_restart_gap_merges_only_the_overlap_below_the_marks(simulator):
     assert all(ts <= marks[key[w]] // 10 for w, ts, _ in overlap[2])      # nothing above the marks
     assert [b[0]["merge"] for b in rest] == [False] * len(rest)
     assert any(s == "backfill" for b in rest for _, _, s in b[2]) and any(s == "live" for b in rest for _, _, s in b[2])
-    seen = {(w, ts) for b in batches for w, ts, _ in b[2]}
-    kept = [(end, n, [r for r in rows if (r[0], r[1]) not in seen]) for end, n, rows in after]   # as the MERGE does
-    _assert_exact(sim, int(batches[0][0]["start"]), batches + kept)
+    _assert_exact_after_restart(sim, batches, after)
 
 
 def test_a_restart_whose_channels_open_apart_merges_their_overlap_in_one_batch(simulator):
@@ -169,12 +181,7 @@ def test_a_restart_whose_channels_open_apart_merges_their_overlap_in_one_batch(s
     sim = simulator(tags=6, rate=5, seed=164)
     opts = parse_options({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags), "tagsPerChannel": "2",
                           "reconnectBackoff": "1s"})
-    first = PIStreamReader(opts)
-    batches: List[Tuple[dict, int, list]] = []
-    try:
-        off = _drive(first, first.initialOffset(), 3, batches)
-    finally:
-        first.stop()
+    off, batches = _first_run(opts)
     sim.jump_time(30)                                  # the downtime
     sim.reject_next_upgrades(1, status=503)            # one of the three channels opens a backoff later
     second = PIStreamReader(opts)
@@ -187,6 +194,4 @@ def test_a_restart_whose_channels_open_apart_merges_their_overlap_in_one_batch(s
     merged = [i for i, b in enumerate(after) if b[0]["merge"]]
     assert merged == [0], [(b[0]["merge"], sorted({s for _, _, s in b[2]})) for b in after]
     assert {w for w, _, _ in after[0][2]} == {t.webid for t in sim.tags}    # every stream's overlap in it
-    seen = {(w, ts) for b in batches for w, ts, _ in b[2]}
-    kept = [(end, n, [r for r in rows if (r[0], r[1]) not in seen]) for end, n, rows in after]   # as the MERGE does
-    _assert_exact(sim, int(batches[0][0]["start"]), batches + kept)
+    _assert_exact_after_restart(sim, batches, after)
