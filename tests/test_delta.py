@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -163,33 +164,53 @@ def test_rows_without_a_timestamp_land_once_and_are_counted(spark, tmp_path):
 
 def test_merge_retries_when_a_concurrent_writer_and_optimize_commit(spark, tmp_path):
     """While a MERGE runs, a sibling writer appends into the partition it reads and OPTIMIZE
-    rewrites the files it read, for real: Delta refuses the MERGE's commit; it is tried again."""
+    rewrites the files it read, for real: Delta refuses the MERGE's commit; it is tried again.
+
+    No sleep decides whether the sibling lands inside the MERGE (a loaded machine moved it out once):
+    from the moment the batch is staged (the MERGE is next) the sibling commits an append and an
+    OPTIMIZE again and again, until the writer says it met a concurrent commit (its warning) or
+    returned; it stops there, so the retry that follows can commit."""
     table = str(tmp_path / "t")
     create_table(spark, table)
     other = spark.newSession()
     for n in range(2):     # small files for OPTIMIZE to compact
         _rows_at(other, [("Z", FALL_BACK + n, float(n), "live")]).write.format("delta").mode("append").save(table)
-    merging = threading.Event()
+    conflict, done = threading.Event(), threading.Event()
+
+    class Warned(logging.Handler):
+        def emit(self, record):
+            if "met a concurrent commit" in record.getMessage():
+                conflict.set()
+
+    staged = Path(f"{table}_pi_staging") / "batch-10" / "_SUCCESS"
+    sibling_values = []
 
     def sibling():
-        merging.wait(120)
-        time.sleep(0.2)   # inside the MERGE (it takes seconds here): after its read, before its commit
-        _rows_at(other, [("Z", FALL_BACK + 5, 5.0, "live")]).write.format("delta").mode("append").save(table)
-        other.sql(f"OPTIMIZE delta.`{table}`").collect()
+        deadline = time.monotonic() + 120
+        while not staged.exists() and not done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        while not (conflict.is_set() or done.is_set()) and len(sibling_values) < 40 and time.monotonic() < deadline:
+            value = 5.0 + len(sibling_values)
+            _rows_at(other, [("Z", FALL_BACK + int(value), value, "live")]).write.format("delta").mode("append").save(table)
+            sibling_values.append(value)
+            other.sql(f"OPTIMIZE delta.`{table}`").collect()
 
+    handler = Warned()
+    logging.getLogger("pi_stream_source.delta").addHandler(handler)
     thread = threading.Thread(target=sibling, daemon=True)
     thread.start()
     specs = [("A", FALL_BACK - 10_000_000, 1.0, "replay"), ("A", FALL_BACK + 10_000_000, 2.0, "backfill")]
     batch = _rows_at(spark, specs)
-    batch.count()
-    merging.set()
     try:
         counts = write_batch(batch, 10, table, "conflicts", mode="merge")
     finally:
+        done.set()
         thread.join(120)
-    assert counts["retries"] >= 1, "no conflict met: the test proved nothing"
+        logging.getLogger("pi_stream_source.delta").removeHandler(handler)
+    assert sibling_values, "the sibling never committed"
+    assert counts["retries"] >= 1 and conflict.is_set(), "no conflict met: the test proved nothing"
     assert [k for k in _keys(spark, table) if k[0] == "A"] == sorted((t, us, v) for t, us, v, _ in specs)
-    assert [k[2] for k in _keys(spark, table) if k[0] == "Z"] == [0.0, 1.0, 5.0]
+    assert [k[2] for k in _keys(spark, table) if k[0] == "Z"] == [0.0, 1.0, *sibling_values]
 
 
 def test_batch_0_run_again_after_more_than_100_commits_lands_once(spark, tmp_path):
