@@ -397,8 +397,8 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
 
     ``health``: land a row of ingestion health per micro-batch (``health.py``) in ``<table>_health``
     (True), in the table or path given, or not (False); rows are landed every ``health_interval``
-    seconds off the batches' path. The returned query has ``.health`` (the recorder; ``stop()``
-    lands what is pending), or None.
+    seconds off the batches' path, and within a second of the query's end (``q.stop()``, a failure).
+    The returned query has ``.health`` (the recorder; ``stop()`` lands what is pending), or None.
     """
     spark = df.sparkSession
     create_table(spark, table, properties)
@@ -446,6 +446,8 @@ def write_stream(df: DataFrame, table: str, checkpoint: str, trigger: Union[str,
 
     query = writer.foreachBatch(guard_batch_function(land, table)).start()
     query.health = recorder  # type: ignore[attr-defined]
+    if recorder is not None:
+        recorder.watch(query)      # q.stop() lands its held rows and ends it; no stop_health needed
     return query
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -235,8 +236,27 @@ class HealthRecorder:
         self._recover_before: Optional[int] = None   # the first batch of this run: rebuild those before it
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._query: Any = None
         self.landed = 0
         self.failures = 0
+
+    #: how often the recorder looks whether the query it ``watch``es still runs
+    WATCH_SECONDS = 1.0
+
+    def watch(self, query: Any) -> None:
+        """Stop with ``query``: once it is no longer active (``q.stop()`` in a notebook, a failure),
+        land what is pending at once and end the thread, as ``stop()`` does, so nobody needs to call
+        ``stop_health`` and no held row lands later inside the next run's first batch."""
+        self._query = query
+
+    def _query_ended(self) -> Optional[bool]:
+        """True when the watched query stopped; None when its session is gone (nothing can land)."""
+        if self._query is None:
+            return False
+        try:
+            return not self._query.isActive
+        except Exception:
+            return None
 
     def batch_done(self, batch_id: int, rows_by_source: Optional[Dict[str, int]] = None,
                    rows_total: Optional[Callable[[], Optional[int]]] = None) -> None:
@@ -261,8 +281,17 @@ class HealthRecorder:
             log.warning("health of batch %d not recorded: %s", batch_id, exc)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, min(self.WATCH_SECONDS, due - time.monotonic()))):
+            ended = self._query_ended()
+            if ended is None or ended:
+                self._stop.set()
+                if ended:
+                    self.flush()
+                return
+            if time.monotonic() >= due:
+                self.flush()
+                due = time.monotonic() + self.interval
 
     def flush(self) -> int:
         """Land what is pending now; returns the rows landed. Rows stay pending when landing fails

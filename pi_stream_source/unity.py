@@ -255,6 +255,8 @@ class UnityBatchLoader:
             _three_part(self.health_table, "health table")
         self._health_interval = health_interval
         self.health: Optional[HealthRecorder] = None
+        #: the streaming query this loader lands for (``write_stream`` sets it)
+        self.query: Any = None
 
     # -- statements ----------------------------------------------------------------------------
     def _secret_free(self, text: str) -> str:
@@ -451,6 +453,8 @@ class UnityBatchLoader:
             # the query id the staged files are named by (one id per query in both places)
             self.health = HealthRecorder(spark, self.checkpoint, self.table, land, last_landed, self._health_interval,
                                          query_id=lambda: self._query_id or _query_id(self.checkpoint))
+            if self.query is not None:
+                self.health.watch(self.query)
         self.health.batch_done(batch_id, by_source)
 
     def _maybe_optimize(self) -> None:
@@ -505,7 +509,7 @@ def write_stream(df, table: str, warehouse_id: str, volume: str, checkpoint: str
             waits ``retry_backoff_seconds`` × 2^n between them.
         health: land a row of ingestion health per batch (``health.py``) in ``<table>_health``
             (True), in the ``catalog.schema.table`` given, or not (False), every
-            ``health_interval`` seconds off the batches' path.
+            ``health_interval`` seconds off the batches' path, and within a second of the query's end.
 
     Returns the :class:`pyspark.sql.streaming.StreamingQuery`.
     """
@@ -520,4 +524,5 @@ def write_stream(df, table: str, warehouse_id: str, volume: str, checkpoint: str
         writer = writer.queryName(query_name)
     query = writer.start()
     query.unity_loader = loader  # type: ignore[attr-defined]  # for metrics and tests
+    loader.query = query           # its health recorder stops with it
     return query

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pyspark.sql import functions as F
@@ -128,6 +129,7 @@ def test_health_rows_a_killed_writer_had_not_landed_are_rebuilt_from_the_checkpo
         wait_until(lambda: len(_committed(ck)) >= 3 if os.path.isdir(os.path.join(ck, "commits")) else False, 90,
                    what="3 batches")
     finally:
+        q1.health._stop.set()      # as in a killed process: the recorder's thread ends, its rows never land
         q1.stop()
     first_run = _committed(ck)
     assert not os.path.exists(health_table(table))
@@ -145,6 +147,27 @@ def test_health_rows_a_killed_writer_had_not_landed_are_rebuilt_from_the_checkpo
     assert len({r.reader_run for r in spark.read.format("delta").load(health_table(table)).collect()}) == 2
 
 
+def test_a_query_stopped_in_a_notebook_lands_its_health_rows_and_ends_its_recorder(spark, simulator, tmp_path):
+    """``q.stop()`` and nothing else (no ``stop_health``), at the default interval (10 s): the rows
+    it held land within seconds, not at its next interval (inside whatever runs next), and its
+    thread ends instead of idling for the rest of the session."""
+    sim = simulator(tags=3, rate=5, seed=109)
+    table, ck = str(tmp_path / "bronze"), str(tmp_path / "ck")
+    query = delta.write_stream(_reader(spark, sim, [t.webid for t in sim.tags]), table, ck, trigger="500 milliseconds")
+    try:
+        wait_until(lambda: len(_committed(ck)) >= 3 if os.path.isdir(os.path.join(ck, "commits")) else False, 90,
+                   what="3 batches")
+    finally:
+        query.stop()
+    stopped = time.monotonic()
+    recorder = query.health
+    wait_until(lambda: recorder._thread is not None and not recorder._thread.is_alive(), 5,
+               what="the recorder to end with its query")
+    assert time.monotonic() - stopped < 5
+    ids = [r.batch_id for r in spark.read.format("delta").load(health_table(table)).orderBy("batch_id").collect()]
+    assert ids == _planned(ck) and recorder.landed == len(ids) and recorder.failures == 0
+
+
 def test_edge_sink_lands_the_health_rows_through_the_warehouse(spark, simulator, tmp_path):
     ws = FakeWorkspace(spark, tmp_path / "workspace", token="dapi-health-SECRET-1")
     ws.start()
@@ -160,7 +183,9 @@ def test_edge_sink_lands_the_health_rows_through_the_warehouse(spark, simulator,
             finish(query, sim)
         finally:
             query.stop()
-            stop_health(query)
+        # no stop_health: the recorder lands what it holds and ends with its query
+        recorder = query.unity_loader.health
+        wait_until(lambda: not recorder._thread.is_alive(), 5, what="the edge sink's recorder to end with its query")
         health = ws.read_table("edge.bronze.pi_health").orderBy("batch_id").collect()
         assert [r.batch_id for r in health] == _planned(ck)
         bronze = ws.read_table("edge.bronze.pi").count()
