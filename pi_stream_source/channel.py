@@ -103,6 +103,7 @@ class Epoch:
 
 
 _GC_FROZEN = False
+_GC_FROZEN_COUNT = 0
 
 
 def freeze_gc() -> None:
@@ -112,11 +113,18 @@ def freeze_gc() -> None:
     after. Measured at 100,000 tags in 1,000 channels: full collections of 120–290 ms (each one
     holding the receiving loop and the planner) became 9–20 ms. Once per process (the source
     runs in its own Python process; a receiving process is another)."""
-    global _GC_FROZEN
+    global _GC_FROZEN, _GC_FROZEN_COUNT
     if not _GC_FROZEN:
         _GC_FROZEN = True
         gc.collect()
         gc.freeze()
+        _GC_FROZEN_COUNT = gc.get_freeze_count()
+
+
+def frozen_count() -> int:
+    """How many objects ``freeze_gc`` moved out of the collector's reach (counted once: CPython
+    walks the whole frozen list to count it, 23 ms at 100,000 tags, twice a batch)."""
+    return _GC_FROZEN_COUNT
 
 
 class ShardBuffer:
