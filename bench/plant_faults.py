@@ -180,6 +180,8 @@ def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any
             while sim.stats["values_sent"] < target and time.monotonic() < deadline:
                 time.sleep(0.1)
 
+        from pi_stream_source.health import stop_health
+
         q = start_query(options())
         flowed(20)
         for _ in range(steps):
@@ -198,6 +200,7 @@ def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any
             else:
                 time.sleep(1.5)
                 q.stop()
+                stop_health(q)          # its health rows land before the next run starts
                 if action == "add":
                     w = sim.add_point(f"SIM.New{len(webids):04d}")
                     webids.append(w)
@@ -227,6 +230,7 @@ def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any
             time.sleep(1)
         error = q.exception()
         q.stop()
+        stop_health(q)
         landing = Landing()
         for w, ts, v in read_rows():
             landing.land([(w, ts, v, "")], False)

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from fake_workspace import FakeWorkspace
 from pi_stream_source import unity
+from pi_stream_source.health import stop_health
 from pi_stream_source.schema import CONTRACT_SCHEMA
 from pi_stream_source.testing import checkpoint_start, expected_rows, wait_until
 
@@ -199,6 +200,7 @@ def test_end_to_end_simulator_to_unity_table(spark, simulator, workspace, tmp_pa
         query.processAllAvailable()
     finally:
         query.stop()
+        stop_health(query)    # what it still lands, landed before the workspace is read or stopped
     assert query.exception() is None
     assert workspace.fail_uploads == 0
     assert [r for r in workspace.requests if r[0] == "PUT" and r[2] == 500]
@@ -220,6 +222,7 @@ def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_
         wait_until(lambda: not query.isActive, 60, what="the query to stop")
     finally:
         query.stop()
+        stop_health(query)    # what it still lands, landed before the workspace is read or stopped
     error = str(query.exception())
     assert "UnityLoadError" in error and "failed 2 times" in error and "injected warehouse failure" in error
     assert TOKEN not in error and TOKEN not in caplog.text
@@ -237,6 +240,7 @@ def test_warehouse_error_mid_stream_stops_the_query_then_restart_loads_the_rest_
         query.processAllAvailable()
     finally:
         query.stop()
+        stop_health(query)    # what it still lands, landed before the workspace is read or stopped
     assert query.exception() is None
     # the batch that failed is rebuilt as `replay` rows and merged
     assert any(s.text.startswith("MERGE") and s.state == "SUCCEEDED" for s in workspace.history[failed_at:])
@@ -287,6 +291,7 @@ def test_seed_product_config_file_runs_into_unity(spark, simulator, workspace, t
         query.processAllAvailable()
     finally:
         query.stop()
+        stop_health(query)    # what it still lands, landed before the workspace is read or stopped
     assert query.exception() is None
     _assert_table_is_archive(spark, workspace, sim, tmp_path / "ck")
     assert any(s.text.startswith("OPTIMIZE") for s in workspace.history)
