@@ -284,7 +284,7 @@ class HealthRecorder:
         due = time.monotonic() + self.interval
         while not self._stop.wait(max(0.0, min(self.WATCH_SECONDS, due - time.monotonic()))):
             ended = self._query_ended()
-            if ended is None or ended:
+            if ended is not False:            # stopped (land what is held), or its session is gone
                 self._stop.set()
                 if ended:
                     self.flush()
@@ -332,7 +332,9 @@ class HealthRecorder:
 
 
 def stop_health(query: Any) -> None:
-    """Land the health rows a query's writer still holds (``delta.write_stream`` or the edge sink)."""
+    """Land the health rows a query's writer still holds (``delta.write_stream`` or the edge sink),
+    now. Without it they land within a second of the query's end (``HealthRecorder.watch``); call it
+    before reading the health table or ending the process."""
     recorder = getattr(query, "health", None) or getattr(getattr(query, "unity_loader", None), "health", None)
     if recorder is not None:
         recorder.stop()
