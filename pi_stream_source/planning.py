@@ -55,8 +55,9 @@ class ArchiveRange:
 #: Where a connection's archive ranges stand: (where they start, per stream; how far they are
 #: planned; the values/s they were sized at; per stream, whether the value that set the cutoff came
 #: on the channel yet; each slice planned so far: (per stream, where it ends; the buffer's sequence
-#: when it was planned: a row from there on may have come after that slice's read)).
-Progress = Tuple[np.ndarray, np.ndarray, float, np.ndarray, Tuple[Tuple[np.ndarray, int], ...]]
+#: when it was planned: a row from there on may have come after that slice's read); per stream,
+#: whether it had a mark when the connection was first looked at).
+Progress = Tuple[np.ndarray, np.ndarray, float, np.ndarray, Tuple[Tuple[np.ndarray, int], ...], np.ndarray]
 
 
 @dataclass
@@ -210,14 +211,14 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                     raise PIDataLossError(_loss_message(streams, i, lo, cut, max_backfill))
                 plan.lost.append((i, lo, cut))
                 lower[i] = cut
-        state[epoch.index] = (lower, lower.copy(), rate, np.zeros(n, dtype=bool), ())
+        state[epoch.index] = (lower, lower.copy(), rate, np.zeros(n, dtype=bool), (), known.copy())
 
     def gap(epoch: Epoch) -> bool:
         """Plan the connection's next archive slice; True when its ranges are all planned."""
         nonlocal gone
         if epoch.index not in state:
             begin_gap(epoch)
-        lower, lo, r, seen, slices = state[epoch.index]
+        lower, lo, r, seen, slices, had = state[epoch.index]
         hi = epoch.cutoff.astype(np.int64)
         if live_first is not None and (lo == lower).all() and gone is None:
             above = np.maximum(lower, start)
@@ -234,7 +235,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
                 gone = [glo.copy(), ghi.copy()]
                 plan.deferred += 1
                 np.maximum(marks, hi, out=marks)
-                state[epoch.index] = (lower, np.maximum(lo, hi), r, seen, slices + ((np.maximum(lo, now), upto),))
+                state[epoch.index] = (lower, np.maximum(lo, hi), r, seen, slices + ((np.maximum(lo, now), upto),), had)
                 return True
         if epoch.index == 0 and bridge_overlap and (lo == lower).all() and (known & (lower < start)).any():
             # a restart's first slice re-reads only the overlap below known marks (values the table
@@ -245,7 +246,7 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             plan.ranges.append(ArchiveRange(streams[i], int(lo[i]), int(hi[i])))
         np.maximum(marks, hi, out=marks)
         reached = np.maximum(lo, hi)
-        state[epoch.index] = (lower, reached, r, seen, slices + ((reached, upto),))
+        state[epoch.index] = (lower, reached, r, seen, slices + ((reached, upto),), had)
         return bool((hi >= epoch.cutoff).all())
 
     done_gaps = set()
@@ -269,10 +270,10 @@ def plan_shard(streams: Sequence[Stream], chunks: Sequence[Tuple[int, pa.RecordB
             sel = np.nonzero(which == e_pos)[0]
             part = batch.take(pa.array(sel)) if len(sel) != batch.num_rows else batch
             if epoch is not None and epoch.index in state:
-                lower, lo, r, seen, slices = state[epoch.index]
+                lower, lo, r, seen, slices, had = state[epoch.index]
                 rows_in, seen = _admit(plan, part, streams, epoch, lower, start, known, marks, seen,
-                                       slices=slices, seqs=rseq[sel], gone=gone)
-                state[epoch.index] = (lower, lo, r, seen, slices)
+                                       slices=slices, seqs=rseq[sel], gone=gone, had=had)
+                state[epoch.index] = (lower, lo, r, seen, slices, had)
             else:
                 rows_in, _ = _admit(plan, part, streams, epoch, None, start, known, marks, gone=gone)
             plan.rows.append(rows_in)
@@ -325,8 +326,8 @@ def _horizon(lo: np.ndarray, hi: np.ndarray, rate: float, budget: float) -> int:
 def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], epoch: Optional[Epoch],
            lower: Optional[np.ndarray], start: np.ndarray, known: np.ndarray, marks: np.ndarray,
            seen: Optional[np.ndarray] = None, slices: Sequence[Tuple[np.ndarray, int]] = (),
-           seqs: Optional[np.ndarray] = None,
-           gone: Optional[Sequence[np.ndarray]] = None) -> Tuple[pa.RecordBatch, Optional[np.ndarray]]:
+           seqs: Optional[np.ndarray] = None, gone: Optional[Sequence[np.ndarray]] = None,
+           had: Optional[np.ndarray] = None) -> Tuple[pa.RecordBatch, Optional[np.ndarray]]:
     """Rows of one connection: drop those its archive read returns, keep the rest, and move marks,
     ``reach`` and the merge flag for the kept ones. Returns the rows kept and ``seen`` after them.
 
@@ -370,9 +371,15 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
         if seen is not None and is_cut.any():
             seen = seen.copy()
             seen[p[is_cut]] = True
-    # a current value sent first (startingPosition snapshot) of a stream that has a mark is in the
-    # table already or in the archive range: it was landed when the stream started
-    drop |= ok & snapshot & known[p] & (ts <= cut)
+    # a current value sent first (startingPosition snapshot) is in the connection's archive range
+    # when newer than where the range starts, and in the table already when older and the stream
+    # had a mark when the connection was first looked at (a restart). ``had``, not ``known``: a
+    # batch planned between the channel's opening and its first message gives every stream a mark,
+    # and the current values that came next were dropped as landed (lost: PI sends them once)
+    if lower is not None and had is not None:
+        drop |= ok & snapshot & (ts <= cut) & (had[p] | (ts > lower[p]))
+    else:
+        drop |= ok & snapshot & known[p] & (ts <= cut)
     if gone is not None:
         drop |= ok & (ts > gone[0][p]) & (ts <= gone[1][p])
     keep = ~drop

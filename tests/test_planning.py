@@ -70,6 +70,21 @@ def test_snapshot_rows_new_streams_keep_old_values_known_streams_drop_them():
     assert plan.reach == {0: 49}
 
 
+def test_snapshot_rows_that_come_after_their_connection_was_planned_are_kept():
+    """A fresh query at startingPosition snapshot: a batch planned while the channel was open but its
+    first message (the current values) had not come gives every stream a mark (the query's start).
+    The current values that come next are still the streams' first rows: older than the start, not
+    in the table, not in the read (PI sends them once). One newer than the start is the read's."""
+    ep = Epoch(0, 0, np.array([150, 260]))      # PI's newest values when the channel opened: A 150, B 260
+    first = plan_shard([A, B], [], [ep], (0, 1), np.array([200, 200]), np.array([False, False]), max_backfill=10_000)
+    assert [(r.stream.name, r.lo, r.hi) for r in first.ranges] == [("B", 200, 260)] and first.epochs_done == 1
+    batch = rows(("F1DPa", 150, "snapshot", False), ("F1DPb", 260, "snapshot", False), ("F1DPa", 300, "live", False))
+    plan = plan_shard([A, B], [(0, batch)], [ep], (1, 1), first.marks, np.array([True, True]), max_backfill=10_000,
+                      progress=first.progress)
+    assert keys(plan) == [("F1DPa", 150, "snapshot"), ("F1DPa", 300, "live")]
+    assert plan.reach == {0: 149} and plan.covered == 1 and plan.merge
+
+
 def test_a_gap_longer_than_max_backfill_fails_or_is_cut_and_reported():
     ep = Epoch(0, 0, np.array([10_000, 150]))
     args = ([A, B], [], [ep], (0, 1), np.array([100, 100]), np.array([True, True]))

@@ -284,6 +284,32 @@ def test_rebuilt_snapshot_batch_zero_keeps_the_current_values(simulator):
     assert snap <= {(w, ts) for w, ts, _, _ in b.rows}
 
 
+def test_current_values_that_come_after_a_batch_planned_their_channel_are_kept(simulator):
+    """startingPosition snapshot on a loaded machine: the channel is open, a batch is planned before
+    its first message (the current values) comes. Those values are still every stream's first row
+    (they were dropped as already landed: PI sends them once, so they were lost)."""
+    sim = simulator(tags=3, rate=5, seed=74, tag_every=[50])     # a value every 10 s: current values are old
+    sim.set_stalled(True)                                        # the channel opens, its first message waits
+    drv = ReaderDriver({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags),
+                        "startingPosition": "snapshot"})
+    try:
+        drv.reader._ensure_started()
+        wait_until(lambda: all(r.since for r in drv.reader._receivers), 30, what="channel open")
+        drv.step()                                               # planned: the channel's ranges, no row yet
+        assert len(drv.log) == 2 and not drv.rows
+        cutoffs = dict(drv.reader._receivers[0].since_by_tag)    # PI's newest value per stream at the opening
+        sim.set_stalled(False)
+        wait_until(lambda: drv.step() >= 0 and {w for w, *_ in drv.rows} == set(cutoffs), 30,
+                   what="a row of every stream")
+    finally:
+        drv.stop()
+    start = drv.log[0]["start"] // 10
+    for w, cut in cutoffs.items():
+        first = min((ts, s) for x, ts, _, s in drv.rows if x == w)
+        assert first == (cut // 10, "snapshot" if cut // 10 < start else "backfill"), (w, first, cut // 10, start)
+    assert len({(w, ts) for w, ts, _, _ in drv.rows}) == len(drv.rows)       # each value once
+
+
 # ---- 10. a start older than maxBackfill fails at load() ---------------------------------------------
 def test_starting_position_older_than_max_backfill_fails_at_load(spark, simulator):
     sim = simulator(tags=1, rate=1, seed=73)

@@ -113,7 +113,10 @@ def test_snapshot_starts_with_current_values(spark, simulator, tmp_path, accept_
     first = {w: min(ts for x, ts, _, _ in rows if x == w) for w in {r[0] for r in rows}}
     assert set(first) == {t.webid for t in sim.tags}
     for w, ts in first.items():
-        assert any(r[0] == w and r[1] == ts and r[3] in ("snapshot", "backfill") for r in rows)
+        assert any(r[0] == w and r[1] == ts and r[3] in ("snapshot", "backfill") for r in rows), (
+            f"{w}: its first row is not the current value when the channel opened; query start {start}, "
+            f"its rows {sorted((r[1], r[3]) for r in rows if r[0] == w)[:6]}, PI's archive "
+            f"{[a for a, _ in sim.archive(w, start - 3_000_000, ts)]}, channels opened at {[c.opened_at for c in sim.hub.history]}")
     if accept_delay:
         assert not snap and {r[3] for r in rows} == {"backfill", "live"}
 
