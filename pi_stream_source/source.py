@@ -297,6 +297,11 @@ class PIStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         with self._lock:
             if self._initial is None:
                 start = self.opts.start_time * TICKS_PER_MICRO if self.opts.start_time is not None else now_ticks()
+                if self.opts.start_time is None:
+                    # this run begins the query at "latest": a stream whose channel opens after the
+                    # first batch starts at the query's start too, not at this reader's creation
+                    # (its first archive read began up to seconds before the start, under load)
+                    self.run_start = start
                 self.shards()                     # an unknown selection fails here, before any batch
                 self._initial = O.initial(start)
             return self._initial

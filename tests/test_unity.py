@@ -4,6 +4,7 @@ The workspace is tests/fake_workspace.py: the Files and Statement Execution APIs
 every statement run on local Spark + Delta, so the SQL the sink sends is executed, not matched."""
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
@@ -184,6 +185,17 @@ def _assert_table_is_archive(spark, ws, sim, checkpoint):
     landed = ws.read_table(TABLE)
     actual = landed.select("tag_webid", "timestamp", "value", "partition_date")
     expected = spark.createDataFrame(expected_rows(sent), actual.schema)
+    rows = [(r.tag_webid, r.ts, r.value, r.source, r.received) for r in landed.select(
+        "tag_webid", F.unix_micros("timestamp").alias("ts"), "value", "source",
+        F.unix_micros("received_timestamp").alias("received")).collect()]
+    want = {(w, ts) for w, values in sent.items() for ts, _ in values}
+    keys = collections.Counter((w, ts) for w, ts, _, _, _ in rows)
+    odd = sorted(r for r in rows if keys[r[:2]] > 1 or r[:2] not in want)
+    missing = sorted(want - set(keys))
+    assert not odd and not missing, (
+        f"query start {start}; rows doubled or not in PI's archive from the start to the last value sent "
+        f"(webid, ts, value, source, received): {odd[:12]}; missing: {missing[:12]}; last sent: "
+        f"{ {w: v[-1][0] for w, v in sent.items() if v} }")
     assert landed.count() == sum(len(v) for v in sent.values())
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
     assert landed.filter(F.col("partition_date") != _utc_date("timestamp")).count() == 0
