@@ -284,13 +284,14 @@ def test_rebuilt_snapshot_batch_zero_keeps_the_current_values(simulator):
     assert snap <= {(w, ts) for w, ts, _, _ in b.rows}
 
 
-def test_current_values_that_come_after_a_batch_planned_their_channel_are_kept(simulator):
+@pytest.mark.parametrize("form", ["Full", "IDOnly"])
+def test_current_values_that_come_after_a_batch_planned_their_channel_are_kept(simulator, form):
     """startingPosition snapshot on a loaded machine: the channel is open, a batch is planned before
     its first message (the current values) comes. Those values are still every stream's first row
     (they were dropped as already landed: PI sends them once, so they were lost)."""
     sim = simulator(tags=3, rate=5, seed=74, tag_every=[50])     # a value every 10 s: current values are old
     sim.set_stalled(True)                                        # the channel opens, its first message waits
-    drv = ReaderDriver({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags),
+    drv = ReaderDriver({"url": sim.url, "webIds": ",".join(as_form(t.webid, form) for t in sim.tags),
                         "startingPosition": "snapshot"})
     try:
         drv.reader._ensure_started()
