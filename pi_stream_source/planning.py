@@ -343,7 +343,9 @@ def _admit(plan: ShardPlan, batch: pa.RecordBatch, streams: Sequence[Stream], ep
     late writes: kept (and merged). At start, with channels opening under load, the cutoff values
     reached the reader after the batch that planned their ranges and made it a MERGE (1,428 rows
     at 10,000 tags; a 970,000-row MERGE of 33 s at 100,000). ``gone``: per stream, (lo, hi] of a
-    gap left to read that this batch or a later one reads: every row there is that read's."""
+    gap left to read that this batch or a later one reads: every row there is that read's.
+    ``had``: per stream, whether it had a mark when the connection was first looked at (a current
+    value sent first, older than ``lower``, is in the table then; else it is the stream's first row)."""
     pos = _positions(batch.column("tag_webid"), streams)
     ts_col = batch.column("timestamp")
     has_ts = ~np.asarray(pc.is_null(ts_col).to_numpy(zero_copy_only=False), dtype=bool)

@@ -194,15 +194,18 @@ class ReaderDriver:
     batch read; ``crash()`` leaves a planned batch uncommitted, as a killed driver does, and a
     new driver started from ``offsets`` rebuilds it."""
 
-    def __init__(self, options: Dict[str, Any], offsets: Any = None, uncommitted: bool = False) -> None:
+    def __init__(self, options: Dict[str, Any], offsets: Any = None, uncommitted: bool = False,
+                 start_after: float = 0.0) -> None:
         """``offsets``: the offset log of an earlier run (oldest first); ``uncommitted``: its last
-        batch was planned but not committed (a killed driver)."""
+        batch was planned but not committed (a killed driver). ``start_after``: seconds between the
+        reader's creation and Spark's asking for the initial offset (long on a loaded machine)."""
         from .options import parse_options
         from .source import PIStreamReader
 
         self.reader = PIStreamReader(parse_options(options))
         self.log: List[Any] = list(offsets or [])        # committed and planned offsets, oldest first
         if not self.log:
+            time.sleep(start_after)
             self.log.append(self.reader.initialOffset())
         self.committed = len(self.log) - (2 if uncommitted else 1)
         self.rows: List[Tuple[str, int, Any, str]] = []

@@ -316,41 +316,27 @@ def test_a_channel_that_opens_after_the_first_batch_starts_at_the_query_start(si
     first planned in a later batch reads the archive from the query's start, like the others; it
     read from when the reader was created (up to seconds earlier under load: rows older than the
     query's start, seen on CI as 4 rows more than PI archived from the start)."""
-    from pi_stream_source.compat import ReadAllAvailable
-    from pi_stream_source.source import PIStreamReader
-
     sim = simulator(tags=4, rate=5, seed=75)
     sim.reject_next_upgrades(1, 503)                 # one channel opens a backoff later
-    reader = PIStreamReader(parse_options({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags),
-                                           "tagsPerChannel": "2", "reconnectBackoff": "1.5s"}))
-    rows = []
+    drv = ReaderDriver({"url": sim.url, "webIds": ",".join(t.webid for t in sim.tags), "tagsPerChannel": "2",
+                        "reconnectBackoff": "1.5s"}, start_after=1.0)   # created a second before its start
+
+    def step():                                      # a trigger; then which channels are open
+        drv.step()
+        return [bool(r.since) for r in drv.reader._receivers]
+
     try:
-        time.sleep(1.0)                              # a reader created a second before Spark asks for the start
-        log = [reader.initialOffset()]
-
-        def step():
-            end = reader.latestOffset(log[-1], ReadAllAvailable())
-            if end != log[-1]:
-                for part in reader.partitions(log[-1], end):
-                    for b in reader.read(part):
-                        rows.extend(zip(b.column("tag_webid").to_pylist(), b.column("timestamp").cast("int64").to_pylist(),
-                                        b.column("source").to_pylist()))
-                reader.commit(end)
-                log.append(end)
-            return reader
-
-        wait_until(lambda: any(r.since for r in step()._receivers), 30, what="a channel open")
-        assert len([r for r in reader._receivers if r.since]) == 1
-        wait_until(lambda: len(log) > 1, 10, what="a batch with one channel open")
-        wait_until(lambda: all(r.since for r in step()._receivers) and len(log) > 3, 30, what="both channels open")
+        wait_until(lambda: any(step()), 30, what="a channel open")
+        assert step().count(True) == 1 and len(drv.log) > 1, "a batch planned with one channel open"
+        wait_until(lambda: all(step()) and len(drv.log) > 3, 30, what="both channels open, two batches more")
     finally:
-        reader.stop()
-    start = log[0]["start"] // 10
-    assert rows and {w for w, _, _ in rows} == {t.webid for t in sim.tags}
-    early = sorted((ts, w[-8:], s) for w, ts, s in rows if ts < start)
+        drv.stop()
+    start = drv.log[0]["start"] // 10
+    assert {w for w, _, _, _ in drv.rows} == {t.webid for t in sim.tags}
+    early = sorted((ts, w[-8:], s) for w, ts, _, s in drv.rows if ts < start)
     assert not early, f"rows older than the query's start {start}: {early[:4]}"
-    for w in {w for w, _, _ in rows}:                # and from there on, every value PI archived
-        got = sorted(ts for x, ts, _ in rows if x == w)
+    for w in {w for w, _, _, _ in drv.rows}:         # and from there on, every value PI archived, once
+        got = sorted(ts for x, ts, _, _ in drv.rows if x == w)
         assert got == [ts for ts, _ in sim.archive(w, start, got[-1])]
 
 
