@@ -26,6 +26,7 @@ import time
 from typing import Any, Dict, List, Tuple
 
 from pi_stream_source import webid as W
+from pi_stream_source.health import stop_health
 from pi_stream_source.simulator import PISimulator
 from pi_stream_source.testing import ReaderDriver
 
@@ -179,8 +180,6 @@ def run_seed_spark(seed: int, start_query: Any, read_rows: Any, query_start: Any
             deadline = time.monotonic() + 60
             while sim.stats["values_sent"] < target and time.monotonic() < deadline:
                 time.sleep(0.1)
-
-        from pi_stream_source.health import stop_health
 
         q = start_query(options())
         flowed(20)
